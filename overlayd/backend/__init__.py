@@ -1,1 +1,16 @@
-"""overlayd.backend"""
+"""How the kernel is programmed: host bridge and forwarding, and the VXLAN backend.
+
+- underlay.py   which public IP / interface / MTU carries tunnel traffic
+- host.py       pod bridge with the subnet's gateway address, IP forwarding
+- vxlan.py      VxlanBackend: converge one VXLAN device and its peers (executor)
+- vxlan_plan.py pure planner: desired peers + observed kernel state -> actions
+- peers.py      PeerVtep and the screening that refuses unsafe peer data
+- addresses.py  converge a link's addresses (ours carry IFA_PROTO = RTPROT_OVERLAYD)
+- netlink.py    thin pyroute2 layer: dumps parsed into objects.py values, writes
+- objects.py    kernel objects as frozen values; RTPROT_OVERLAYD
+- mac.py        MAC validation and random local MACs (the persisted VTEP MAC)
+
+Everything is synchronous pyroute2 code. pyroute2 0.9 opens a netlink socket per
+calling thread in that thread's network namespace, and /proc/sys/net resolves to
+the opening thread's namespace too: only call in from threads in the host's netns.
+"""

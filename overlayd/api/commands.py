@@ -1,0 +1,101 @@
+"""Control commands, defined apart from any transport.
+
+The socket server and in-process callers (tests) go through `dispatch`, so a
+command behaves the same however it is reached. Arguments are checked here,
+before anything reaches the daemon, let alone netlink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from overlayd.errors import UsageError
+from overlayd.pods.names import validate_labels, validate_pod_name
+
+
+class ControlPlane(Protocol):
+    """What the daemon offers to its control socket."""
+
+    async def status(self) -> dict[str, Any]: ...
+    async def hosts(self) -> list[dict[str, Any]]: ...
+    async def peers(self) -> list[dict[str, Any]]: ...
+    async def pod_add(self, name: str, labels: dict[str, str]) -> dict[str, Any]: ...
+    async def pod_del(self, name: str) -> None: ...
+    async def pod_get(self, name: str) -> dict[str, Any]: ...
+    async def pod_list(self) -> list[dict[str, Any]]: ...
+
+
+Handler = Callable[[ControlPlane, dict[str, Any]], Awaitable[Any]]
+
+
+def _only(args: dict[str, Any], *allowed: str) -> None:
+    extra = set(args) - set(allowed)
+    if extra:
+        raise UsageError(f"unexpected arguments: {', '.join(sorted(extra))}")
+
+
+def _pod_name(args: dict[str, Any]) -> str:
+    name = args.get("name")
+    if not isinstance(name, str):
+        raise UsageError("argument 'name' (string) is required")
+    validate_pod_name(name)
+    return name
+
+
+async def _status(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args)
+    return await plane.status()
+
+
+async def _hosts(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args)
+    return await plane.hosts()
+
+
+async def _peers(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args)
+    return await plane.peers()
+
+
+async def _pod_add(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args, "name", "labels")
+    labels = args.get("labels", {})
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise UsageError("argument 'labels' must map strings to strings")
+    validate_labels(labels)
+    return await plane.pod_add(_pod_name(args), labels)
+
+
+async def _pod_del(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args, "name")
+    await plane.pod_del(_pod_name(args))
+    return None
+
+
+async def _pod_get(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args, "name")
+    return await plane.pod_get(_pod_name(args))
+
+
+async def _pod_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args)
+    return await plane.pod_list()
+
+
+COMMANDS: dict[str, Handler] = {
+    "status": _status,
+    "hosts": _hosts,
+    "peers": _peers,
+    "pod.add": _pod_add,
+    "pod.del": _pod_del,
+    "pod.get": _pod_get,
+    "pod.list": _pod_list,
+}
+
+
+async def dispatch(plane: ControlPlane, cmd: str, args: dict[str, Any]) -> Any:
+    handler = COMMANDS.get(cmd)
+    if handler is None:
+        raise UsageError(f"unknown command {cmd!r}; known: {', '.join(sorted(COMMANDS))}")
+    return await handler(plane, args)

@@ -1,0 +1,115 @@
+"""The control socket: a Unix stream socket speaking line-delimited JSON.
+
+Mode 0660 and a peer-credential check keep it to root (and an optional group).
+Every failure is answered with one clear error line; nothing a client sends can
+take the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+from pathlib import Path
+
+import trio
+
+from overlayd.api import protocol
+from overlayd.api.commands import ControlPlane, dispatch
+from overlayd.errors import OverlaydError, UsageError
+
+log = logging.getLogger(__name__)
+
+_SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
+_REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request line
+
+
+def peer_uid(sock: socket.socket | trio.socket.SocketType) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+async def _read_line(stream: trio.SocketStream) -> bytes:
+    buffer = bytearray()
+    while b"\n" not in buffer:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        buffer += chunk
+        if len(buffer) > protocol.MAX_REQUEST_BYTES:
+            raise UsageError(f"request larger than {protocol.MAX_REQUEST_BYTES} bytes")
+    return bytes(buffer).split(b"\n", 1)[0]
+
+
+class ControlServer:
+    def __init__(self, path: Path, plane: ControlPlane, *, allowed_uids: frozenset[int] = frozenset({0}),
+                 group: int | None = None) -> None:
+        self.path = path
+        self.plane = plane
+        self.allowed_uids = allowed_uids | {os.getuid()}
+        self.group = group
+        self.refused = 0
+        self._inode: int | None = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listener = self._bind()
+        try:
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                while True:
+                    sock, _ = await listener.accept()
+                    nursery.start_soon(self._handle, trio.SocketStream(sock))
+        finally:
+            listener.close()
+            # Remove the socket only if it is still ours (a newer daemon may have replaced it).
+            try:
+                if self.path.stat().st_ino == self._inode:
+                    self.path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def _bind(self) -> trio.socket.SocketType:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        old_umask = os.umask(0o117)  # 0660 from the first moment the socket exists
+        try:
+            sock.bind(str(tmp))
+        finally:
+            os.umask(old_umask)
+        if self.group is not None:
+            os.chown(tmp, -1, self.group)
+        os.replace(tmp, self.path)  # atomic: clients never see a missing socket on restart
+        self._inode = self.path.stat().st_ino
+        sock.listen(64)
+        return trio.socket.from_stdlib_socket(sock)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                uid = peer_uid(stream.socket)
+                if uid not in self.allowed_uids:
+                    self.refused += 1
+                    log.warning("control socket: refused request from uid %d", uid)
+                    raise UsageError(f"uid {uid} may not use this socket")
+                with trio.fail_after(_REQUEST_TIMEOUT):
+                    line = await _read_line(stream)
+                cmd, args = protocol.decode_request_untrusted(line)
+                result = await dispatch(self.plane, cmd, args)
+                reply = protocol.encode_reply(result)
+            except OverlaydError as exc:
+                reply = protocol.encode_error(exc)
+            except trio.TooSlowError:
+                reply = protocol.encode_error(UsageError("request not received in time"))
+            except trio.BrokenResourceError:
+                return
+            except Exception as exc:  # a bug must not kill the daemon; log it, answer, go on
+                log.exception("control command failed")
+                reply = protocol.encode_error(OverlaydError(f"internal error: {exc}"))
+            try:
+                await stream.send_all(reply)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass

@@ -1,0 +1,214 @@
+"""Thin synchronous netlink layer over a pyroute2 IPRoute: dumps parsed into values, and writes.
+
+Every netlink failure becomes a KernelError that names the operation. Deleting
+something that is already gone is not an error (reconcilers race with the admin
+and with the kernel's own cleanup).
+
+pyroute2 0.9 opens one netlink socket per calling thread, in that thread's network
+namespace: callers must only use an IPRoute from threads in the namespace it serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from overlayd.errors import KernelError
+
+from .objects import (
+    IFA_F_NODAD,
+    NTF_SELF,
+    NUD_NOARP,
+    NUD_PERMANENT,
+    RT_TABLE_MAIN,
+    RTNH_F_ONLINK,
+    Address,
+    FdbEntry,
+    IPAddress,
+    IPInterface,
+    IPNetwork,
+    Link,
+    Neighbour,
+    Route,
+    address_from_msg,
+    fdb_from_msg,
+    link_from_msg,
+    neighbour_from_msg,
+    route_from_msg,
+)
+
+# Errors that mean "the object to delete does not exist (any more)".
+_GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
+
+
+def family_of(version: int) -> int:
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+@contextlib.contextmanager
+def _kernel(operation: str, *, missing_ok: bool = False) -> Iterator[None]:
+    try:
+        yield
+    except NetlinkError as exc:
+        if missing_ok and exc.code in _GONE:
+            return
+        raise KernelError(f"{operation}: {exc.args[1] if len(exc.args) > 1 else exc}") from exc
+    except OSError as exc:
+        raise KernelError(f"{operation}: {exc.strerror or exc}") from exc
+
+
+class Netlink:
+    """Reads and writes the few kernel objects overlayd manages, via one IPRoute."""
+
+    def __init__(self, ipr: Any) -> None:
+        self._ipr = ipr
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def links(self) -> list[Link]:
+        with _kernel("list links"):
+            return [link_from_msg(m) for m in self._ipr.link("dump")]
+
+    def link(self, name: str) -> Link | None:
+        """The link called `name`, or None."""
+        with _kernel(f"look up link {name}"):
+            try:
+                msgs = self._ipr.link("get", ifname=name)
+            except NetlinkError as exc:
+                if exc.code == errno.ENODEV:
+                    return None
+                raise
+        return link_from_msg(msgs[0])
+
+    def addresses(self, ifindex: int | None = None) -> list[Address]:
+        with _kernel("list addresses"):
+            msgs = self._ipr.addr("dump")
+            return [address_from_msg(m) for m in msgs if ifindex is None or m.get("index") == ifindex]
+
+    def main_routes(self, version: int) -> list[Route]:
+        """Unicast routes of the main table for one IP version (one dump)."""
+        with _kernel("list routes"):
+            msgs = self._ipr.route("dump", family=family_of(version))
+            return [route_from_msg(m) for m in msgs if m.get("table") == RT_TABLE_MAIN]
+
+    def neighbours(self, version: int, ifindex: int) -> list[Neighbour]:
+        with _kernel("list neighbours"):
+            msgs = self._ipr.neigh("dump", family=family_of(version))
+            return [neighbour_from_msg(m) for m in msgs if m.get("ifindex") == ifindex]
+
+    def fdb(self, ifindex: int) -> list[FdbEntry]:
+        with _kernel("list FDB entries"):
+            return [fdb_from_msg(m) for m in self._ipr.fdb("dump") if m.get("ifindex") == ifindex]
+
+    # -- links -------------------------------------------------------------------------------
+
+    def create_link(self, name: str, kind: str, **attrs: Any) -> Link:
+        with _kernel(f"create {kind} link {name}"):
+            self._ipr.link("add", ifname=name, kind=kind, **attrs)
+        created = self.link(name)
+        if created is None:
+            raise KernelError(f"create {kind} link {name}: it vanished right after creation")
+        return created
+
+    def set_link(self, link: Link, **attrs: Any) -> None:
+        with _kernel(f"configure link {link.name} ({', '.join(sorted(attrs))})"):
+            self._ipr.link("set", index=link.index, **attrs)
+
+    def delete_link(self, link: Link) -> None:
+        with _kernel(f"delete link {link.name}", missing_ok=True):
+            self._ipr.link("del", index=link.index)
+
+    # -- addresses ---------------------------------------------------------------------------
+
+    def add_address(self, ifindex: int, interface: IPInterface, protocol: int) -> None:
+        attrs: dict[str, Any] = {}
+        if interface.version == 4:
+            attrs["broadcast"] = str(interface.network.broadcast_address)
+        else:
+            attrs["flags"] = IFA_F_NODAD  # our own gateway address: nobody else may hold it
+        with _kernel(f"add address {interface} to link #{ifindex}"):
+            self._ipr.addr(
+                "add",
+                index=ifindex,
+                address=str(interface.ip),
+                prefixlen=interface.network.prefixlen,
+                proto=protocol,
+                **attrs,
+            )
+
+    def delete_address(self, address: Address) -> None:
+        with _kernel(f"delete address {address.interface} from link #{address.ifindex}", missing_ok=True):
+            self._ipr.addr(
+                "del",
+                index=address.ifindex,
+                address=str(address.interface.ip),
+                prefixlen=address.interface.network.prefixlen,
+            )
+
+    # -- routes, neighbours, FDB ---------------------------------------------------------------
+
+    def replace_onlink_route(self, dst: IPNetwork, gateway: IPAddress, oif: int, protocol: int) -> None:
+        with _kernel(f"set route {dst} via {gateway}"):
+            self._ipr.route(
+                "replace",
+                dst=str(dst),
+                gateway=str(gateway),
+                oif=oif,
+                flags=RTNH_F_ONLINK,
+                proto=protocol,
+                table=RT_TABLE_MAIN,
+            )
+
+    def delete_route(self, route: Route) -> None:
+        # Give every key field so that exactly this route goes, not a namesake with another metric.
+        attrs: dict[str, Any] = {
+            "dst": str(route.dst),
+            "table": route.table,
+            "proto": route.protocol,
+            "type": route.type,
+            "tos": route.tos,
+            "priority": route.priority,
+            "scope": route.scope,
+        }
+        if route.oif is not None:
+            attrs["oif"] = route.oif
+        if route.gateway is not None:
+            attrs["gateway"] = str(route.gateway)
+        with _kernel(f"delete route {route.dst}", missing_ok=True):
+            self._ipr.route("del", **attrs)
+
+    def replace_neighbour(self, ifindex: int, ip: IPAddress, mac: str) -> None:
+        with _kernel(f"set neighbour {ip} -> {mac}"):
+            self._ipr.neigh("replace", ifindex=ifindex, dst=str(ip), lladdr=mac, state=NUD_PERMANENT)
+
+    def delete_neighbour(self, neighbour: Neighbour) -> None:
+        with _kernel(f"delete neighbour {neighbour.ip}", missing_ok=True):
+            self._ipr.neigh("del", ifindex=neighbour.ifindex, dst=str(neighbour.ip))
+
+    def replace_fdb(self, ifindex: int, mac: str, dst: IPAddress) -> None:
+        """Point unicast `mac` at remote `dst` (created, or its single remote replaced in place)."""
+        with _kernel(f"set FDB entry {mac} -> {dst}"):
+            self._ipr.fdb(
+                "replace",
+                ifindex=ifindex,
+                lladdr=mac,
+                dst=str(dst),
+                state=NUD_PERMANENT | NUD_NOARP,
+                flags=NTF_SELF,
+            )
+
+    def delete_fdb(self, entry: FdbEntry) -> None:
+        attrs: dict[str, Any] = {"ifindex": entry.ifindex, "lladdr": entry.mac}
+        if entry.dst is not None:
+            attrs["dst"] = str(entry.dst)
+        if entry.port is not None:
+            attrs["port"] = entry.port
+        if entry.vni is not None:
+            attrs["vni"] = entry.vni
+        with _kernel(f"delete FDB entry {entry.mac} -> {entry.dst}", missing_ok=True):
+            self._ipr.fdb("del", **attrs)

@@ -1,0 +1,211 @@
+"""The VXLAN backend: a converging reconciler for one VXLAN device and its peers.
+
+`setup()` adopts, fixes or (if VNI/port/local/underlay differ) recreates the device;
+`reconcile(peers)` reads routes, neighbours and FDB once, plans with vxlan_plan and
+applies only the differences. Kernel state is left in place on exit: a restarted
+daemon adopts it without a traffic gap. `teardown()` is for explicit removal only.
+
+Synchronous pyroute2 code; call it from threads in the host's network namespace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from overlayd.errors import UsageError
+
+from .addresses import converge_addresses
+from .mac import parse_mac_untrusted
+from .netlink import Netlink
+from .objects import RTPROT_OVERLAYD, IPAddress, IPNetwork, Link
+from .peers import PeerVtep, screen_peers
+from .underlay import Underlay
+from .vxlan_plan import (
+    Action,
+    Change,
+    DeleteFdb,
+    DeleteNeighbour,
+    DeleteRoute,
+    Observed,
+    SetFdb,
+    SetNeighbour,
+    SetRoute,
+    VxlanSpec,
+    device_address,
+    link_changes,
+    plan_peers,
+    recreate_reason,
+    vxlan_mtu,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    """Kernel objects (routes, neighbours, FDB remotes) touched by one reconcile run."""
+
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    refused: int = 0  # peers skipped as unsafe (see peers.screen_peers)
+
+
+class VxlanBackend:
+    def __init__(
+        self,
+        ipr: Any,
+        device: str,
+        vni: int,
+        port: int,
+        local_ip: IPAddress,
+        underlay_ifindex: int,
+        mtu: int,
+        vtep_mac: str,
+        route_protocol: int = RTPROT_OVERLAYD,
+    ) -> None:
+        """`mtu` is the VXLAN device's own MTU (see `vxlan_mtu`); `vtep_mac` is persisted by the caller.
+
+        `route_protocol` marks our routes and addresses: every main-table route with it
+        is considered this backend's and deleted when not desired.
+        """
+        self._nl = Netlink(ipr)
+        self.spec = VxlanSpec(
+            name=device,
+            vni=vni,
+            port=port,
+            local_ip=local_ip,
+            underlay_ifindex=underlay_ifindex,
+            mtu=mtu,
+            mac=parse_mac_untrusted(vtep_mac),
+        )
+        self.route_protocol = route_protocol
+        self._own_subnet: IPNetwork | None = None
+
+    @classmethod
+    def for_underlay(
+        cls,
+        ipr: Any,
+        device: str,
+        vni: int,
+        port: int,
+        underlay: Underlay,
+        vtep_mac: str,
+        *,
+        mtu: int | None = None,
+        route_protocol: int = RTPROT_OVERLAYD,
+    ) -> VxlanBackend:
+        """Backend on a detected underlay; MTU defaults to the underlay's minus the VXLAN overhead."""
+        return cls(
+            ipr,
+            device,
+            vni,
+            port,
+            underlay.ip,
+            underlay.ifindex,
+            mtu if mtu is not None else vxlan_mtu(underlay.mtu, underlay.ip.version),
+            vtep_mac,
+            route_protocol,
+        )
+
+    def setup(self, own_subnet: IPNetwork) -> dict[str, str]:
+        """Converge the device for `own_subnet`; returns the backend data for our host record."""
+        self._own_subnet = own_subnet
+        self._ensure_device(own_subnet)
+        return {"type": "vxlan", "vtep_mac": self.spec.mac}
+
+    def reconcile(self, peers: Mapping[IPNetwork, PeerVtep]) -> ReconcileResult:
+        """Make routes, neighbours and FDB match `peers` (our own subnet must not be in it)."""
+        own_subnet = self._own_subnet
+        if own_subnet is None:
+            raise UsageError("VxlanBackend.reconcile() called before setup()")
+        # Cheap (one link get + one address dump) and it heals a device deleted behind our back.
+        link = self._ensure_device(own_subnet)
+        screened = screen_peers(peers, own_subnet=own_subnet, own_ip=self.spec.local_ip, own_mac=self.spec.mac)
+        for refusal in screened.refused:
+            log.warning("refusing peer %s: %s", refusal.subnet, refusal.reason)
+        observed = Observed(
+            routes=self._nl.main_routes(own_subnet.version),
+            neighbours=self._nl.neighbours(own_subnet.version, link.index),
+            fdb=self._nl.fdb(link.index),
+        )
+        actions = plan_peers(screened.accepted, observed, ifindex=link.index, protocol=self.route_protocol)
+        for action in actions:
+            self._apply(link.index, action)
+        counts = Counter(action.change for action in actions)
+        result = ReconcileResult(
+            added=counts[Change.ADD],
+            changed=counts[Change.CHANGE],
+            removed=counts[Change.REMOVE],
+            refused=len(screened.refused),
+        )
+        if actions:
+            log.info(
+                "vxlan reconcile: %d added, %d changed, %d removed", result.added, result.changed, result.removed
+            )
+        return result
+
+    def teardown(self) -> None:
+        """Delete the device (its routes, neighbours and FDB go with it) and our stray routes."""
+        link = self._nl.link(self.spec.name)
+        if link is not None:
+            self._nl.delete_link(link)
+        for version in (4, 6):
+            for route in self._nl.main_routes(version):
+                if route.protocol == self.route_protocol:
+                    self._nl.delete_route(route)
+        self._own_subnet = None
+
+    def _ensure_device(self, own_subnet: IPNetwork) -> Link:
+        spec = self.spec
+        link = self._nl.link(spec.name)
+        if link is not None:
+            reason = recreate_reason(spec, link)
+            if reason is not None:
+                log.warning("recreating VXLAN device %s: %s", spec.name, reason)
+                self._nl.delete_link(link)
+                link = None
+        if link is None:
+            link = self._create_device()
+            log.info("created VXLAN device %s (VNI %d, port %d, local %s)",
+                     spec.name, spec.vni, spec.port, spec.local_ip)
+        changes = link_changes(spec, link)
+        if changes:
+            self._nl.set_link(link, **changes)
+        converge_addresses(self._nl, link.index, {device_address(own_subnet)}, self.route_protocol)
+        return link
+
+    def _create_device(self) -> Link:
+        spec = self.spec
+        local_key = "vxlan_local" if spec.local_ip.version == 4 else "vxlan_local6"
+        return self._nl.create_link(
+            spec.name,
+            "vxlan",
+            vxlan_id=spec.vni,
+            vxlan_port=spec.port,
+            vxlan_link=spec.underlay_ifindex,
+            vxlan_learning=0,  # peers are known from etcd; learning would let packets rewrite the FDB
+            address=spec.mac,
+            mtu=spec.mtu,
+            **{local_key: str(spec.local_ip)},
+        )
+
+    def _apply(self, ifindex: int, action: Action) -> None:
+        nl = self._nl
+        match action:
+            case SetFdb(mac=mac, dst=dst):
+                nl.replace_fdb(ifindex, mac, dst)
+            case SetNeighbour(ip=ip, mac=mac):
+                nl.replace_neighbour(ifindex, ip, mac)
+            case SetRoute(dst=dst, gateway=gateway):
+                nl.replace_onlink_route(dst, gateway, ifindex, self.route_protocol)
+            case DeleteRoute(route=route):
+                nl.delete_route(route)
+            case DeleteNeighbour(neighbour=neighbour):
+                nl.delete_neighbour(neighbour)
+            case DeleteFdb(entry=entry):
+                nl.delete_fdb(entry)

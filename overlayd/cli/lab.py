@@ -1,0 +1,90 @@
+"""overlayctl lab up | status | down: a cluster of simulated hosts on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from overlayd.cli.output import print_json, print_table
+from overlayd.errors import UsageError
+from overlayd.lab import runner
+from overlayd.lab.plan import DEFAULT_BASE_DIR, make_plan, validate_lab_name
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    lab = sub.add_parser("lab", help="run a cluster of simulated hosts (network namespaces) here")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True, parser_class=type(lab))
+    for name, handler, help_text in (("up", _up, "build the lab, start etcd and daemons, check every pod pair"),
+                                     ("status", _status, "show hosts, pods and the reachability matrix"),
+                                     ("down", _down, "remove every namespace, process and file of the lab")):
+        p = lab_sub.add_parser(name, help=help_text)
+        p.add_argument("--name", default="ovlab", help="lab name, prefixes every namespace (default ovlab)")
+        p.add_argument("--dir", type=Path, default=DEFAULT_BASE_DIR, help=f"base dir (default {DEFAULT_BASE_DIR})")
+        p.set_defaults(handler=handler)
+        if name == "up":
+            p.add_argument("--hosts", type=int, default=3)
+            p.add_argument("--backend", default="vxlan", choices=["vxlan", "wireguard"])
+
+
+def _plan_from_state(args: argparse.Namespace):
+    validate_lab_name(args.name)
+    state_path = args.dir / args.name / "lab.json"
+    try:
+        state = json.loads(state_path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"lab {args.name!r} is not up (no {state_path})") from None
+    return make_plan(args.name, state["hosts"], state["backend"], args.dir)
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(result)
+        return
+    print(f"lab {result['name']}  backend {result['backend']}  etcd {result['etcd']}\n")
+    print_table(result["hosts"], [("name", "HOST"), ("netns", "NETNS"), ("underlay_ip", "UNDERLAY IP"),
+                                  ("subnet", "POD SUBNET"), ("peers", "PEERS"), ("health", "HEALTH")])
+    print()
+    print_table(result["pods"], [("name", "POD"), ("host", "HOST"), ("ip", "IP"), ("netns", "NETNS")])
+    print("\nreachability (ICMP+TCP, row = from, column = to):")
+    names = [p["name"] for p in result["pods"]]
+    rows = []
+    for src in names:
+        row: dict[str, Any] = {"from": src}
+        for dst in names:
+            if src == dst:
+                row[dst] = "."
+            else:
+                r = result["matrix"].get(src, {}).get(dst, {})
+                row[dst] = "ok" if r.get("icmp") and r.get("tcp") else \
+                    "icmp-only" if r.get("icmp") else "tcp-only" if r.get("tcp") else "FAIL"
+        rows.append(row)
+    print_table(rows, [("from", "FROM")] + [(n, n) for n in names])
+    print("\nall pod pairs reachable" if result["ok"] else "\nSOME POD PAIRS UNREACHABLE")
+
+
+def _up(args: argparse.Namespace) -> int:
+    plan = make_plan(args.name, args.hosts, args.backend, args.dir)
+    result = runner.up(plan)
+    _print_result(result, args.json)
+    return 0 if result["ok"] else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    result = runner.status(_plan_from_state(args))
+    _print_result(result, args.json)
+    return 0 if result["ok"] else 1
+
+
+def _down(args: argparse.Namespace) -> int:
+    validate_lab_name(args.name)
+    result = runner.down(args.name, args.dir)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"lab {args.name}: stopped {result['processes_stopped']} processes, removed "
+              f"{len(result['namespaces_removed'])} namespaces and {result['mounts_removed']} mounts",
+              file=sys.stdout)
+    return 0

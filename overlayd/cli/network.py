@@ -1,0 +1,86 @@
+"""overlayctl network init | show: the cluster config in etcd.
+
+These talk to etcd directly (the config exists before any daemon does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ipam.config import BackendConfig, ClusterConfig
+from ipam.errors import InvalidConfig
+from overlayd.cli.output import print_json
+from overlayd.cluster.client import ClusterClient
+from overlayd.config import EtcdConfig
+from overlayd.errors import UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    network = sub.add_parser("network", help="the cluster-wide network config in etcd")
+    net_sub = network.add_subparsers(dest="network_command", required=True, parser_class=type(network))
+    init = net_sub.add_parser("init", help="write the cluster config (refused under live leases without --force)")
+    init.add_argument("--cidr", default="10.244.0.0/16", help="pod network (default 10.244.0.0/16)")
+    init.add_argument("--subnet-len", type=int, help="per-host subnet prefix length (default /24, IPv6 /64)")
+    init.add_argument("--backend", default="vxlan", choices=["vxlan", "wireguard"])
+    init.add_argument("--vni", type=int, help="VXLAN network identifier (default 1)")
+    init.add_argument("--port", type=int, help="UDP port (VXLAN default 4789, WireGuard 51820)")
+    init.add_argument("--force", action="store_true", help="change the config even while hosts hold leases")
+    init.set_defaults(handler=_init)
+    show = net_sub.add_parser("show", help="print the cluster config")
+    show.set_defaults(handler=_show)
+    for p in (init, show):
+        p.add_argument("--etcd-endpoints", default="http://127.0.0.1:2379", help="comma-separated URLs")
+        p.add_argument("--etcd-prefix", default="/overlayd/network")
+        p.add_argument("--etcd-ca", type=Path)
+        p.add_argument("--etcd-cert", type=Path)
+        p.add_argument("--etcd-key", type=Path)
+
+
+def _etcd(args: argparse.Namespace) -> EtcdConfig:
+    return EtcdConfig(endpoints=tuple(e for e in args.etcd_endpoints.split(",") if e), prefix=args.etcd_prefix,
+                      ca_file=args.etcd_ca, cert_file=args.etcd_cert, key_file=args.etcd_key)
+
+
+def _cluster_config(args: argparse.Namespace) -> ClusterConfig:
+    try:
+        network = ipaddress.ip_network(args.cidr)
+        backend = BackendConfig(type=args.backend, vni=args.vni, port=args.port)
+        return ClusterConfig(network=network, subnet_len=args.subnet_len, backend=backend)
+    except (ValueError, InvalidConfig) as exc:
+        raise UsageError(str(exc)) from None
+
+
+async def _with_cluster(etcd: EtcdConfig, job: Any) -> Any:
+    cluster = await ClusterClient.connect(etcd)
+    try:
+        return await job(cluster)
+    finally:
+        await cluster.aclose()
+
+
+def _init(args: argparse.Namespace) -> int:
+    config = _cluster_config(args)  # validate before touching etcd
+
+    async def job(cluster: ClusterClient) -> bool:
+        return await cluster.put_config(config, force=args.force)
+
+    written = trio.run(_with_cluster, _etcd(args), job)
+    if args.json:
+        print_json({"written": written, "config": config.to_dict()})
+    else:
+        print(("wrote" if written else "unchanged:") + f" {config.to_json()}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    async def job(cluster: ClusterClient) -> ClusterConfig:
+        return await cluster.get_config()
+
+    config = trio.run(_with_cluster, _etcd(args), job)
+    print_json(config.to_dict()) if args.json else print(config.to_json())
+    return 0

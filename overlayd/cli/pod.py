@@ -1,0 +1,93 @@
+"""overlayctl pod add | del | ls | get | exec."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from overlayd.api.client import ControlClient
+from overlayd.cli.output import print_fields, print_json, print_table
+from overlayd.errors import UsageError
+from overlayd.pods.exec import enter_pod_namespaces
+from overlayd.pods.names import validate_pod_name
+
+_POD_COLUMNS = [("name", "NAME"), ("ip", "IP"), ("node", "HOST"), ("labels", "LABELS"),
+                ("netns", "NETNS"), ("created", "CREATED")]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    pod = sub.add_parser("pod", help="manage pods on this host")
+    pod_sub = pod.add_subparsers(dest="pod_command", required=True, parser_class=type(pod))
+    p = pod_sub.add_parser("add", help="create a pod: namespaces, veth, address, route")
+    p.add_argument("name")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(handler=_add)
+    p = pod_sub.add_parser("del", help="delete a pod and free its address")
+    p.add_argument("name")
+    p.set_defaults(handler=_del)
+    p = pod_sub.add_parser("ls", help="list pods")
+    p.set_defaults(handler=_ls)
+    p = pod_sub.add_parser("get", help="show one pod")
+    p.add_argument("name")
+    p.set_defaults(handler=_get)
+    p = pod_sub.add_parser("exec", help="run a command inside a pod's namespaces")
+    p.add_argument("name")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    p.set_defaults(handler=_exec)
+
+
+def _parse_labels(items: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def _name(args: argparse.Namespace) -> str:
+    validate_pod_name(args.name)  # refuse locally, before talking to the daemon
+    return args.name
+
+
+def _add(args: argparse.Namespace) -> int:
+    labels = _parse_labels(args.label)
+    result = ControlClient(args.socket).call("pod.add", name=_name(args), labels=labels)
+    print_json(result) if args.json else print_fields(result)
+    return 0
+
+
+def _del(args: argparse.Namespace) -> int:
+    ControlClient(args.socket).call("pod.del", name=_name(args))
+    if args.json:
+        print_json({"deleted": args.name})
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    result = ControlClient(args.socket).call("pod.list")
+    print_json(result) if args.json else print_table(result, _POD_COLUMNS)
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    result = ControlClient(args.socket).call("pod.get", name=_name(args))
+    print_json(result) if args.json else print_fields(result)
+    return 0
+
+
+def _exec(args: argparse.Namespace) -> int:
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise UsageError("pod exec: give a command after --")
+    pod = ControlClient(args.socket).call("pod.get", name=_name(args))
+    namespaces = pod["namespaces"]
+    enter_pod_namespaces(namespaces["net"], namespaces["uts"], namespaces["ipc"])
+    sys.stdout.flush()
+    try:
+        os.execvp(cmd[0], cmd)
+    except FileNotFoundError:
+        raise UsageError(f"pod exec: command not found: {cmd[0]}") from None
+    return 127

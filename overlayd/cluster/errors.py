@@ -1,0 +1,25 @@
+"""Errors of the cluster layer; all are ClusterErrors, so the daemon and CLI handle them as one kind."""
+
+from __future__ import annotations
+
+from overlayd.errors import ClusterError
+
+
+class RecordError(ClusterError):
+    """A key or value read from etcd is malformed; callers count it and skip the entry."""
+
+
+class LeaseLost(ClusterError):
+    """The etcd lease holding our subnet expired or was revoked, or our key is gone from it."""
+
+    def __init__(self, lease_id: int, what: str = "expired or was revoked") -> None:
+        self.lease_id = lease_id
+        super().__init__(f"etcd lease {lease_id:x} {what}")
+
+
+class WatchCompacted(ClusterError):
+    """The watch's start revision was compacted away: the caller must re-list."""
+
+    def __init__(self, compact_revision: int) -> None:
+        self.compact_revision = compact_revision
+        super().__init__(f"watch start revision compacted (etcd keeps history from revision {compact_revision})")

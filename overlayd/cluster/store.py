@@ -1,0 +1,228 @@
+"""Cluster state operations on etcd, blocking: config, listings, subnet claims and cooldown.
+
+flannel's subnet.Manager without its exits. Claims are etcd transactions ("create the
+key only if it is absent"), so two hosts never hold one subnet; losing a race means
+listing again and choosing again. A daemon that restarts takes its old key over with a
+transaction on the key's mod_revision, so the key never disappears and peers see at most
+a HostChanged. The key layout is documented in keys.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+from ipam.config import ClusterConfig
+from ipam.errors import InvalidConfig, OutOfSubnets
+from ipam.subnets import choose_subnet
+from overlayd.cluster.errors import LeaseLost, RecordError
+from overlayd.cluster.etcd import EtcdClient, KeyValue, WatchStream
+from overlayd.cluster.keys import IPNetwork, KeyLayout
+from overlayd.cluster.records import HostRecord, Lease, parse_host_record_untrusted, parse_lease_untrusted
+from overlayd.errors import ClusterError, ConfigError, ConflictError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+# Every failed claim means another host just took a subnet, so this bound is only reached
+# under absurd contention (or a bug); the caller retries later instead of spinning here.
+_MAX_CLAIM_ATTEMPTS = 64
+_MAX_CONFIG_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The subnet leases as of one etcd revision."""
+
+    revision: int
+    leases: tuple[Lease, ...]  # the usable ones, by subnet
+    taken: frozenset[IPNetwork]  # every subnet that has a key, usable record or not
+    rejected: tuple[str, ...]  # why each skipped entry was skipped
+
+
+def lease_from_kv(layout: KeyLayout, config: ClusterConfig, kv: KeyValue) -> Lease:
+    """Parse one subnet key read from etcd; RecordError if it is unusable."""
+    assert config.subnet_len is not None  # resolved by ClusterConfig
+    return parse_lease_untrusted(
+        kv.key,
+        kv.value,
+        layout=layout,
+        network=config.network,
+        subnet_len=config.subnet_len,
+        lease_id=kv.lease_id or None,
+        mod_revision=kv.mod_revision,
+    )
+
+
+class SubnetStore:
+    def __init__(
+        self, etcd: EtcdClient, layout: KeyLayout, *, lease_ttl: int, rng: random.Random | None = None
+    ) -> None:
+        self.etcd = etcd
+        self.layout = layout
+        self.lease_ttl = lease_ttl
+        self._rng = rng or random.SystemRandom()
+
+    # -- cluster config ------------------------------------------------------------------
+
+    def get_config(self) -> ClusterConfig:
+        kv = self.etcd.get(self.layout.config)
+        if kv is None:
+            raise NotFoundError(f"no cluster config at {self.layout.config} (run `overlayctl network init`)")
+        try:
+            return ClusterConfig.from_json_untrusted(kv.value)
+        except InvalidConfig as exc:
+            raise ConfigError(f"cluster config at {self.layout.config} is invalid: {exc}") from None
+
+    def put_config(self, config: ClusterConfig, *, force: bool = False) -> bool:
+        """Store the cluster config; returns False when an identical one is already there.
+
+        A different existing config is replaced only while no subnet lease exists (checked
+        in the same transaction), unless force: hosts holding leases were set up for it.
+        """
+        data = config.to_json().encode()
+        for _ in range(_MAX_CONFIG_ATTEMPTS):
+            current = self.etcd.get(self.layout.config)
+            if current is not None and self._same_config(current.value, config):
+                return False
+            guard = None if force or current is None else self.layout.subnets
+            expected = current.mod_revision if current else 0
+            result = self.etcd.put_if(self.layout.config, data, mod_revision=expected, require_empty=guard)
+            if result.succeeded:
+                return True
+            now = result.current.mod_revision if result.current else 0
+            holders = len(self.etcd.get_prefix(self.layout.subnets).kvs) if now == expected else 0
+            if holders:  # the config did not move, so the lease guard failed
+                raise ConflictError(
+                    f"cluster config at {self.layout.config} differs and {holders} host subnet lease(s) "
+                    "exist; stop those hosts first or force the change"
+                )
+            # Someone else wrote the config, or the last lease expired, meanwhile: look again.
+        raise ClusterError(f"cluster config at {self.layout.config} keeps changing under us; try again")
+
+    @staticmethod
+    def _same_config(data: bytes, config: ClusterConfig) -> bool:
+        try:
+            return ClusterConfig.from_json_untrusted(data) == config
+        except InvalidConfig:
+            return False  # a broken stored config is "different": replacing it follows the same rule
+
+    # -- listings ------------------------------------------------------------------------
+
+    def list_leases(self, config: ClusterConfig) -> Listing:
+        listed = self.etcd.get_prefix(self.layout.subnets)
+        leases, taken, rejected = [], set(), []
+        for kv in listed.kvs:
+            try:
+                taken.add(self.layout.subnet_of_key_untrusted(kv.key))
+                leases.append(lease_from_kv(self.layout, config, kv))
+            except RecordError as exc:
+                rejected.append(str(exc))
+        return Listing(listed.revision, tuple(leases), frozenset(taken), tuple(rejected))
+
+    def list_cooling(self) -> frozenset[IPNetwork]:
+        cooling = set()
+        for kv in self.etcd.get_prefix(self.layout.cooldown).kvs:
+            try:
+                cooling.add(self.layout.cooling_subnet_of_key_untrusted(kv.key))
+            except RecordError as exc:
+                log.debug("skipping cooldown key: %s", exc)
+        return frozenset(cooling)
+
+    def watch(self, start_revision: int) -> WatchStream:
+        return self.etcd.watch(self.layout.subnets, start_revision)
+
+    # -- claims --------------------------------------------------------------------------
+
+    def acquire(self, config: ClusterConfig, record: HostRecord, *, previous: IPNetwork | None = None) -> Lease:
+        """Claim a subnet for `record` under a new etcd lease of lease_ttl seconds.
+
+        previous (the subnet from the daemon's state) is kept when possible: taken over
+        in place if its key still names record.node, claimed again if it is free.
+        Raises ConflictError when every subnet is taken, ClusterError when etcd fails.
+        """
+        if previous is not None and not config.contains_subnet(previous):
+            log.warning("previous subnet %s does not fit cluster network %s; choosing anew", previous, config.network)
+            previous = None
+        lease_id = self.etcd.grant(self.lease_ttl)
+        try:
+            return self._claim(config, record, lease_id, previous)
+        except Exception:
+            self._revoke_quietly(lease_id)  # deletes whatever the failed attempt may have written
+            raise
+
+    def _claim(self, config: ClusterConfig, record: HostRecord, lease_id: int, previous: IPNetwork | None) -> Lease:
+        value = record.to_json()
+        for _ in range(_MAX_CLAIM_ATTEMPTS):
+            if previous is not None:
+                lease = self._take_over(previous, record, value, lease_id)
+                if lease is not None:
+                    return lease
+            listing = self.list_leases(config)
+            try:
+                subnet = choose_subnet(
+                    config, None, listing.taken, previous=previous, cooling=self.list_cooling(), rng=self._rng
+                )
+            except OutOfSubnets as exc:
+                raise ConflictError(str(exc)) from None
+            result = self.etcd.put_if(self.layout.subnet_key(subnet), value, mod_revision=0, lease_id=lease_id)
+            # A key already on our lease means an earlier try of this very transaction was applied
+            # but its answer was lost (the client moved on to the next endpoint).
+            if result.current is not None and (result.succeeded or result.current.lease_id == lease_id):
+                log.info("claimed subnet %s for %s (lease %x)", subnet, record.node, lease_id)
+                return Lease(subnet, record, lease_id, result.current.mod_revision)
+            log.info("lost the race for subnet %s; choosing again", subnet)
+        raise ClusterError(f"no subnet claimed after {_MAX_CLAIM_ATTEMPTS} attempts (heavy contention)")
+
+    def _take_over(self, subnet: IPNetwork, record: HostRecord, value: bytes, lease_id: int) -> Lease | None:
+        """Move our own surviving key to the new lease, in place; None if it is not ours (any more)."""
+        key = self.layout.subnet_key(subnet)
+        kv = self.etcd.get(key)
+        if kv is None:
+            return None
+        try:
+            holder = parse_host_record_untrusted(kv.value).node
+        except RecordError:
+            return None
+        if holder != record.node:
+            return None
+        result = self.etcd.put_if(key, value, mod_revision=kv.mod_revision, lease_id=lease_id)
+        if not result.succeeded or result.current is None:
+            return None
+        if kv.lease_id and kv.lease_id != lease_id:
+            # The old lease now holds nothing; revoking it makes a stale twin daemon notice.
+            self._revoke_quietly(kv.lease_id)
+        log.info("took over subnet %s for %s (lease %x)", subnet, record.node, lease_id)
+        return Lease(subnet, record, lease_id, result.current.mod_revision)
+
+    def renew(self, lease: Lease) -> int:
+        """Keep the lease alive; returns its TTL. Raises LeaseLost if the lease is gone, or if
+        our key was deleted or moved to another lease (a live lease alone holds nothing)."""
+        if lease.lease_id is None:
+            raise ClusterError(f"lease for {lease.subnet} has no etcd lease id")
+        ttl = self.etcd.keepalive(lease.lease_id)
+        kv = self.etcd.get(self.layout.subnet_key(lease.subnet))
+        if kv is None or kv.lease_id != lease.lease_id:
+            raise LeaseLost(lease.lease_id, f"no longer holds the key of subnet {lease.subnet}")
+        return ttl
+
+    def release(self, lease: Lease) -> None:
+        """Give the subnet up now (its key goes with the lease) and let it cool down."""
+        if lease.lease_id is not None:
+            self.etcd.revoke(lease.lease_id)
+        self.cool_down(lease.subnet)
+
+    def cool_down(self, subnet: IPNetwork) -> None:
+        """Mark a freed subnet as cooling for lease_ttl seconds; a no-op if it already is."""
+        key = self.layout.cooldown_key(subnet)
+        if self.etcd.get(key) is not None:
+            return
+        lease_id = self.etcd.grant(self.lease_ttl)
+        if not self.etcd.put_if(key, b"", mod_revision=0, lease_id=lease_id).succeeded:
+            self._revoke_quietly(lease_id)  # another host marked it first
+
+    def _revoke_quietly(self, lease_id: int) -> None:
+        try:
+            self.etcd.revoke(lease_id)
+        except ClusterError as exc:
+            log.warning("could not revoke etcd lease %x (it expires by itself): %s", lease_id, exc)

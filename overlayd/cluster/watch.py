@@ -1,0 +1,161 @@
+"""Following the peers' subnet leases: list, watch, re-list when the watch breaks (trio).
+
+The loop lists {prefix}/subnets/ (noting the revision), watches from revision + 1 and
+feeds each response through LeaseWatcher.update. When the watch breaks or its start
+revision has been compacted, it lists again and LeaseWatcher.reset yields exactly what
+changed meanwhile; nothing is missed. etcd unreachable means retrying with backoff,
+never giving up. Subnets whose keys disappear are marked as cooling down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NoReturn
+
+import trio
+
+from ipam.config import ClusterConfig
+from overlayd.cluster.diff import HostEvent, HostRemoved, KeyEvent, LeaseDeleted, LeasePut, LeaseWatcher
+from overlayd.cluster.errors import RecordError, WatchCompacted
+from overlayd.cluster.etcd import WatchChunk
+from overlayd.cluster.keys import IPNetwork, KeyLayout
+from overlayd.cluster.records import Lease
+from overlayd.cluster.store import Listing, SubnetStore, lease_from_kv
+from overlayd.errors import ClusterError
+
+log = logging.getLogger(__name__)
+
+MIN_BACKOFF = 0.5
+MAX_BACKOFF = 10.0
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """What one watch response or re-list changed, and the complete peer set after it."""
+
+    events: tuple[HostEvent, ...]
+    peers: Mapping[IPNetwork, Lease]  # read-only snapshot, own subnet excluded
+    revision: int  # etcd revision the peer set reflects
+    resync: bool  # True: built from a full listing (converge to `peers`, e.g. drop stale routes)
+    rejected: tuple[str, ...] = ()  # malformed entries skipped, one reason each
+
+
+@dataclass(frozen=True)
+class DecodedChunk:
+    events: tuple[KeyEvent, ...]
+    deleted: tuple[IPNetwork, ...]
+    rejected: tuple[str, ...]
+
+
+def decode_chunk(layout: KeyLayout, config: ClusterConfig, chunk: WatchChunk) -> DecodedChunk:
+    """Turn etcd watch events into key events; a put we cannot parse counts as a deletion,
+    as a re-list would skip it too."""
+    events: list[KeyEvent] = []
+    deleted, rejected = [], []
+    for event in chunk.events:
+        try:
+            subnet = layout.subnet_of_key_untrusted(event.kv.key)
+        except RecordError as exc:
+            rejected.append(str(exc))
+            continue
+        if event.kind == "delete":
+            events.append(LeaseDeleted(subnet))
+            deleted.append(subnet)
+            continue
+        try:
+            events.append(LeasePut(lease_from_kv(layout, config, event.kv)))
+        except RecordError as exc:
+            rejected.append(str(exc))
+            events.append(LeaseDeleted(subnet))
+    return DecodedChunk(tuple(events), tuple(deleted), tuple(rejected))
+
+
+class LeaseFollower:
+    """Keeps a LeaseWatcher in step with etcd and sends a WatchBatch for every change."""
+
+    def __init__(self, store: SubnetStore, config: ClusterConfig, own_subnet: IPNetwork | None) -> None:
+        self._store = store
+        self._config = config
+        self._watcher = LeaseWatcher(own_subnet)
+        self._backoff = MIN_BACKOFF
+
+    async def run(
+        self,
+        send_channel: trio.MemorySendChannel[WatchBatch],
+        *,
+        resume: WatchBatch | None = None,
+        task_status: trio.TaskStatus[WatchBatch] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Follow the leases forever. started() hands over the initial batch (the full peer
+        set, or `resume` when given); later batches go to send_channel.
+
+        resume: the last batch an earlier run produced; watching continues after its
+        revision, so a restarted watch reports only what changed since.
+        """
+        if resume is None:
+            first, _ = self._resync(await trio.to_thread.run_sync(self._store.list_leases, self._config))
+        else:
+            self._watcher.reset(resume.peers.values())
+            first = resume
+        task_status.started(first)
+        revision = first.revision
+        while True:
+            try:
+                await self._follow(send_channel, revision + 1)
+            except WatchCompacted as exc:
+                log.info("lease watch: %s; listing again", exc)
+            except ClusterError as exc:
+                log.warning("lease watch interrupted: %s; listing again in %gs", exc, self._backoff)
+                await self._sleep_backoff()
+            batch, freed = self._resync(await self._list_until_ok())
+            await send_channel.send(batch)
+            revision = batch.revision
+            await self._cool_down(freed)
+
+    async def _follow(self, send_channel: trio.MemorySendChannel[WatchBatch], start_revision: int) -> NoReturn:
+        stream = await trio.to_thread.run_sync(self._store.watch, start_revision)
+        self._backoff = MIN_BACKOFF
+        try:
+            while True:
+                # Cancellable: on cancel the thread is abandoned and stream.cancel() below ends it.
+                chunk = await trio.to_thread.run_sync(stream.next_chunk, cancellable=True)
+                decoded = decode_chunk(self._store.layout, self._config, chunk)
+                events = self._watcher.update(decoded.events)
+                if events or decoded.rejected:
+                    await send_channel.send(self._batch(events, chunk.revision, False, decoded.rejected))
+                await self._cool_down(decoded.deleted)
+        finally:
+            stream.cancel()
+
+    def _resync(self, listing: Listing) -> tuple[WatchBatch, set[IPNetwork]]:
+        """Reset the watcher to a listing; also returns the subnets whose keys vanished."""
+        events = self._watcher.reset(listing.leases)
+        freed = {e.lease.subnet for e in events if isinstance(e, HostRemoved)} - listing.taken
+        return self._batch(events, listing.revision, True, listing.rejected), freed
+
+    def _batch(self, events: list[HostEvent], revision: int, resync: bool, rejected: tuple[str, ...]) -> WatchBatch:
+        for reason in rejected:
+            log.warning("skipping subnet lease entry: %s", reason)
+        return WatchBatch(tuple(events), MappingProxyType(dict(self._watcher.leases)), revision, resync, rejected)
+
+    async def _list_until_ok(self) -> Listing:
+        while True:
+            try:
+                return await trio.to_thread.run_sync(self._store.list_leases, self._config)
+            except ClusterError as exc:
+                log.warning("listing subnet leases failed: %s; retrying in %gs", exc, self._backoff)
+                await self._sleep_backoff()
+
+    async def _sleep_backoff(self) -> None:
+        await trio.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+
+    async def _cool_down(self, subnets: Iterable[IPNetwork]) -> None:
+        for subnet in subnets:
+            try:
+                await trio.to_thread.run_sync(self._store.cool_down, subnet)
+            except ClusterError as exc:
+                log.warning("could not mark subnet %s as cooling down: %s", subnet, exc)

@@ -1,0 +1,219 @@
+"""Daemon configuration: a TOML file plus command-line flags, flags winning.
+
+Every path and global name the daemon uses is here, so several daemons can run
+on one machine (the lab does exactly that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from overlayd.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/overlayd/overlayd.toml")
+
+# Link names are limited to 15 bytes; the longest we derive is prefix + 8 hex
+# (veths) or prefix + ".vx" / ".wg", so the prefix may use at most 6.
+_LINK_PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,5}$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+_NETNS_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+_NODE_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    prefix: str = "/overlayd/network"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    node_name: str
+    etcd: EtcdConfig = field(default_factory=EtcdConfig)
+    public_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    public_interface: str | None = None
+    netns: str | None = None  # run the whole daemon inside this named netns
+    state_dir: Path = Path("/var/lib/overlayd")
+    run_dir: Path = Path("/run/overlayd")
+    socket_path: Path | None = None  # default: run_dir / "overlayd.sock"
+    socket_group: int | None = None  # gid allowed to use the socket (mode 0660)
+    netns_dir: Path = Path("/run/netns")
+    netns_prefix: str = "ovl-"
+    link_prefix: str = "ovl"
+    bridge_name: str = "ovl0"
+    mtu: int | None = None  # default: underlay MTU minus the backend overhead
+    lease_ttl: int = 60
+    log_level: str = "info"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.socket_path or self.run_dir / "overlayd.sock"
+
+    @property
+    def vxlan_device(self) -> str:
+        return f"{self.link_prefix}.vx"
+
+    @property
+    def pod_run_dir(self) -> Path:
+        return self.run_dir / "pods"
+
+
+def _as_path(value: Any, key: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a non-empty path string, got {value!r}")
+    return Path(value)
+
+
+def _check(config: DaemonConfig) -> DaemonConfig:
+    if not _NODE_RE.match(config.node_name):
+        raise ConfigError(f"node_name {config.node_name!r} is not a valid host name")
+    if not _LINK_PREFIX_RE.match(config.link_prefix):
+        raise ConfigError(
+            f"link_prefix {config.link_prefix!r}: 1-6 chars, lowercase letter first, then a-z 0-9 -"
+        )
+    if not _IFNAME_RE.match(config.bridge_name):
+        raise ConfigError(f"bridge_name {config.bridge_name!r} is not a valid interface name")
+    if config.public_interface is not None and not _IFNAME_RE.match(config.public_interface):
+        raise ConfigError(f"public_interface {config.public_interface!r} is not a valid interface name")
+    if not _NETNS_PREFIX_RE.match(config.netns_prefix):
+        raise ConfigError(f"netns_prefix {config.netns_prefix!r} is not a valid name prefix")
+    if config.mtu is not None and not 576 <= config.mtu <= 65535:
+        raise ConfigError(f"mtu {config.mtu} out of range 576..65535")
+    if not 5 <= config.lease_ttl <= 86400:
+        raise ConfigError(f"lease_ttl {config.lease_ttl} out of range 5..86400 seconds")
+    if not config.etcd.endpoints:
+        raise ConfigError("etcd.endpoints: at least one endpoint is needed")
+    for endpoint in config.etcd.endpoints:
+        if not re.match(r"^https?://[^/\s]+$", endpoint):
+            raise ConfigError(f"etcd endpoint {endpoint!r}: expected http(s)://host:port")
+    if not config.etcd.prefix.startswith("/") or config.etcd.prefix.endswith("/"):
+        raise ConfigError(f"etcd.prefix {config.etcd.prefix!r}: must start with '/' and not end with '/'")
+    if (config.etcd.cert_file is None) != (config.etcd.key_file is None):
+        raise ConfigError("etcd.cert_file and etcd.key_file go together")
+    if config.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level {config.log_level!r}: one of debug, info, warning, error")
+    return config
+
+
+_PATH_KEYS = {"state_dir", "run_dir", "socket_path", "netns_dir"}
+_ETCD_PATH_KEYS = {"ca_file", "cert_file", "key_file"}
+
+
+def _from_mapping(values: dict[str, Any]) -> DaemonConfig:
+    """Build a config from a flat-ish mapping (TOML document merged with flags)."""
+    values = dict(values)
+    etcd_values = dict(values.pop("etcd", {}) or {})
+    known = {f.name for f in dataclasses.fields(DaemonConfig)} - {"etcd"}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+    etcd_known = {f.name for f in dataclasses.fields(EtcdConfig)}
+    unknown = set(etcd_values) - etcd_known
+    if unknown:
+        raise ConfigError(f"unknown [etcd] keys: {', '.join(sorted(unknown))}")
+
+    for key in _ETCD_PATH_KEYS & etcd_values.keys():
+        etcd_values[key] = _as_path(etcd_values[key], f"etcd.{key}")
+    if "endpoints" in etcd_values:
+        endpoints = etcd_values["endpoints"]
+        if isinstance(endpoints, str):
+            endpoints = [e for e in endpoints.split(",") if e]
+        if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
+            raise ConfigError("etcd.endpoints: expected a list of URLs")
+        etcd_values["endpoints"] = tuple(endpoints)
+    if "timeout" in etcd_values:
+        etcd_values["timeout"] = _number(etcd_values["timeout"], "etcd.timeout")
+
+    for key in _PATH_KEYS & values.keys():
+        values[key] = _as_path(values[key], key)
+    if values.get("public_ip") is not None:
+        try:
+            values["public_ip"] = ipaddress.ip_address(values["public_ip"])
+        except ValueError as exc:
+            raise ConfigError(f"public_ip: {exc}") from None
+    for key in ("mtu", "lease_ttl", "socket_group"):
+        if values.get(key) is not None:
+            values[key] = int(_number(values[key], key))
+    for key in ("node_name", "netns", "public_interface", "netns_prefix", "link_prefix", "bridge_name", "log_level"):
+        if values.get(key) is not None and not isinstance(values[key], str):
+            raise ConfigError(f"{key}: expected a string, got {values[key]!r}")
+    values.setdefault("node_name", socket.gethostname().split(".")[0].lower())
+    return _check(DaemonConfig(etcd=EtcdConfig(**etcd_values), **values))
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    try:
+        return float(value) if not isinstance(value, int) else value
+    except ValueError:
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags mirror the TOML keys; a flag given on the command line wins."""
+    parser.add_argument("--config", type=Path, help=f"TOML config file (default {DEFAULT_CONFIG_PATH} if present)")
+    parser.add_argument("--node-name", dest="node_name")
+    parser.add_argument("--etcd-endpoints", dest="etcd.endpoints", help="comma-separated http(s)://host:port")
+    parser.add_argument("--etcd-prefix", dest="etcd.prefix")
+    parser.add_argument("--etcd-ca", dest="etcd.ca_file")
+    parser.add_argument("--etcd-cert", dest="etcd.cert_file")
+    parser.add_argument("--etcd-key", dest="etcd.key_file")
+    parser.add_argument("--public-ip", dest="public_ip")
+    parser.add_argument("--public-interface", dest="public_interface")
+    parser.add_argument("--netns", help="run inside this named network namespace (the lab uses it)")
+    parser.add_argument("--state-dir", dest="state_dir")
+    parser.add_argument("--run-dir", dest="run_dir")
+    parser.add_argument("--socket", dest="socket_path")
+    parser.add_argument("--netns-dir", dest="netns_dir")
+    parser.add_argument("--netns-prefix", dest="netns_prefix")
+    parser.add_argument("--link-prefix", dest="link_prefix")
+    parser.add_argument("--bridge", dest="bridge_name")
+    parser.add_argument("--mtu", type=int)
+    parser.add_argument("--lease-ttl", dest="lease_ttl", type=int)
+    parser.add_argument("--log-level", dest="log_level")
+
+
+def config_from_args(args: argparse.Namespace) -> DaemonConfig:
+    path: Path | None = args.config
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = load_toml(path)
+    elif DEFAULT_CONFIG_PATH.exists():
+        values = load_toml(DEFAULT_CONFIG_PATH)
+    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for dest, value in vars(args).items():
+        if dest == "config" or value is None:
+            continue
+        if dest.startswith("etcd."):
+            values.setdefault("etcd", {})[dest.split(".", 1)[1]] = value
+        else:
+            values[dest] = value
+    return _from_mapping(values)
+
+
+def config_from_mapping(values: dict[str, Any]) -> DaemonConfig:
+    """Public for tests and the lab, which build configs without a file."""
+    return _from_mapping(values)

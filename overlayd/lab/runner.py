@@ -1,0 +1,279 @@
+"""lab up / status / down: a whole cluster of simulated hosts on one machine.
+
+`up` builds the underlay and the hosts (topology.py), starts etcd on the
+underlay and one overlayd per host (each inside its host namespace, with its
+own dirs, socket and name prefixes), adds a pod per host and checks every pod
+pair over ICMP and TCP. `down` finds everything by the lab's name and
+directory, so it works after a failed `up` and running it twice is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from overlayd.api.client import ControlClient
+from overlayd.lab.etcd_process import EtcdProcess
+from overlayd.errors import ConflictError, OverlaydError
+from overlayd.lab import topology
+from overlayd.pods.nsutil import umount2
+from overlayd.lab.plan import (
+    ETCD_CLIENT_PORT,
+    ETCD_IP,
+    ETCD_PEER_PORT,
+    PROBE_PORT,
+    LabHost,
+    LabPlan,
+    daemon_config_toml,
+)
+
+log = logging.getLogger(__name__)
+
+LAB_LEASE_TTL = 15  # short, so a lab host that dies is noticed quickly
+_DAEMON_READY_TIMEOUT = 30.0
+_MATRIX_TIMEOUT = 30.0
+
+Matrix = dict[str, dict[str, dict[str, Any]]]
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+def _overlayctl(host: LabHost, *args: str) -> list[str]:
+    return _python("overlayd.cli.main", "--socket", str(host.socket), *args)
+
+
+# --- up ---------------------------------------------------------------------
+
+def up(plan: LabPlan) -> dict[str, Any]:
+    if plan.dir.exists() or any(topology.netns_exists(n) for n in plan.netns_names):
+        raise ConflictError(f"lab {plan.name!r} is already up (or left over): run `overlayctl lab down --name {plan.name}`")
+    plan.dir.mkdir(parents=True)
+    try:
+        _write_state(plan)
+        topology.create_underlay(plan)
+        for host in plan.hosts:
+            topology.create_host(plan, host)
+        _start_etcd(plan)
+        _init_network(plan)
+        for host in plan.hosts:
+            start_daemon(plan, host)
+        for host in plan.hosts:
+            wait_ready(host)
+        for host in plan.hosts:
+            ControlClient(host.socket).call("pod.add", name=host.pod_name, labels={"lab": plan.name})
+            _start_probe_server(plan, host)
+        return status(plan, wait_for_matrix=True)
+    except BaseException:
+        down(plan.name, plan.dir.parent)
+        raise
+
+
+def _write_state(plan: LabPlan) -> None:
+    state = {"name": plan.name, "backend": plan.backend, "hosts": len(plan.hosts)}
+    plan.state_path.write_text(json.dumps(state) + "\n")
+
+
+def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log_file:
+        # A session of its own: the lab outlives the `lab up` command.
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                start_new_session=True)
+
+
+def _start_etcd(plan: LabPlan) -> None:
+    etcd = EtcdProcess(plan.etcd_dir, str(ETCD_IP), ETCD_CLIENT_PORT, ETCD_PEER_PORT,
+                       netns=plan.underlay_netns, log_path=plan.dir / "etcd.log")
+    etcd.start()
+
+
+def _init_network(plan: LabPlan) -> None:
+    cmd = ["ip", "netns", "exec", plan.underlay_netns] + _python(
+        "overlayd.cli.main", "network", "init", "--etcd-endpoints", plan.etcd_endpoint,
+        "--backend", plan.backend)
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise OverlaydError(f"network init failed: {result.stderr.strip()}")
+
+
+def start_daemon(plan: LabPlan, host: LabHost) -> None:
+    host.dir.mkdir(parents=True, exist_ok=True)
+    host.config_path.write_text(daemon_config_toml(plan, host, LAB_LEASE_TTL))
+    _spawn(_python("overlayd.daemon", "--config", str(host.config_path)), host.log_path)
+
+
+def wait_ready(host: LabHost) -> dict[str, Any]:
+    deadline = time.monotonic() + _DAEMON_READY_TIMEOUT
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            status = ControlClient(host.socket, timeout=5).call("status")
+            if status.get("ready"):
+                return status
+        except OverlaydError as exc:
+            last_error = exc
+        time.sleep(0.1)
+    tail = host.log_path.read_text(errors="replace")[-2000:] if host.log_path.exists() else ""
+    raise OverlaydError(f"overlayd on {host.name} not ready after {_DAEMON_READY_TIMEOUT:g}s "
+                        f"({last_error}); log tail:\n{tail}")
+
+
+def _start_probe_server(plan: LabPlan, host: LabHost) -> None:
+    # Through `pod exec`, so the server runs in the pod's net, uts and ipc
+    # namespaces exactly as a container would. The lab dir tags the process
+    # so `down` can find it.
+    cmd = _overlayctl(host, "pod", "exec", host.pod_name, "--") + _python(
+        "overlayd.lab.probe", "serve", str(PROBE_PORT), str(plan.dir))
+    _spawn(cmd, host.dir / "probe.log")
+
+
+# --- status -----------------------------------------------------------------
+
+def status(plan: LabPlan, *, wait_for_matrix: bool = False) -> dict[str, Any]:
+    hosts, pods = [], []
+    for host in plan.hosts:
+        try:
+            daemon = ControlClient(host.socket, timeout=5).call("status")
+            host_pods = ControlClient(host.socket, timeout=5).call("pod.list")
+        except OverlaydError as exc:
+            daemon, host_pods = {"error": str(exc)}, []
+        hosts.append({"name": host.name, "netns": host.netns, "underlay_ip": str(host.underlay_ip),
+                      "subnet": daemon.get("subnet"), "socket": str(host.socket),
+                      "peers": daemon.get("peers"), "health": daemon.get("health", daemon.get("error"))})
+        pods += [{"name": p["name"], "host": host.name, "netns": p["netns"], "ip": p["ip"]} for p in host_pods]
+    matrix = _check_matrix(plan, pods, wait=wait_for_matrix)
+    ok = bool(pods) and all(r["icmp"] and r["tcp"] for row in matrix.values() for r in row.values())
+    return {"name": plan.name, "backend": plan.backend, "etcd": plan.etcd_endpoint,
+            "hosts": hosts, "pods": pods, "matrix": matrix, "ok": ok}
+
+
+def _probe_from(plan: LabPlan, pod: dict[str, Any], targets: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    host = next(h for h in plan.hosts if h.name == pod["host"])
+    cmd = _overlayctl(host, "pod", "exec", pod["name"], "--") + _python(
+        "overlayd.lab.probe", "check", str(PROBE_PORT), *[t["ip"] for t in targets])
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    by_ip = json.loads(result.stdout) if result.returncode == 0 else {}
+    empty = {"icmp": False, "tcp": None}
+    return {t["name"]: {"icmp": by_ip.get(t["ip"], empty)["icmp"], "tcp": by_ip.get(t["ip"], empty)["tcp"]}
+            for t in targets}
+
+
+def _check_matrix(plan: LabPlan, pods: list[dict[str, Any]], *, wait: bool) -> Matrix:
+    """Every pod probes every other pod; with wait, retry until all pass or time runs out."""
+    deadline = time.monotonic() + (_MATRIX_TIMEOUT if wait else 0)
+    while True:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            rows = pool.map(lambda src: (src["name"], _probe_from(plan, src, [p for p in pods if p is not src])),
+                            pods)
+            matrix = dict(rows)
+        complete = all(r["icmp"] and r["tcp"] for row in matrix.values() for r in row.values())
+        if complete or time.monotonic() >= deadline:
+            return matrix
+        time.sleep(0.5)
+
+
+# --- down -------------------------------------------------------------------
+
+def down(name: str, base_dir: Path) -> dict[str, Any]:
+    lab_dir = base_dir / name
+    killed = _kill_lab_processes(lab_dir)
+    namespaces = topology.lab_netns_names(name)
+    for ns in namespaces:
+        topology.delete_netns(ns)
+    unmounted = _unmount_under(lab_dir)
+    shutil.rmtree(lab_dir, ignore_errors=True)
+    return {"name": name, "processes_stopped": killed, "namespaces_removed": namespaces,
+            "mounts_removed": unmounted}
+
+
+def daemon_pid(host: LabHost) -> int | None:
+    """The overlayd serving this lab host, found by its config path."""
+    pids = _pids_naming(host.config_path)
+    return pids[0] if pids else None
+
+
+def stop_daemon(host: LabHost, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    pid = daemon_pid(host)
+    if pid is None:
+        return
+    _signal(pid, sig)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise OverlaydError(f"overlayd on {host.name} (pid {pid}) did not exit in {timeout:g}s")
+        time.sleep(0.02)
+
+
+def _lab_pids(lab_dir: Path) -> list[int]:
+    """Processes whose command line names the lab dir: daemons, etcd, probes."""
+    return _pids_naming(lab_dir)
+
+
+def _pids_naming(path: Path) -> list[int]:
+    """Processes with `path`, or a path under it, as one of their arguments."""
+    needle = str(path).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if any(arg == needle or arg.startswith(needle + b"/") for arg in cmdline.split(b"\0")):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_lab_processes(lab_dir: Path) -> int:
+    pids = _lab_pids(lab_dir)
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            _signal(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child (a failed `up`)
+    except ChildProcessError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _unmount_under(lab_dir: Path) -> int:
+    """Pods' uts/ipc namespace bind mounts live under the lab dir; detach them all."""
+    prefix = str(lab_dir) + "/"
+    with open("/proc/self/mountinfo") as fh:
+        # Field 5 is the mount point, with spaces and such escaped as octal.
+        points = [line.split()[4].encode().decode("unicode_escape") for line in fh]
+    mounts = [p for p in points if p.startswith(prefix)]
+    for point in sorted(mounts, key=len, reverse=True):
+        umount2(point, missing_ok=True)
+    return len(mounts)

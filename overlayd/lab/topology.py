@@ -1,0 +1,61 @@
+"""Build and tear down the lab's simulated underlay with iproute2.
+
+Plain `ip` commands keep this readable for people learning the wiring: it is
+exactly what one would type by hand. Every link is created directly inside a
+lab namespace; the root namespace is never touched.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from overlayd.errors import KernelError
+from overlayd.lab.plan import UNDERLAY, UNDERLAY_GATEWAY, LabHost, LabPlan, ETCD_IP
+
+NETNS_DIR = Path("/run/netns")
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise KernelError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+    return result
+
+
+def netns_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def create_underlay(plan: LabPlan) -> None:
+    ns = plan.underlay_netns
+    ip("netns", "add", ns)
+    ip("-n", ns, "link", "set", "lo", "up")
+    ip("-n", ns, "link", "add", "br0", "type", "bridge")
+    # The bridge carries the underlay gateway and etcd's address.
+    ip("-n", ns, "addr", "add", f"{UNDERLAY_GATEWAY}/{UNDERLAY.prefixlen}", "dev", "br0")
+    ip("-n", ns, "addr", "add", f"{ETCD_IP}/{UNDERLAY.prefixlen}", "dev", "br0")
+    ip("-n", ns, "link", "set", "br0", "up")
+
+
+def create_host(plan: LabPlan, host: LabHost) -> None:
+    ul = plan.underlay_netns
+    ip("netns", "add", host.netns)
+    ip("-n", host.netns, "link", "set", "lo", "up")
+    ip("-n", ul, "link", "add", host.underlay_port, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
+    ip("-n", ul, "link", "set", host.underlay_port, "master", "br0", "up")
+    ip("-n", host.netns, "addr", "add", f"{host.underlay_ip}/{UNDERLAY.prefixlen}", "dev", "eth0")
+    ip("-n", host.netns, "link", "set", "eth0", "up")
+    ip("-n", host.netns, "route", "add", "default", "via", str(UNDERLAY_GATEWAY))
+
+
+def delete_netns(name: str) -> None:
+    if netns_exists(name):
+        ip("netns", "del", name, check=False)
+
+
+def lab_netns_names(lab_name: str) -> list[str]:
+    """Every namespace whose name belongs to this lab (hosts, underlay, pods)."""
+    if not NETNS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(f"{lab_name}-"))

@@ -1,0 +1,56 @@
+"""Run a command inside a pod: join its net, UTS and IPC namespaces, then exec.
+
+`overlayctl pod exec` asks the daemon for the namespace paths and calls
+enter_pod_namespaces(); `python -m overlayd.pods.exec NET UTS IPC -- CMD...`
+does the same without a daemon (tests, debugging). Needs root.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+from overlayd.errors import KernelError, OverlaydError, UsageError
+from overlayd.pods import nsutil
+
+
+def enter_pod_namespaces(net_path: str, uts_path: str, ipc_path: str) -> None:
+    """Move the calling thread (for a CLI about to exec: the process) into a pod's namespaces."""
+    targets = [(net_path, nsutil.CLONE_NEWNET, "network"), (uts_path, nsutil.CLONE_NEWUTS, "UTS"),
+               (ipc_path, nsutil.CLONE_NEWIPC, "IPC")]
+    fds: list[int] = []
+    try:
+        # Open all first: a missing pod fails before we have joined anything.
+        for path, _nstype, kind in targets:
+            try:
+                fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError as exc:
+                raise KernelError(f"cannot open the pod's {kind} namespace {path}: {exc.strerror}") from exc
+        for fd, (path, nstype, kind) in zip(fds, targets):
+            try:
+                nsutil.setns(fd, nstype)
+            except KernelError as exc:
+                raise KernelError(f"cannot enter the pod's {kind} namespace {path}: {exc}") from exc
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if len(args) < 5 or args[3] != "--":
+            raise UsageError("usage: python -m overlayd.pods.exec NET UTS IPC -- CMD [ARGS...]")
+        enter_pod_namespaces(args[0], args[1], args[2])
+        os.execvp(args[4], args[4:])
+    except OverlaydError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, UsageError) else 1)
+    except FileNotFoundError:
+        print(f"error: command not found: {args[4]}", file=sys.stderr)
+        sys.exit(127)
+
+
+if __name__ == "__main__":
+    main()

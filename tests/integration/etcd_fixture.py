@@ -1,0 +1,44 @@
+"""A real etcd for integration tests: own process on 127.0.0.1 free ports, temp data dir.
+
+conftest.py imports these fixtures; tests that share the server use their own key
+prefix (`etcd_prefix`), so they never see each other's keys.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from overlayd.lab.etcd_process import EtcdProcess
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nobody listens on right now (all held open together, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.fixture(scope="module")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProcess]:
+    base = tmp_path_factory.mktemp("etcd")
+    client_port, peer_port = free_ports(2)
+    server = EtcdProcess(base / "data", "127.0.0.1", client_port, peer_port, log_path=base / "etcd.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def etcd_prefix() -> str:
+    return f"/t{secrets.token_hex(3)}/network"
