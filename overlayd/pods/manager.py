@@ -82,7 +82,8 @@ class PodManager:
             for entry in _listdir(self._config.netns_dir)
             if entry.startswith(self._config.netns_prefix)
         }
-        names.update(entry for entry in _listdir(self._config.pod_run_dir) if (self._config.pod_run_dir / entry).is_dir())
+        run_dir = self._config.pod_run_dir
+        names.update(entry for entry in _listdir(run_dir) if (run_dir / entry).is_dir())
         return {name for name in names if _is_pod_name(name)}
 
     def create(self, name: str, ip: IPAddress, *, files_made: Callable[[], object] | None = None) -> PodNamespaces:
@@ -102,15 +103,15 @@ class PodManager:
         pending, self._spare = self._spare or nsfiles.NewNamespaces(), None
         try:
             try:
-                os.mkdir(ns.pod_dir, 0o755)
+                nsfiles.make_pod_dir(ns.pod_dir)
                 for path in (ns.net, ns.uts, ns.ipc):
                     nsfiles.create_placeholder(path)
                 bridge = self._bridge_index()
+                if files_made is not None:
+                    files_made()
             except BaseException:
                 pending.abandon()
                 raise
-            if files_made is not None:
-                files_made()
             with pending.bind(name, ns.net, ns.uts, ns.ipc) as pod:
                 self._add_veth(ns, bridge)
                 made_veth = True
@@ -162,8 +163,8 @@ class PodManager:
     def _check_address(self, ip: IPAddress) -> None:
         if not isinstance(ip, (IPv4Address, IPv6Address)) or not self._config.pod_subnet_contains(ip):
             raise UsageError(
-                f"pod address {ip} is not a host address of {self._config.gateway}/{self._config.prefixlen} "
-                "other than the gateway"
+                f"pod address {ip} is not usable on {self._config.gateway}/{self._config.prefixlen} "
+                "(it must be in the subnet and not its gateway, network or broadcast address)"
             )
 
     def _bridge_index(self) -> int:

@@ -45,10 +45,19 @@ def _in_own_thread(job: Callable[[], T], what: str) -> T:
     return result[0]
 
 
+def make_pod_dir(path: Path) -> None:
+    try:
+        os.mkdir(path, 0o755)
+    except OSError as exc:
+        raise KernelError(f"cannot create {path}: {exc.strerror}") from exc
+
+
 def create_placeholder(path: Path) -> None:
-    """An empty file to bind a namespace onto; ConflictError-worthy if it already exists."""
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
-    os.close(fd)
+    """A new empty file to bind a namespace onto (an existing one is an error, as for `ip netns add`)."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+    except OSError as exc:
+        raise KernelError(f"cannot create {path}: {exc.strerror}") from exc
 
 
 class NewNamespaces:

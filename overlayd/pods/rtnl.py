@@ -123,7 +123,8 @@ class Rtnl:
                         # Both carry an errno (0 or negative): DONE ends a dump, ERROR is the ack.
                         (err,) = struct.unpack_from("=i", data, body) if length >= _HEADER.size + 4 else (0,)
                         if err:
-                            detail = _ext_ack_message(data[body:offset + length], mflags) if mtype == _NLMSG_ERROR else ""
+                            payload = data[body : offset + length]
+                            detail = _ext_ack_message(payload, mflags) if mtype == _NLMSG_ERROR else ""
                             raise NetlinkError(what, -err, detail)
                         return out
                     out.append(data[body : offset + length])

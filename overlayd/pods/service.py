@@ -39,7 +39,10 @@ class ReconcileReport:
 
 
 class PodService:
-    """add / delete / get / list pods, backed by a PodManager, an AddressPool and a PodStore."""
+    """add / delete / get / list pods, backed by a PodManager, an AddressPool and a PodStore.
+
+    The service owns the manager and the store it is given: close() closes them.
+    """
 
     def __init__(
         self,
@@ -67,7 +70,9 @@ class PodService:
         return self._pool
 
     def close(self) -> None:
+        """Finish pending writes and release the kernel resources (idempotent)."""
         self._store.close()
+        self._manager.close()
 
     def add(self, name: str, labels: Mapping[str, str]) -> PodInfo:
         """Create a pod with the next free address; ConflictError if the name is taken."""
@@ -87,18 +92,24 @@ class PodService:
         saving: list[Future[None]] = []
         try:
             namespaces = self._manager.create(name, ip, files_made=lambda: saving.append(self._save_async()))
-        except BaseException:
+        except BaseException as exc:
             self._forget(name)
-            for future in saving:
-                _settle(future)
-            self._save()
+            if saving:  # the pod reached the disk: write it off again
+                _settle(saving[0])
+                try:
+                    self._save()
+                except OverlaydError as also:
+                    exc.add_note(f"saving the pod store failed too: {also}")
             raise
         try:
             saving[0].result()
-        except BaseException:
+        except BaseException as exc:
             # Not persisted means not created: a restarted daemon would not know this pod.
             self._forget(name)
-            self._manager.delete(name)
+            try:
+                self._manager.delete(name)
+            except KernelError as also:
+                exc.add_note(f"removing pod {name} failed too: {also}")
             raise
         return PodInfo.of(self._records[name], namespaces)
 

@@ -27,22 +27,25 @@ class UnderlayCapture:
         self.packets: list[Packet] = []
 
     def __enter__(self) -> "UnderlayCapture":
-        cmd = ["ip", "netns", "exec", self.netns, "tcpdump", "-i", "any", "-U", "-n", "-s", "256",
+        cmd = ["ip", "netns", "exec", self.netns, "tcpdump", "-Z", "root", "--immediate-mode", "-i", "any", "-U", "-n", "-s", "256",
                "-w", str(self.path)]
         if self.bpf:
             cmd.append(self.bpf)
         self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        # tcpdump says "listening on" once the capture is live.
+        # tcpdump says "listening on" once the capture is live (after a note on the link type).
         assert self._proc.stderr is not None
-        line = self._proc.stderr.readline().decode()
-        if "listening" not in line:
-            self._proc.kill()
-            raise RuntimeError(f"tcpdump did not start: {line}")
+        said = []
+        while not said or "listening" not in said[-1]:
+            line = self._proc.stderr.readline().decode()
+            if not line:
+                self._proc.kill()
+                raise RuntimeError(f"tcpdump did not start: {''.join(said)}")
+            said.append(line)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        time.sleep(0.2)  # let the last frames reach the file
+        time.sleep(0.2)  # let the last frames reach the file (immediate mode: no ring-block delay)
         self._proc.terminate()
         self._proc.wait(timeout=10)
         self.packets = list(rdpcap(str(self.path))) if self.path.exists() else []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Iterator
 from datetime import datetime, timezone
 from ipaddress import IPv4Address, ip_address, ip_network
@@ -28,13 +29,20 @@ class FakeManager:
         self.half_made: set[str] = set()  # files of pods that exist() does not count
         self.links: set[str] = set()
         self.fail_create = False
+        self.fail_before_files = False
         self.ensured: list[tuple[str, IPv4Address]] = []
         self.files_made_calls = 0
+        self.closed = False
 
     def paths(self, name: str) -> PodNamespaces:
         return pod_paths(self.config, name)
 
+    def close(self) -> None:
+        self.closed = True
+
     def create(self, name: str, ip: IPv4Address, *, files_made: Callable[[], object] | None = None) -> PodNamespaces:
+        if self.fail_before_files:
+            raise KernelError("mkdir: boom")
         if files_made is not None:
             files_made()
             self.files_made_calls += 1
@@ -102,6 +110,8 @@ def test_add_returns_the_pod_and_persists_it(service: PodService, manager: FakeM
     assert read_json(state)["pool"]["allocations"] == {"web": "10.244.3.2"}
     assert service.get("web") == info
     assert [p.name for p in service.list()] == ["web"]
+    service.close()
+    assert manager.closed
 
 
 def test_adding_a_taken_name_conflicts(service: PodService, manager: FakeManager) -> None:
@@ -141,6 +151,14 @@ def test_failed_kernel_setup_rolls_back(service: PodService, manager: FakeManage
     assert stored_names(state) == ["a"]
     assert read_json(state)["pool"]["allocations"] == {"a": "10.244.3.2"}
     assert [p.name for p in service.list()] == ["a"]
+
+
+def test_failure_before_the_write_ahead_touches_no_disk(service: PodService, manager: FakeManager,
+                                                         state: Path) -> None:
+    manager.fail_before_files = True
+    with pytest.raises(KernelError, match="mkdir"):
+        service.add("a", {})
+    assert not state.exists() and service.pool.allocations == {}
 
 
 def test_failed_save_rolls_back_the_kernel_side(manager: FakeManager, tmp_path: Path) -> None:
@@ -231,6 +249,6 @@ def test_inconsistent_store_is_refused(manager: FakeManager, state: Path) -> Non
     svc.close()
     document = read_json(state)
     document["pool"]["allocations"] = {"a": "10.244.3.5"}
-    state.write_text(__import__("json").dumps(document))
+    state.write_text(json.dumps(document))
     with pytest.raises(StateError, match="pool says"):
         make_service(manager, state)
