@@ -27,9 +27,26 @@ def netns_exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
 
 
+def _no_bridge_netfilter(netns: str) -> None:
+    """Keep iptables out of bridged frames in a lab namespace.
+
+    When br_netfilter is loaded on the machine (container tools load it),
+    every new namespace starts with bridge-nf-call-* = 1, and each frame
+    through a bridge then takes a detour through the IP hooks. A simulated
+    switch, and simulated hosts with no iptables users, should not pay that:
+    it costs about a fifth of the throughput here. The settings are per
+    namespace, so the host machine is unaffected.
+    """
+    for family in ("iptables", "ip6tables", "arptables"):
+        subprocess.run(["ip", "netns", "exec", netns, "sh", "-c",
+                        f"f=/proc/sys/net/bridge/bridge-nf-call-{family}; [ ! -e $f ] || echo 0 > $f"],
+                       check=True)
+
+
 def create_underlay(plan: LabPlan) -> None:
     ns = plan.underlay_netns
     ip("netns", "add", ns)
+    _no_bridge_netfilter(ns)
     ip("-n", ns, "link", "set", "lo", "up")
     ip("-n", ns, "link", "add", "br0", "type", "bridge")
     # The bridge carries the underlay gateway and etcd's address.
@@ -41,6 +58,7 @@ def create_underlay(plan: LabPlan) -> None:
 def create_host(plan: LabPlan, host: LabHost) -> None:
     ul = plan.underlay_netns
     ip("netns", "add", host.netns)
+    _no_bridge_netfilter(host.netns)
     ip("-n", host.netns, "link", "set", "lo", "up")
     ip("-n", ul, "link", "add", host.underlay_port, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
     ip("-n", ul, "link", "set", host.underlay_port, "master", "br0", "up")
