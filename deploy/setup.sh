@@ -19,5 +19,5 @@ fi
 # and tests run their own, so leave the port free.
 if systemctl is-active --quiet etcd 2>/dev/null; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
 
-python3 -m pip install -q --disable-pip-version-check --break-system-packages -e '.[test]'
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --break-system-packages -e '.[test]'
 command -v pyenv >/dev/null && pyenv rehash || true
