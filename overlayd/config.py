@@ -39,9 +39,16 @@ class EtcdConfig:
 
 
 @dataclass(frozen=True)
+class WireGuardConfig:
+    implementation: str = "auto"  # auto: the kernel module when present, else our userspace engine
+    socket_dir: Path | None = None  # UAPI sockets of the userspace engine (default /var/run/wireguard)
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     node_name: str
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
+    wireguard: WireGuardConfig = field(default_factory=WireGuardConfig)
     public_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     public_interface: str | None = None
     netns: str | None = None  # run the whole daemon inside this named netns
@@ -64,6 +71,10 @@ class DaemonConfig:
     @property
     def vxlan_device(self) -> str:
         return f"{self.link_prefix}.vx"
+
+    @property
+    def wireguard_device(self) -> str:
+        return f"{self.link_prefix}.wg"
 
     @property
     def pod_run_dir(self) -> Path:
@@ -102,6 +113,8 @@ def _check(config: DaemonConfig) -> DaemonConfig:
         raise ConfigError(f"etcd.prefix {config.etcd.prefix!r}: must start with '/' and not end with '/'")
     if (config.etcd.cert_file is None) != (config.etcd.key_file is None):
         raise ConfigError("etcd.cert_file and etcd.key_file go together")
+    if config.wireguard.implementation not in ("auto", "kernel", "userspace"):
+        raise ConfigError(f"wireguard.implementation {config.wireguard.implementation!r}: auto, kernel or userspace")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level {config.log_level!r}: one of debug, info, warning, error")
     return config
@@ -115,7 +128,15 @@ def _from_mapping(values: dict[str, Any]) -> DaemonConfig:
     """Build a config from a flat-ish mapping (TOML document merged with flags)."""
     values = dict(values)
     etcd_values = dict(values.pop("etcd", {}) or {})
-    known = {f.name for f in dataclasses.fields(DaemonConfig)} - {"etcd"}
+    wg_values = dict(values.pop("wireguard", {}) or {})
+    unknown = set(wg_values) - {f.name for f in dataclasses.fields(WireGuardConfig)}
+    if unknown:
+        raise ConfigError(f"unknown [wireguard] keys: {', '.join(sorted(unknown))}")
+    if "socket_dir" in wg_values:
+        wg_values["socket_dir"] = _as_path(wg_values["socket_dir"], "wireguard.socket_dir")
+    if not isinstance(wg_values.get("implementation", ""), str):
+        raise ConfigError("wireguard.implementation: expected a string")
+    known = {f.name for f in dataclasses.fields(DaemonConfig)} - {"etcd", "wireguard"}
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
@@ -150,7 +171,7 @@ def _from_mapping(values: dict[str, Any]) -> DaemonConfig:
         if values.get(key) is not None and not isinstance(values[key], str):
             raise ConfigError(f"{key}: expected a string, got {values[key]!r}")
     values.setdefault("node_name", socket.gethostname().split(".")[0].lower())
-    return _check(DaemonConfig(etcd=EtcdConfig(**etcd_values), **values))
+    return _check(DaemonConfig(etcd=EtcdConfig(**etcd_values), wireguard=WireGuardConfig(**wg_values), **values))
 
 
 def _number(value: Any, key: str) -> float:
@@ -181,6 +202,9 @@ def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--etcd-ca", dest="etcd.ca_file")
     parser.add_argument("--etcd-cert", dest="etcd.cert_file")
     parser.add_argument("--etcd-key", dest="etcd.key_file")
+    parser.add_argument("--wireguard-implementation", dest="wireguard.implementation",
+                        choices=["auto", "kernel", "userspace"])
+    parser.add_argument("--wireguard-socket-dir", dest="wireguard.socket_dir")
     parser.add_argument("--public-ip", dest="public_ip")
     parser.add_argument("--public-interface", dest="public_interface")
     parser.add_argument("--netns", help="run inside this named network namespace (the lab uses it)")
@@ -207,8 +231,9 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
     for dest, value in vars(args).items():
         if dest == "config" or value is None:
             continue
-        if dest.startswith("etcd."):
-            values.setdefault("etcd", {})[dest.split(".", 1)[1]] = value
+        section, dot, key = dest.partition(".")
+        if dot:
+            values.setdefault(section, {})[key] = value
         else:
             values[dest] = value
     return _from_mapping(values)

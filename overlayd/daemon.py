@@ -14,6 +14,7 @@ all without a flush.
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import os
 import random
@@ -37,6 +38,8 @@ from overlayd.backend.peers import PeerVtep
 from overlayd.backend.underlay import Underlay, detect_underlay
 from overlayd.backend.vxlan import VxlanBackend
 from overlayd.backend.vxlan_plan import vxlan_mtu
+from overlayd.backend import wgkeys
+from overlayd.backend.wireguard import WIREGUARD_OVERHEAD, PeerStats, WgPeer, WireGuardBackend
 from overlayd.cluster.client import ClusterClient
 from overlayd.cluster.records import HostRecord, Lease
 from overlayd.cluster.watch import WatchBatch
@@ -51,6 +54,7 @@ from overlayd.statefile import StateError, read_json, write_json_atomic
 
 log = logging.getLogger("overlayd")
 T = TypeVar("T")
+Backend = VxlanBackend | WireGuardBackend
 
 RESYNC_INTERVAL = 30.0  # full reconcile, catching kernel objects someone else changed
 MAX_BACKOFF = 10.0
@@ -68,9 +72,9 @@ class Daemon:
         self.cluster_config: ClusterConfig | None = None
         self.lease: Lease | None = None
         self.underlay: Underlay | None = None
-        self.backend: VxlanBackend | None = None
+        self.backend: Backend | None = None
         self.pods: PodService | None = None
-        self.peers: Mapping[Any, Lease] = {}
+        self.peer_leases: Mapping[Any, Lease] = {}
         self.refused_peers = 0
         self.last_error: str | None = None
         self.ready = False  # set once pods and peers are programmed
@@ -148,15 +152,8 @@ class Daemon:
                                            interface=config.public_interface)
         self.cluster = await self._connect()
         self.cluster_config = await self._read_cluster_config(self.cluster)
-        backend_config = self.cluster_config.backend
-        if backend_config.type != "vxlan":
-            raise ConfigError(f"backend {backend_config.type!r} is not supported by this overlayd yet")
-
-        mtu = config.mtu or vxlan_mtu(self.underlay.mtu, self.underlay.ip.version)
-        self.backend = VxlanBackend.for_underlay(ipr, config.vxlan_device, backend_config.vni, backend_config.port,
-                                                 self.underlay, self._vtep_mac(state), mtu=mtu)
-        backend_data = {"type": "vxlan", "vtep_mac": self.backend.spec.mac}
-        record = HostRecord(config.node_name, self.underlay.ip, backend_data)
+        self.backend = self._make_backend(ipr, state)
+        record = HostRecord(config.node_name, self.underlay.ip, self.backend.backend_data())
         previous = _parse_subnet(state.get("subnet"))
         self.lease = await self._acquire(self.cluster, record, previous)
         if previous is not None and self.lease.subnet != previous:
@@ -165,6 +162,7 @@ class Daemon:
         log.info("holding subnet %s (public ip %s, %s)", self.lease.subnet, self.underlay.ip,
                  self.underlay.ifname)
 
+        mtu = self.backend.mtu
         host = await self._kernel(ensure_host_network, ipr, bridge=config.bridge_name,
                                   subnet=self.lease.subnet, mtu=mtu)
         await self._kernel(self.backend.setup, self.lease.subnet)
@@ -173,6 +171,28 @@ class Daemon:
         if report.dropped or report.removed or report.failed:
             log.warning("pods reconciled: dropped %s, removed %s, failed %s",
                         report.dropped, report.removed, report.failed)
+
+    def _make_backend(self, ipr: Any, state: Mapping[str, Any]) -> Backend:
+        """The tunnel backend the cluster config names, sized to the underlay MTU."""
+        assert self.underlay is not None and self.cluster_config is not None
+        config, backend = self.config, self.cluster_config.backend
+        if backend.type == "vxlan":
+            mtu = config.mtu or vxlan_mtu(self.underlay.mtu, self.underlay.ip.version)
+            return VxlanBackend.for_underlay(ipr, config.vxlan_device, backend.vni, backend.port, self.underlay,
+                                             self._vtep_mac(state), mtu=mtu)
+        if backend.type == "wireguard":
+            keys = wgkeys.load_or_create(config.state_dir / "wireguard.key")
+            return WireGuardBackend(ipr, config.wireguard_device, keys, backend.port,
+                                    config.mtu or self.underlay.mtu - WIREGUARD_OVERHEAD,
+                                    implementation=config.wireguard.implementation,
+                                    socket_dir=config.wireguard.socket_dir, log_dir=config.run_dir)
+        raise ConfigError(f"backend {backend.type!r} is not supported")
+
+    def _peer_from_lease(self, lease: Lease) -> Any:
+        """The backend's view of a peer; OverlaydError if its record does not fit our backend."""
+        if isinstance(self.backend, WireGuardBackend):
+            return WgPeer.from_backend_data_untrusted(lease.record.public_ip, lease.record.backend)
+        return PeerVtep.from_backend_data_untrusted(lease.record.public_ip, lease.record.backend)
 
     def _open_pods(self, gateway: Any, mtu: int) -> PodService:
         assert self.lease is not None
@@ -200,11 +220,11 @@ class Daemon:
 
     async def _converge(self, peers: Mapping[Any, Lease]) -> None:
         assert self.backend is not None
-        self.peers = peers
+        self.peer_leases = peers
         wanted: dict[Any, PeerVtep] = {}
         for subnet, lease in peers.items():
             try:
-                wanted[subnet] = PeerVtep.from_backend_data_untrusted(lease.record.public_ip, lease.record.backend)
+                wanted[subnet] = self._peer_from_lease(lease)
             except OverlaydError as exc:
                 self.refused_peers += 1
                 self._record_error(f"peer {lease.record.node} ({subnet}) not programmed: {exc}")
@@ -220,7 +240,7 @@ class Daemon:
     async def _resync_periodically(self) -> None:
         while True:
             await trio.sleep(RESYNC_INTERVAL)
-            await self._converge(self.peers)
+            await self._converge(self.peer_leases)
 
     async def _follow_lease(self, leases: trio.MemoryReceiveChannel[Lease]) -> None:
         async for lease in leases:
@@ -253,7 +273,7 @@ class Daemon:
                 nursery.start_soon(self._resync_periodically)
                 self.ready = True
                 sdnotify.notify("READY=1")
-                log.info("ready: %d peers, %d pods", len(self.peers), len(self.pods.list()) if self.pods else 0)
+                log.info("ready: %d peers, %d pods", len(self.peer_leases), len(self.pods.list()) if self.pods else 0)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -289,7 +309,7 @@ class Daemon:
             "backend": self.cluster_config.backend.type if self.cluster_config else None,
             "lease_ttl": self.config.lease_ttl,
             "lease_ttl_left": ttl_left,
-            "peers": len(self.peers),
+            "peers": len(self.peer_leases),
             "refused_peers": self.refused_peers,
             "pods": len(self.pods.list()) if self.pods else 0,
             "etcd": etcd,
@@ -307,9 +327,23 @@ class Daemon:
 
     async def peers(self) -> list[dict[str, Any]]:
         port = self.cluster_config.backend.port if self.cluster_config else None
-        return [_lease_row(lease) | {"endpoint": f"{lease.record.public_ip}:{port}", "latest_handshake": None,
-                                     "rx_bytes": None, "tx_bytes": None}
-                for lease in self.peers.values()]
+        stats: Mapping[bytes, PeerStats] = {}
+        if isinstance(self.backend, WireGuardBackend):
+            stats = await self._kernel(self.backend.peer_stats)
+        rows = []
+        for lease in self.peer_leases.values():
+            row = _lease_row(lease) | {"endpoint": f"{lease.record.public_ip}:{port}", "latest_handshake": None,
+                                       "rx_bytes": None, "tx_bytes": None}
+            key = lease.record.backend.get("public_key")
+            peer = stats.get(base64.b64decode(key)) if key else None
+            if peer is not None:
+                handshake = peer.latest_handshake
+                row |= {"endpoint": peer.endpoint or row["endpoint"], "rx_bytes": peer.rx_bytes,
+                        "tx_bytes": peer.tx_bytes,
+                        "latest_handshake": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(handshake))
+                        if handshake else None}
+            rows.append(row)
+        return rows
 
     async def pod_add(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
         pods = self._require_pods()

@@ -42,6 +42,8 @@ from .objects import (
     route_from_msg,
 )
 
+RT_SCOPE_LINK = 253
+
 # Errors that mean "the object to delete does not exist (any more)".
 _GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
 
@@ -163,6 +165,12 @@ class Netlink:
                 proto=protocol,
                 table=RT_TABLE_MAIN,
             )
+
+    def replace_dev_route(self, dst: IPNetwork, oif: int, protocol: int) -> None:
+        """`dst dev <oif> scope link`: for a point-to-point device such as WireGuard's."""
+        with _kernel(f"set route {dst} dev #{oif}"):
+            self._ipr.route("replace", dst=str(dst), oif=oif, proto=protocol, table=RT_TABLE_MAIN,
+                            scope=RT_SCOPE_LINK)
 
     def delete_route(self, route: Route) -> None:
         # Give every key field so that exactly this route goes, not a namesake with another metric.

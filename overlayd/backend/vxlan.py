@@ -112,11 +112,19 @@ class VxlanBackend:
             route_protocol,
         )
 
+    @property
+    def mtu(self) -> int:
+        return self.spec.mtu
+
+    def backend_data(self) -> dict[str, str]:
+        """What peers need to reach us, published in our host record."""
+        return {"type": "vxlan", "vtep_mac": self.spec.mac}
+
     def setup(self, own_subnet: IPNetwork) -> dict[str, str]:
         """Converge the device for `own_subnet`; returns the backend data for our host record."""
         self._own_subnet = own_subnet
         self._ensure_device(own_subnet)
-        return {"type": "vxlan", "vtep_mac": self.spec.mac}
+        return self.backend_data()
 
     def reconcile(self, peers: Mapping[IPNetwork, PeerVtep]) -> ReconcileResult:
         """Make routes, neighbours and FDB match `peers` (our own subnet must not be in it)."""

@@ -136,4 +136,8 @@ def daemon_config_toml(plan: LabPlan, host: LabHost, lease_ttl: int) -> str:
         "[etcd]",
         f'endpoints = ["{plan.etcd_endpoint}"]',
         "",
+        "[wireguard]",
+        # Per host: every lab host names its interface alike, and UAPI sockets are global files.
+        f'socket_dir = "{host.dir / "wg"}"',
+        "",
     ])

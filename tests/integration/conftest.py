@@ -71,3 +71,9 @@ def _lab(tmp_base: Path, hosts: int, backend: str) -> Iterator[Lab]:
 @pytest.fixture(scope="module")
 def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     yield from _lab(tmp_path_factory.mktemp("lab"), 3, "vxlan")
+
+
+@pytest.fixture(scope="module")
+def lab_wg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A 3-host lab on the WireGuard backend (our userspace engine: no kernel module here)."""
+    yield from _lab(tmp_path_factory.mktemp("lab"), 3, "wireguard")

@@ -1,0 +1,371 @@
+"""The WireGuard backend: one WireGuard interface, one peer per remote host.
+
+Each peer's allowed IPs are its pod subnet and its endpoint is its public IP
+and port from etcd, so WireGuard's cryptokey routing does the rest: a route
+per remote subnet points at the interface, and the interface picks the peer.
+
+The interface is either the kernel's (configured over generic netlink with
+pyroute2) or our userspace engine `overlayd-wg` (configured over its UAPI
+socket, exactly like wireguard-go). The engine runs as a process of its own,
+so the data path survives restarts of the daemon; a restarted daemon adopts
+the running engine instead of replacing it.
+
+Pure planning (what to change) is apart from I/O (talking to the device).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import ip_network
+from pathlib import Path
+from typing import Any, Protocol
+
+from overlayd.errors import ClusterError, ConfigError, KernelError, NotFoundError, OverlaydError
+
+from .netlink import Netlink
+from .addresses import converge_addresses
+from .objects import RTPROT_OVERLAYD, IPAddress, IPNetwork, Route
+from .vxlan_plan import device_address
+from .wgkeys import KeyPair
+
+log = logging.getLogger(__name__)
+
+# IPv4 (20) + UDP (8) + WireGuard header (16) + tag (16) = 60, rounded up for
+# an IPv6 underlay (+20): the usual WireGuard figure.
+WIREGUARD_OVERHEAD = 80
+IMPLEMENTATIONS = ("auto", "kernel", "userspace")
+
+
+@dataclass(frozen=True)
+class WgPeer:
+    public_key: bytes
+    endpoint_ip: IPAddress
+    port: int
+
+    @classmethod
+    def from_backend_data_untrusted(cls, public_ip: IPAddress, backend: Mapping[str, object]) -> WgPeer:
+        if backend.get("type") != "wireguard":
+            raise ClusterError(f"host {public_ip}: backend type {backend.get('type')!r}, expected 'wireguard'")
+        try:
+            key = base64.b64decode(str(backend.get("public_key", "")), validate=True)
+            port = int(str(backend.get("port", "")))
+        except (binascii.Error, ValueError):
+            raise ClusterError(f"host {public_ip}: bad WireGuard public key or port") from None
+        if len(key) != 32 or not 1 <= port <= 65535:
+            raise ClusterError(f"host {public_ip}: bad WireGuard public key or port")
+        return cls(public_key=key, endpoint_ip=public_ip, port=port)
+
+
+@dataclass(frozen=True)
+class PeerStats:
+    public_key: bytes
+    endpoint: str | None
+    latest_handshake: float | None  # Unix time
+    rx_bytes: int
+    tx_bytes: int
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What to tell the device: peers to (re)configure and peers to remove."""
+
+    upsert: tuple[tuple[IPNetwork, WgPeer], ...]
+    remove: tuple[bytes, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.upsert or self.remove)
+
+
+def screen_wg_peers(peers: Mapping[IPNetwork, WgPeer], *, own_key: bytes,
+                    own_subnet: IPNetwork) -> tuple[dict[IPNetwork, WgPeer], list[str]]:
+    """Refuse peers that would hijack traffic: our own key, a key two hosts claim,
+    or a subnet overlapping ours or another peer's."""
+    refused: dict[IPNetwork, str] = {}
+    by_key: dict[bytes, list[IPNetwork]] = {}
+    for subnet, peer in peers.items():
+        by_key.setdefault(peer.public_key, []).append(subnet)
+        if peer.public_key == own_key:
+            refused[subnet] = "uses this host's public key"
+        elif subnet.overlaps(own_subnet):
+            refused[subnet] = f"overlaps this host's subnet {own_subnet}"
+    for subnets in by_key.values():
+        if len(subnets) > 1:
+            for subnet in subnets:
+                refused.setdefault(subnet, "public key claimed by several hosts")
+    ordered = sorted(peers, key=lambda n: (n.version, n.network_address, n.prefixlen))
+    for a, b in zip(ordered, ordered[1:]):
+        if a.overlaps(b):
+            refused.setdefault(a, f"overlaps {b}")
+            refused.setdefault(b, f"overlaps {a}")
+    accepted = {s: p for s, p in peers.items() if s not in refused}
+    return accepted, [f"{s}: {reason}" for s, reason in refused.items()]
+
+
+def plan_device(desired: Mapping[IPNetwork, WgPeer], current: Mapping[bytes, tuple[str | None, tuple[IPNetwork, ...]]]
+                ) -> DevicePlan:
+    """current: public key -> (endpoint "ip:port" or None, allowed IPs) as the device reports them."""
+    upsert = []
+    wanted_keys = set()
+    for subnet, peer in sorted(desired.items(), key=lambda item: str(item[0])):
+        wanted_keys.add(peer.public_key)
+        endpoint = _endpoint_text(peer)
+        have = current.get(peer.public_key)
+        if have is None or have[1] != (subnet,) or have[0] != endpoint:
+            upsert.append((subnet, peer))
+    remove = tuple(sorted(key for key in current if key not in wanted_keys))
+    return DevicePlan(upsert=tuple(upsert), remove=remove)
+
+
+def plan_routes(desired: set[IPNetwork], routes: list[Route], ifindex: int, protocol: int
+                ) -> tuple[list[IPNetwork], list[Route]]:
+    """Routes to add (dst dev wg) and our routes to delete (anything of ours not wanted)."""
+    ours = [r for r in routes if r.protocol == protocol]
+    good = {r.dst for r in ours if r.oif == ifindex and r.gateway is None}
+    add = sorted((d for d in desired if d not in good), key=str)
+    delete = [r for r in ours if r.dst not in desired or r.oif != ifindex or r.gateway is not None]
+    return add, delete
+
+
+def _endpoint_text(peer: WgPeer) -> str:
+    host = f"[{peer.endpoint_ip}]" if peer.endpoint_ip.version == 6 else str(peer.endpoint_ip)
+    return f"{host}:{peer.port}"
+
+
+class DeviceControl(Protocol):
+    """Configure and read one WireGuard interface (kernel or userspace)."""
+
+    def configure(self, private_key: bytes, listen_port: int) -> None: ...
+    def peers(self) -> list[PeerStats | Any]: ...
+    def current(self) -> dict[bytes, tuple[str | None, tuple[IPNetwork, ...]]]: ...
+    def apply(self, plan: DevicePlan) -> None: ...
+
+
+class UapiControl:
+    """Our userspace engine (or wireguard-go) over the UAPI socket.
+
+    overlayd.wireguard is imported only here, when the WireGuard backend is in
+    use, so a VXLAN daemon does not pay for loading the protocol core.
+    """
+
+    def __init__(self, ifname: str, socket_dir: Path | None) -> None:
+        from overlayd.wireguard.uapi_server import UapiClient
+
+        self.client = UapiClient(ifname, socket_dir)
+
+    def configure(self, private_key: bytes, listen_port: int) -> None:
+        from overlayd.wireguard.uapi import SetRequest
+
+        self.client.set(SetRequest(private_key=private_key, listen_port=listen_port))
+
+    def _state(self) -> Any:
+        return self.client.get()
+
+    def current(self) -> dict[bytes, tuple[str | None, tuple[IPNetwork, ...]]]:
+        from overlayd.wireguard.uapi import format_endpoint
+
+        return {p.public_key: (format_endpoint(p.endpoint) if p.endpoint else None, tuple(p.allowed_ips))
+                for p in self._state().peers}
+
+    def peers(self) -> list[PeerStats]:
+        from overlayd.wireguard.uapi import format_endpoint
+
+        return [PeerStats(public_key=p.public_key,
+                          endpoint=format_endpoint(p.endpoint) if p.endpoint else None,
+                          latest_handshake=p.last_handshake_ns / 1e9 if p.last_handshake_ns else None,
+                          rx_bytes=p.rx_bytes, tx_bytes=p.tx_bytes)
+                for p in self._state().peers]
+
+    def apply(self, plan: DevicePlan) -> None:
+        from overlayd.wireguard.uapi import PeerUpdate, SetRequest, parse_endpoint_untrusted
+
+        updates = [PeerUpdate(public_key=key, remove=True) for key in plan.remove]
+        updates += [PeerUpdate(public_key=peer.public_key, endpoint=parse_endpoint_untrusted(_endpoint_text(peer)),
+                               replace_allowed_ips=True, allowed_ips=(subnet,))
+                    for subnet, peer in plan.upsert]
+        self.client.set(SetRequest(peers=tuple(updates)))
+
+
+class KernelControl:
+    """The kernel module over generic netlink (pyroute2). Not exercised on the
+    build machine, which has no WireGuard module; kept small on purpose."""
+
+    def __init__(self, ifname: str) -> None:
+        from pyroute2 import WireGuard
+
+        self.ifname = ifname
+        self.wg = WireGuard()
+
+    def configure(self, private_key: bytes, listen_port: int) -> None:
+        self.wg.set(self.ifname, private_key=base64.b64encode(private_key).decode(), listen_port=listen_port)
+
+    def _kernel_peers(self) -> list[dict[str, Any]]:
+        peers = []
+        for msg in self.wg.info(self.ifname):
+            for peer in msg.get_attr("WGDEVICE_A_PEERS") or []:
+                allowed = [ip_network(f"{a.get_attr('WGALLOWEDIP_A_IPADDR')}/{a.get_attr('WGALLOWEDIP_A_CIDR_MASK')}")
+                           for a in peer.get_attr("WGPEER_A_ALLOWEDIPS") or []]
+                endpoint = peer.get_attr("WGPEER_A_ENDPOINT")
+                handshake = peer.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME") or {}
+                peers.append({
+                    "key": base64.b64decode(peer.get_attr("WGPEER_A_PUBLIC_KEY")),
+                    "endpoint": f"{endpoint['addr']}:{endpoint['port']}" if endpoint else None,
+                    "allowed": tuple(allowed),
+                    "handshake": handshake.get("tv_sec") or None,
+                    "rx": peer.get_attr("WGPEER_A_RX_BYTES") or 0,
+                    "tx": peer.get_attr("WGPEER_A_TX_BYTES") or 0,
+                })
+        return peers
+
+    def current(self) -> dict[bytes, tuple[str | None, tuple[IPNetwork, ...]]]:
+        return {p["key"]: (p["endpoint"], p["allowed"]) for p in self._kernel_peers()}
+
+    def peers(self) -> list[PeerStats]:
+        return [PeerStats(p["key"], p["endpoint"], p["handshake"], p["rx"], p["tx"]) for p in self._kernel_peers()]
+
+    def apply(self, plan: DevicePlan) -> None:
+        for key in plan.remove:
+            self.wg.set(self.ifname, peer={"public_key": base64.b64encode(key).decode(), "remove": True})
+        for subnet, peer in plan.upsert:
+            self.wg.set(self.ifname, peer={"public_key": base64.b64encode(peer.public_key).decode(),
+                                           "endpoint_addr": str(peer.endpoint_ip), "endpoint_port": peer.port,
+                                           "allowed_ips": [str(subnet)], "replace_allowed_ips": True})
+
+
+@dataclass(frozen=True)
+class WgReconcileResult:
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    refused: int = 0
+
+
+class WireGuardBackend:
+    def __init__(self, ipr: Any, device: str, keys: KeyPair, listen_port: int, mtu: int, *,
+                 implementation: str = "auto", socket_dir: Path | None = None, log_dir: Path,
+                 route_protocol: int = RTPROT_OVERLAYD) -> None:
+        if implementation not in IMPLEMENTATIONS:
+            raise ConfigError(f"wireguard implementation {implementation!r}: one of {', '.join(IMPLEMENTATIONS)}")
+        self._nl = Netlink(ipr)
+        self.device = device
+        self.keys = keys
+        self.listen_port = listen_port
+        self.mtu = mtu
+        self.implementation = implementation
+        self.socket_dir = socket_dir
+        self.log_dir = log_dir
+        self.protocol = route_protocol
+        self.control: DeviceControl | None = None
+        self.kind: str | None = None  # "kernel" or "userspace", once set up
+        self._own_subnet: IPNetwork | None = None
+
+    def backend_data(self) -> dict[str, str]:
+        return {"type": "wireguard", "public_key": self.keys.public_b64, "port": str(self.listen_port)}
+
+    # --- device ---------------------------------------------------------------
+
+    def setup(self, own_subnet: IPNetwork) -> dict[str, str]:
+        """Adopt or create the interface, set key and port, address and MTU."""
+        self._own_subnet = own_subnet
+        link = self._nl.link(self.device)
+        if link is not None and link.kind == "wireguard":
+            self.kind, self.control = "kernel", KernelControl(self.device)
+        elif link is not None and self._engine_answers():
+            self.kind, self.control = "userspace", UapiControl(self.device, self.socket_dir)
+            log.info("adopted running userspace WireGuard engine on %s", self.device)
+        else:
+            if link is not None:  # a stale interface whose engine died
+                log.warning("removing %s: no WireGuard engine answers for it", self.device)
+                self._nl.delete_link(link)
+            self._create()
+        assert self.control is not None
+        self.control.configure(self.keys.private, self.listen_port)
+        link = self._nl.link(self.device)
+        if link is None:
+            raise KernelError(f"WireGuard interface {self.device} vanished during setup")
+        if link.mtu != self.mtu or not link.up:
+            self._nl.set_link(link, mtu=self.mtu, state="up")
+        converge_addresses(self._nl, link.index, {device_address(own_subnet)}, self.protocol)
+        return self.backend_data()
+
+    def _engine_answers(self) -> bool:
+        try:
+            UapiControl(self.device, self.socket_dir).client.get()
+        except (OverlaydError, OSError):
+            return False
+        return True
+
+    def _create(self) -> None:
+        if self.implementation in ("auto", "kernel"):
+            try:
+                self._nl.create_link(self.device, "wireguard")
+                self.kind, self.control = "kernel", KernelControl(self.device)
+                log.info("created kernel WireGuard interface %s", self.device)
+                return
+            except KernelError as exc:
+                if self.implementation == "kernel":
+                    raise KernelError(f"kernel WireGuard unavailable ({exc}); "
+                                      "set wireguard.implementation = \"userspace\" or \"auto\"") from None
+                log.info("no kernel WireGuard (%s): starting the userspace engine", exc)
+        self._start_engine()
+        self.kind, self.control = "userspace", UapiControl(self.device, self.socket_dir)
+
+    def _start_engine(self) -> None:
+        cmd = [sys.executable, "-m", "overlayd.wireguard.cli", self.device, "--mtu", str(self.mtu)]
+        if self.socket_dir is not None:
+            cmd += ["--socket-dir", str(self.socket_dir)]
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with (self.log_dir / f"{self.device}.log").open("ab") as log_file:
+            # A session of its own: the engine must outlive this daemon's restarts.
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                    start_new_session=True)
+        from overlayd.wireguard.uapi_server import UapiClient
+
+        try:
+            UapiClient(self.device, self.socket_dir).wait_ready(timeout=10)
+        except NotFoundError:
+            proc.kill()
+            raise KernelError(f"userspace WireGuard engine for {self.device} did not start; "
+                              f"see {self.log_dir / (self.device + '.log')}") from None
+        log.info("started userspace WireGuard engine on %s (pid %d)", self.device, proc.pid)
+
+    # --- peers ----------------------------------------------------------------
+
+    def reconcile(self, peers: Mapping[IPNetwork, WgPeer]) -> WgReconcileResult:
+        if self.control is None or self._own_subnet is None:
+            raise KernelError("WireGuard backend used before setup()")
+        accepted, refusals = screen_wg_peers(peers, own_key=self.keys.public, own_subnet=self._own_subnet)
+        for reason in refusals:
+            log.warning("WireGuard peer refused: %s", reason)
+        link = self._nl.link(self.device)
+        if link is None:  # the engine died and took the interface along: start over
+            self.setup(self._own_subnet)
+            link = self._nl.link(self.device)
+            assert link is not None
+        current = self.control.current()
+        plan = plan_device(accepted, current)
+        if plan:
+            self.control.apply(plan)
+        add, delete = plan_routes(set(accepted), self._nl.main_routes(self._own_subnet.version), link.index,
+                                  self.protocol)
+        for route in delete:
+            self._nl.delete_route(route)
+        for dst in add:
+            self._nl.replace_dev_route(dst, link.index, self.protocol)
+        new = sum(1 for _, p in plan.upsert if p.public_key not in current)
+        return WgReconcileResult(added=new + len(add), changed=len(plan.upsert) - new,
+                                 removed=len(plan.remove) + len(delete), refused=len(refusals))
+
+    def peer_stats(self) -> dict[bytes, PeerStats]:
+        if self.control is None:
+            return {}
+        try:
+            return {p.public_key: p for p in self.control.peers()}
+        except (OverlaydError, OSError) as exc:
+            log.warning("reading WireGuard peer stats from %s: %s", self.device, exc)
+            return {}

@@ -1,0 +1,93 @@
+"""overlayd-wg: a userspace WireGuard interface, run and configured like wireguard-go.
+
+    overlayd-wg [-f] [--socket-dir DIR] [--mtu N] [--no-offload] IFNAME
+
+creates the TUN interface IFNAME (MTU 1420, down, no addresses: bring it up with `ip`), serves
+the UAPI socket DIR/IFNAME.sock (default /var/run/wireguard, or $WG_SOCKET_DIR) and runs until
+SIGTERM or SIGINT, then removes the socket and the interface. It always stays in the
+foreground (-f is accepted for wireguard-go compatibility). Configure it with `wg`:
+
+    wg set IFNAME private-key /path/key listen-port 51820 peer PUBKEY endpoint 198.18.1.2:51820 \\
+        allowed-ips 10.99.0.2/32
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from overlayd import sdnotify
+from overlayd.errors import OverlaydError
+from overlayd.wireguard.engine import Engine
+from overlayd.wireguard.tun import TunDevice, check_ifname
+from overlayd.wireguard.uapi_server import UapiServer, default_socket_dir, socket_path
+
+DEFAULT_MTU = 1420
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("overlayd-wg")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="overlayd-wg", description="Userspace WireGuard interface (UAPI like wireguard-go).")
+    parser.add_argument("ifname", metavar="IFNAME", help="name of the TUN interface to create")
+    parser.add_argument("-f", "--foreground", action="store_true", help="run in the foreground (always the case)")
+    parser.add_argument("--socket-dir", type=Path, default=None,
+                        help=f"UAPI socket directory (default $WG_SOCKET_DIR or {default_socket_dir()})")
+    parser.add_argument("--mtu", type=int, default=DEFAULT_MTU, help=f"interface MTU (default {DEFAULT_MTU})")
+    parser.add_argument("--no-offload", dest="offload", action="store_false",
+                        help="plain TUN without TSO/GRO (one packet per read and write)")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s overlayd-wg[%(process)d] %(levelname)s %(message)s")
+    try:
+        check_ifname(args.ifname)
+    except OverlaydError as e:
+        print(f"overlayd-wg: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not 576 <= args.mtu <= 65535:
+        print("overlayd-wg: --mtu must be 576..65535", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return run(args.ifname, socket_path(args.ifname, args.socket_dir), mtu=args.mtu, offload=args.offload)
+    except OverlaydError as e:
+        print(f"overlayd-wg: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def run(ifname: str, path: Path, *, mtu: int, offload: bool) -> int:
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    signal.set_wakeup_fd(wake_w)  # a signal wakes the accept loop, which then shuts down
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: None)
+    tun = TunDevice.create(ifname, offload=offload)
+    try:
+        tun.mtu = mtu
+        engine = Engine(tun)
+        server = UapiServer(path, engine)
+        try:
+            server.open()
+            engine.start()
+            log.info("interface %s up (offload %s), UAPI on %s", tun.name, "on" if offload else "off", path)
+            sdnotify.notify("READY=1")
+            server.serve_until(wake_r)
+            log.info("shutting down; counters: %s", engine.counters())
+        finally:
+            server.close()
+            engine.stop()
+    finally:
+        tun.close()  # the interface disappears with its last file descriptor
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,701 @@
+"""A WireGuard interface as a sans-I/O state machine (aioquic/h11 style).
+
+The device never touches a socket, a clock or a random source: the I/O shell passes in
+datagrams with their source address, IP packets read from TUN, the time `now` (seconds on a
+monotonic clock) and an `rng(n) -> bytes`. It gets back what to write:
+
+* `receive_datagram_untrusted(data, addr, now)` -> TunPacket and Datagram outputs
+* `send_packet(ip_packet, now)` -> Datagrams (or none while the packet waits for a handshake)
+* `get_timer()` -> when to call `handle_timer(now)`; timer and configuration work queues
+  datagrams that `datagrams_to_send(now)` hands over.
+
+The batch forms (`receive_datagrams_untrusted`, `send_packets`) share one output list.
+Bad packets never raise; they are dropped and counted in `drops` by DropReason.
+"""
+
+import collections
+import ipaddress
+import math
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+
+from overlayd.wireguard import crypto, noise
+from overlayd.wireguard.constants import (
+    DEFAULT_MTU,
+    HANDSHAKE_INITIATION_RATE,
+    INITIATION_SIZE,
+    KEEPALIVE_TIMEOUT,
+    MAX_STAGED_PACKETS,
+    MAX_TIMER_HANDSHAKES,
+    MESSAGE_COOKIE_REPLY,
+    MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
+    MESSAGE_TRANSPORT,
+    PADDING_MULTIPLE,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_ON_RECEIVE_AFTER,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
+    RESPONSE_SIZE,
+    TAG_SIZE,
+    TRANSPORT_HEADER_SIZE,
+    TRANSPORT_MIN_SIZE,
+    ZERO_KEY_MATERIAL_AFTER,
+)
+from overlayd.wireguard.cookie import CookieChecker
+from overlayd.wireguard.crypto import RandomBytes
+from overlayd.wireguard.errors import InvalidConfigError, InvalidKeyError, UnknownPeerError
+from overlayd.wireguard.events import Datagram, DropReason, Endpoint, Output, TunPacket
+from overlayd.wireguard.handshake import HandshakeState
+from overlayd.wireguard.ippacket import destination_untrusted, source_and_length_untrusted
+from overlayd.wireguard.keypair import Keypair
+from overlayd.wireguard.messages import (
+    TRANSPORT_HEADER,
+    TYPE,
+    Initiation,
+    Response,
+    pack_initiation,
+    pack_response,
+    parse_cookie_reply_untrusted,
+    parse_initiation_untrusted,
+    parse_response_untrusted,
+    sender_index,
+)
+from overlayd.wireguard.peer import Peer, PeerConfig, PeerStatus
+from overlayd.wireguard.ratelimit import LoadDetector, RateLimiter, source_key
+from overlayd.wireguard.routing import AllowedIPs
+from overlayd.wireguard.tai64n import tai64n
+from overlayd.wireguard.timers import Timer
+
+_ZEROS = bytes(PADDING_MULTIPLE)
+_PAD_MASK = ~(PADDING_MULTIPLE - 1)
+_OVERHEAD = TRANSPORT_HEADER_SIZE + TAG_SIZE
+_nonce = crypto.counter_nonce
+
+
+class _DatagramSink(Protocol):
+    """Where send helpers put datagrams: a list[Datagram] or the receive path's list[Output]."""
+
+    def append(self, item: Datagram, /) -> None: ...
+
+
+def _cookie_source(addr: Endpoint) -> bytes:
+    """The bytes a cookie is bound to: source IP and port."""
+    host = str(addr[0]).split("%", 1)[0]
+    return ipaddress.ip_address(host).packed + int(addr[1]).to_bytes(2, "big")
+
+
+class Device:
+    def __init__(
+        self,
+        private_key: bytes,
+        *,
+        rng: RandomBytes,
+        listen_port: int = 0,
+        mtu: int = DEFAULT_MTU,
+        wall_offset: float = 0.0,
+        load: LoadDetector | None = None,
+        rate_limiter: RateLimiter | None = None,
+    ) -> None:
+        """`wall_offset` turns `now` into Unix time (for TAI64N timestamps and handshake times);
+        `listen_port` is only stored for the UAPI to report."""
+        self._rng = rng
+        self.listen_port = listen_port
+        self.mtu = mtu
+        self.wall_offset = wall_offset
+        self._load = load if load is not None else LoadDetector()
+        self._rate = rate_limiter if rate_limiter is not None else RateLimiter()
+        self.drops: collections.Counter[str] = collections.Counter()
+        self._peers: dict[bytes, Peer] = {}
+        self._routes: AllowedIPs[Peer] = AllowedIPs()
+        self._handshake_index: dict[int, Peer] = {}  # local index of an unfinished handshake
+        self._keypair_index: dict[int, Keypair] = {}  # local index of a session
+        self._outbox: list[Datagram] = []
+        self._set_identity(private_key)
+
+    # Identity and configuration.
+
+    def _set_identity(self, private_key: bytes) -> None:
+        self._private_key = crypto.check_key(private_key, "private key")
+        self._static = crypto.private_key_object(self._private_key)
+        self.public_key = crypto.public_key(self._static)
+        self._cookies = CookieChecker(self.public_key)
+        self._responder_start = noise.responder_start(self.public_key)
+
+    @property
+    def private_key(self) -> bytes:
+        return self._private_key
+
+    def set_private_key(self, private_key: bytes) -> None:
+        """New identity: every session is dropped; a peer with the new public key is removed."""
+        self._set_identity(private_key)
+        if self.public_key in self._peers:  # we cannot be our own peer (as wireguard-go)
+            self.remove_peer(self.public_key)
+        for peer in list(self._peers.values()):
+            static_static = crypto.dh(self._static, peer.public_key)
+            if static_static is None:  # unreachable: peer keys were checked not to be low order
+                raise InvalidKeyError("peer public key is a low-order point")
+            peer.static_static = static_static
+            self._zero_all(peer)
+
+    def set_peer(self, config: PeerConfig, now: float) -> None:
+        """Add a peer or update one (see PeerConfig for what each field replaces)."""
+        public_key = crypto.check_key(config.public_key, "peer public key")
+        if public_key == self.public_key:
+            raise InvalidKeyError("a peer cannot have the interface's own public key")
+        psk = noise.NO_PRESHARED_KEY
+        if config.preshared_key is not None:
+            psk = crypto.check_key(config.preshared_key, "preshared key")
+        if config.persistent_keepalive < 0 or config.persistent_keepalive > 65535:
+            raise InvalidConfigError("persistent keepalive must be 0..65535 seconds")
+        peer = self._peers.get(public_key)
+        if peer is None:
+            static_static = crypto.dh(self._static, public_key)
+            if static_static is None:
+                raise InvalidKeyError("peer public key is a low-order point")
+            peer = self._peers[public_key] = Peer(public_key, static_static)
+        peer.preshared_key = psk
+        if config.endpoint is not None:
+            peer.endpoint = config.endpoint
+        self._routes.remove_owner(peer)
+        for network in config.allowed_ips:
+            self._routes.insert(network, peer)
+        keepalive_was_off = peer.persistent_keepalive == 0
+        peer.persistent_keepalive = config.persistent_keepalive
+        if keepalive_was_off and peer.persistent_keepalive > 0:
+            self._send_keepalive(peer, now, self._outbox)  # as wireguard-go: start at once
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self._peers.pop(public_key, None)
+        if peer is None:
+            raise UnknownPeerError("no peer with this public key")
+        self._zero_all(peer)
+        self._routes.remove_owner(peer)
+
+    def peer_status(self, public_key: bytes) -> PeerStatus:
+        peer = self._peers.get(public_key)
+        if peer is None:
+            raise UnknownPeerError("no peer with this public key")
+        psk = None if peer.preshared_key == noise.NO_PRESHARED_KEY else peer.preshared_key
+        last = None if peer.last_handshake is None else peer.last_handshake + self.wall_offset
+        return PeerStatus(
+            public_key=peer.public_key, preshared_key=psk, endpoint=peer.endpoint,
+            allowed_ips=tuple(self._routes.networks_of(peer)), persistent_keepalive=peer.persistent_keepalive,
+            rx_bytes=peer.rx_bytes, tx_bytes=peer.tx_bytes, last_handshake=last,
+        )
+
+    def peer_statuses(self) -> list[PeerStatus]:
+        return [self.peer_status(key) for key in self._peers]
+
+    def signal_under_load(self, now: float) -> None:
+        """The shell has a backlog of handshake messages: demand cookies for a while."""
+        self._load.signal(now)
+
+    # Outputs queued outside the receive/send calls, and timers.
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def get_timer(self) -> float | None:
+        deadline = min((p.timers.next_deadline() for p in self._peers.values()), default=math.inf)
+        return None if deadline == math.inf else deadline
+
+    def handle_timer(self, now: float) -> None:
+        for peer in list(self._peers.values()):
+            for timer in peer.timers.expired(now):
+                self._on_timer(peer, timer, now)
+
+    def _on_timer(self, peer: Peer, timer: Timer, now: float) -> None:
+        timers = peer.timers
+        out = self._outbox
+        if timer is Timer.RETRANSMIT_HANDSHAKE:
+            if timers.handshake_attempts > MAX_TIMER_HANDSHAKES:
+                # Give up: drop what waited for the session, and destroy leftovers later.
+                timers.disarm(Timer.SEND_KEEPALIVE)
+                self._drop(DropReason.HANDSHAKE_GAVE_UP, len(peer.staged))
+                peer.staged.clear()
+                if not timers.pending(Timer.ZERO_KEY_MATERIAL):
+                    timers.arm(Timer.ZERO_KEY_MATERIAL, now + ZERO_KEY_MATERIAL_AFTER)
+            else:
+                timers.handshake_attempts += 1
+                self._send_initiation(peer, now, out, is_retry=True)
+        elif timer is Timer.SEND_KEEPALIVE:
+            self._send_keepalive(peer, now, out)
+            if timers.need_another_keepalive:
+                timers.need_another_keepalive = False
+                timers.arm(Timer.SEND_KEEPALIVE, now + KEEPALIVE_TIMEOUT)
+        elif timer is Timer.NEW_HANDSHAKE:
+            self._send_initiation(peer, now, out, is_retry=False)
+        elif timer is Timer.ZERO_KEY_MATERIAL:
+            self._zero_all(peer)
+        elif timer is Timer.PERSISTENT_KEEPALIVE and peer.persistent_keepalive > 0:
+            self._send_keepalive(peer, now, out)
+
+    # Outbound: packets from TUN.
+
+    def send_packet(self, packet: bytes, now: float) -> list[Datagram]:
+        out: list[Datagram] = []
+        peer = self._route(packet)
+        if peer is not None:
+            self._send_run(peer, (packet,), now, out)
+        return out
+
+    def send_packets(self, packets: Iterable[bytes], now: float) -> list[Datagram]:
+        """Batch form: consecutive packets for one peer are sealed together (one session check and
+        one timer update per run), and their datagrams are adjacent with one endpoint (for GSO)."""
+        out: list[Datagram] = []
+        route = self._route
+        run_peer: Peer | None = None
+        run: list[bytes] = []
+        for packet in packets:
+            peer = route(packet)
+            if peer is None:
+                continue
+            if peer is not run_peer:
+                if run_peer is not None:
+                    self._send_run(run_peer, run, now, out)
+                run_peer, run = peer, []
+            run.append(packet)
+        if run_peer is not None:
+            self._send_run(run_peer, run, now, out)
+        return out
+
+    def _route(self, packet: bytes) -> Peer | None:
+        """Cryptokey routing: the peer whose allowed IPs hold the destination."""
+        destination = destination_untrusted(packet)
+        if destination is None:
+            self.drops[DropReason.BAD_INNER_PACKET] += 1
+            return None
+        peer = self._routes.lookup(destination)
+        if peer is None:
+            self.drops[DropReason.NO_ROUTE] += 1
+        return peer
+
+    def _send_run(self, peer: Peer, packets: Sequence[bytes], now: float, out: _DatagramSink) -> None:
+        keypair = peer.keypairs.current
+        if (
+            keypair is not None and not peer.staged and peer.endpoint is not None
+            and keypair.send_counter + len(packets) <= REJECT_AFTER_MESSAGES
+            and now - keypair.created < REJECT_AFTER_TIME
+        ):
+            self._transmit(peer, keypair, packets, now, out)
+            return
+        for packet in packets:
+            self._stage(peer, packet)
+        self._send_staged(peer, now, out)
+
+    def _stage(self, peer: Peer, packet: bytes) -> None:
+        if len(peer.staged) >= MAX_STAGED_PACKETS:
+            peer.staged.popleft()
+            self.drops[DropReason.STAGED_OVERFLOW] += 1
+        peer.staged.append(packet)
+
+    def _send_keepalive(self, peer: Peer, now: float, out: _DatagramSink) -> None:
+        if not peer.staged:
+            peer.staged.append(b"")
+        self._send_staged(peer, now, out)
+
+    def _send_staged(self, peer: Peer, now: float, out: _DatagramSink) -> None:
+        if not peer.staged:
+            return
+        keypair = peer.keypairs.current
+        if (
+            keypair is None or now - keypair.created >= REJECT_AFTER_TIME
+            or keypair.send_counter + len(peer.staged) > REJECT_AFTER_MESSAGES
+        ):
+            self._send_initiation(peer, now, out, is_retry=False)
+            return
+        if peer.endpoint is None:
+            self._drop(DropReason.NO_ENDPOINT, len(peer.staged))
+            peer.staged.clear()
+            return
+        packets = tuple(peer.staged)
+        peer.staged.clear()
+        self._transmit(peer, keypair, packets, now, out)
+
+    def _transmit(
+        self, peer: Peer, keypair: Keypair, packets: Iterable[bytes], now: float, out: _DatagramSink
+    ) -> None:
+        """Encrypt and emit (the hot path: locals only, one buffer per datagram)."""
+        endpoint = peer.endpoint
+        mtu = self.mtu
+        seal = keypair.send.encrypt_into
+        pack_header = TRANSPORT_HEADER.pack_into
+        counter = keypair.send_counter
+        sent_bytes = 0
+        sent_data = False
+        for packet in packets:
+            n = len(packet)
+            padded = (n + PADDING_MULTIPLE - 1) & _PAD_MASK
+            if padded > mtu:
+                padded = max(n, mtu)
+            if padded != n:
+                packet = bytes(packet) + _ZEROS[: padded - n]
+            buf = bytearray(padded + _OVERHEAD)
+            pack_header(buf, 0, MESSAGE_TRANSPORT, keypair.remote_index, counter)
+            seal(_nonce(counter), packet, None, memoryview(buf)[TRANSPORT_HEADER_SIZE:])
+            counter += 1
+            sent_bytes += len(buf)
+            sent_data = sent_data or n > 0
+            out.append(Datagram(buf, endpoint))  # type: ignore[arg-type]  # callers checked it
+        keypair.send_counter = counter
+        peer.tx_bytes += sent_bytes
+        timers = peer.timers
+        timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive)
+        timers.on_authenticated_packet_sent()
+        if sent_data:
+            timers.on_data_sent(now, self._jitter)
+        # Keep the key fresh: by message count, or by age if we were the initiator.
+        if counter > REKEY_AFTER_MESSAGES or (keypair.is_initiator and now - keypair.created > REKEY_AFTER_TIME):
+            self._send_initiation(peer, now, out, is_retry=False)
+
+    # Handshake messages we send.
+
+    def _send_initiation(self, peer: Peer, now: float, out: _DatagramSink, *, is_retry: bool) -> None:
+        timers = peer.timers
+        if not is_retry:
+            timers.handshake_attempts = 0
+        handshake = peer.handshake
+        if handshake.last_sent is not None and now - handshake.last_sent < REKEY_TIMEOUT:
+            return  # at most one initiation per REKEY_TIMEOUT
+        handshake.last_sent = now
+        self._free_handshake_index(peer)
+        index = self._new_index()
+        ephemeral = crypto.private_key_object(crypto.generate_private_key(self._rng))
+        state = peer.initiator_start.copy()
+        fields = noise.write_initiation(
+            state, ephemeral=ephemeral, static_public=self.public_key, remote_static=peer.public_key,
+            static_static=peer.static_static, payload=tai64n(now + self.wall_offset),
+        )
+        if fields is None:  # unreachable: the peer's key was checked not to be low order
+            raise InvalidKeyError("peer public key is a low-order point")
+        self._handshake_index[index] = peer
+        handshake.initiation_created(state, ephemeral, index)
+        message = pack_initiation(Initiation(index, *fields))
+        peer.cookies.add_macs(message, now)
+        timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive)
+        timers.on_authenticated_packet_sent()
+        self._emit(peer, message, out)
+        timers.on_handshake_initiated(now, self._jitter())
+
+    def _send_response(self, peer: Peer, now: float, out: _DatagramSink) -> None:
+        handshake = peer.handshake
+        assert handshake.symmetric is not None  # set by initiation_consumed
+        ephemeral = crypto.private_key_object(crypto.generate_private_key(self._rng))
+        fields = noise.write_response(
+            handshake.symmetric, ephemeral=ephemeral, remote_ephemeral=handshake.remote_ephemeral,
+            remote_static=peer.public_key, preshared_key=peer.preshared_key, payload=b"",
+        )
+        if fields is None:  # the initiator's ephemeral key is a low-order point
+            self.drops[DropReason.BAD_HANDSHAKE] += 1
+            handshake.clear()
+            return
+        self._free_handshake_index(peer)
+        index = self._new_index()
+        self._handshake_index[index] = peer
+        handshake.response_created(index)
+        handshake.last_sent = now
+        message = pack_response(Response(index, handshake.remote_index, *fields))
+        peer.cookies.add_macs(message, now)
+        self._begin_session(peer, now)
+        timers = peer.timers
+        timers.on_session_derived(now)
+        timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive)
+        timers.on_authenticated_packet_sent()
+        self._emit(peer, message, out)
+
+    def _begin_session(self, peer: Peer, now: float) -> None:
+        """Derive the transport keys from the finished handshake and rotate keypairs."""
+        handshake = peer.handshake
+        assert handshake.symmetric is not None and handshake.local_index is not None
+        is_initiator = handshake.state is HandshakeState.RESPONSE_CONSUMED
+        initiator_key, responder_key = handshake.symmetric.split()
+        send, receive = (initiator_key, responder_key) if is_initiator else (responder_key, initiator_key)
+        index = handshake.local_index
+        keypair = Keypair(
+            send, receive, created=now, is_initiator=is_initiator, local_index=index,
+            remote_index=handshake.remote_index, peer=peer,
+        )
+        del self._handshake_index[index]
+        self._keypair_index[index] = keypair  # the handshake's index now names the session
+        handshake.session_begun()
+        if is_initiator:
+            dropped = peer.keypairs.install_as_initiator(keypair)
+        else:
+            dropped = peer.keypairs.install_as_responder(keypair)
+        self._forget_keypairs(dropped)
+
+    def _emit(self, peer: Peer, message: bytes | bytearray, out: _DatagramSink) -> None:
+        if peer.endpoint is None:
+            self.drops[DropReason.NO_ENDPOINT] += 1
+            return
+        peer.tx_bytes += len(message)
+        out.append(Datagram(message, peer.endpoint))
+
+    # Inbound: datagrams from UDP.
+
+    def receive_datagram_untrusted(self, data: bytes, addr: Endpoint, now: float) -> list[Output]:
+        out: list[Output] = []
+        self._receive(data, addr, now, out)
+        return out
+
+    def receive_datagrams_untrusted(self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float) -> list[Output]:
+        """Batch form. Each transport packet is decrypted and checked on its own, but the per-peer
+        bookkeeping (roaming, stats, timers, key confirmation) runs once per run of packets that
+        share a session and a source address."""
+        out: list[Output] = []
+        open_transport = self._open_transport
+        deliver = self._deliver_inner
+        run_keypair: Keypair | None = None
+        run_addr: Endpoint = ()
+        run_bytes = run_data = 0
+        for data, addr in datagrams:
+            if len(data) < TRANSPORT_MIN_SIZE or TYPE.unpack_from(data)[0] != MESSAGE_TRANSPORT:
+                if run_keypair is not None:  # keep order with handshake messages
+                    self._transport_received(run_keypair, run_addr, run_bytes, run_data, now, out)
+                    run_keypair = None
+                self._receive(data, addr, now, out)
+                continue
+            opened = open_transport(data, now)
+            if opened is None:
+                continue
+            keypair, plaintext = opened
+            if keypair is not run_keypair or addr != run_addr:
+                if run_keypair is not None:
+                    self._transport_received(run_keypair, run_addr, run_bytes, run_data, now, out)
+                run_keypair, run_addr, run_bytes, run_data = keypair, addr, 0, 0
+            run_bytes += len(data)
+            if plaintext:
+                run_data += 1
+                deliver(keypair.peer, plaintext, out)
+        if run_keypair is not None:
+            self._transport_received(run_keypair, run_addr, run_bytes, run_data, now, out)
+        return out
+
+    def _receive(self, data: bytes, addr: Endpoint, now: float, out: list[Output]) -> None:
+        if len(data) < 4:
+            self.drops[DropReason.SHORT] += 1
+            return
+        kind = TYPE.unpack_from(data)[0]
+        if kind == MESSAGE_TRANSPORT:
+            if len(data) < TRANSPORT_MIN_SIZE:
+                self.drops[DropReason.SHORT] += 1
+                return
+            opened = self._open_transport(data, now)
+            if opened is not None:
+                keypair, plaintext = opened
+                self._transport_received(keypair, addr, len(data), 1 if plaintext else 0, now, out)
+                if plaintext:
+                    self._deliver_inner(keypair.peer, plaintext, out)
+        elif kind == MESSAGE_INITIATION or kind == MESSAGE_RESPONSE:
+            self._receive_handshake(kind, data, addr, now, out)
+        elif kind == MESSAGE_COOKIE_REPLY:
+            self._receive_cookie_reply(data, now)
+        else:
+            self.drops[DropReason.UNKNOWN_TYPE] += 1
+
+    def _open_transport(self, data: bytes, now: float) -> tuple[Keypair, bytes] | None:
+        """Find the session, decrypt, then (only once authenticated) check the replay window."""
+        _, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
+        keypair = self._keypair_index.get(receiver)
+        if keypair is None:
+            self.drops[DropReason.UNKNOWN_INDEX] += 1
+            return None
+        if now - keypair.created >= REJECT_AFTER_TIME:
+            self.drops[DropReason.EXPIRED_KEY] += 1
+            return None
+        try:
+            plaintext = keypair.receive.decrypt(_nonce(counter), memoryview(data)[TRANSPORT_HEADER_SIZE:], None)
+        except InvalidTag:
+            self.drops[DropReason.BAD_AEAD] += 1
+            return None
+        if not keypair.replay.accept(counter):
+            self.drops[DropReason.REPLAY] += 1
+            return None
+        return keypair, plaintext
+
+    def _transport_received(
+        self, keypair: Keypair, addr: Endpoint, nbytes: int, data_packets: int, now: float, out: _DatagramSink
+    ) -> None:
+        """Bookkeeping after authenticated transport packets (`data_packets` of them not keepalives)."""
+        peer = keypair.peer
+        peer.endpoint = addr  # roaming: the latest authenticated source wins
+        peer.rx_bytes += nbytes
+        timers = peer.timers
+        if keypair is peer.keypairs.next:
+            # First packet on the responder's new keypair: the initiator has it, start using it.
+            _, dropped = peer.keypairs.confirm(keypair)
+            self._forget_keypairs(dropped)
+            timers.on_handshake_complete()
+            peer.last_handshake = now
+            self._send_staged(peer, now, out)
+        current = peer.keypairs.current
+        if (
+            not timers.sent_lastminute_handshake and current is not None and current.is_initiator
+            and now - current.created > REKEY_ON_RECEIVE_AFTER
+        ):
+            # The initiator's last chance to rekey before the session dies (whitepaper 6.2).
+            timers.sent_lastminute_handshake = True
+            self._send_initiation(peer, now, out, is_retry=False)
+        timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive)
+        timers.on_authenticated_packet_received()
+        if data_packets:
+            timers.on_data_received(now, data_packets)
+
+    def _deliver_inner(self, peer: Peer, plaintext: bytes, out: list[Output]) -> None:
+        """Hand a decrypted packet to TUN if it is IP and its source is one of the peer's allowed IPs."""
+        header = source_and_length_untrusted(plaintext)
+        if header is None:
+            self.drops[DropReason.BAD_INNER_PACKET] += 1
+            return
+        source, length = header
+        if self._routes.lookup(source) is not peer:
+            self.drops[DropReason.NOT_ALLOWED_IP] += 1
+            return
+        out.append(TunPacket(plaintext if length == len(plaintext) else plaintext[:length], peer.public_key))
+
+    def _receive_handshake(self, kind: int, data: bytes, addr: Endpoint, now: float, out: list[Output]) -> None:
+        if len(data) != (INITIATION_SIZE if kind == MESSAGE_INITIATION else RESPONSE_SIZE):
+            self.drops[DropReason.BAD_SIZE] += 1
+            return
+        under_load = self._load.observe_handshake(now)
+        if not self._cookies.check_mac1(data):
+            self.drops[DropReason.BAD_MAC] += 1
+            return
+        if under_load:
+            source = _cookie_source(addr)
+            if not self._cookies.check_mac2(data, source, now):
+                reply = self._cookies.create_reply(data, sender_index(data), source, now, self._rng)
+                out.append(Datagram(reply, addr))
+                self.drops[DropReason.COOKIE_SENT] += 1
+                return
+            if not self._rate.allow(source_key(str(addr[0])), now):
+                self.drops[DropReason.RATE_LIMITED] += 1
+                return
+        if kind == MESSAGE_INITIATION:
+            self._receive_initiation(data, addr, now, out)
+        else:
+            self._receive_response(data, addr, now, out)
+
+    def _receive_initiation(self, data: bytes, addr: Endpoint, now: float, out: list[Output]) -> None:
+        message = parse_initiation_untrusted(data)
+        assert message is not None  # type and size were checked by the caller
+        state = self._responder_start.copy()
+        remote_static = noise.read_initiation_static(
+            state, static_private=self._static, remote_ephemeral=message.ephemeral,
+            encrypted_static=message.encrypted_static,
+        )
+        if remote_static is None:
+            self.drops[DropReason.BAD_HANDSHAKE] += 1
+            return
+        peer = self._peers.get(remote_static)
+        if peer is None:
+            self.drops[DropReason.UNKNOWN_PEER] += 1
+            return
+        timestamp = noise.read_initiation_payload(
+            state, static_static=peer.static_static, encrypted_payload=message.encrypted_timestamp
+        )
+        if timestamp is None:
+            self.drops[DropReason.BAD_HANDSHAKE] += 1
+            return
+        handshake = peer.handshake
+        if timestamp <= handshake.last_timestamp:
+            self.drops[DropReason.HANDSHAKE_REPLAY] += 1
+            return
+        last = handshake.last_initiation_consumed
+        if last is not None and now - last <= HANDSHAKE_INITIATION_RATE:
+            self.drops[DropReason.HANDSHAKE_FLOOD] += 1
+            return
+        handshake.initiation_consumed(state, message.sender, message.ephemeral, timestamp, now)
+        peer.endpoint = addr
+        peer.rx_bytes += len(data)
+        peer.timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive)
+        peer.timers.on_authenticated_packet_received()
+        self._send_response(peer, now, out)
+
+    def _receive_response(self, data: bytes, addr: Endpoint, now: float, out: list[Output]) -> None:
+        message = parse_response_untrusted(data)
+        assert message is not None  # type and size were checked by the caller
+        peer = self._handshake_index.get(message.receiver)
+        if peer is None:
+            self.drops[DropReason.UNKNOWN_INDEX] += 1
+            return
+        handshake = peer.handshake
+        if handshake.state is not HandshakeState.INITIATION_CREATED:
+            self.drops[DropReason.INVALID_STATE] += 1
+            return
+        assert handshake.symmetric is not None and handshake.local_ephemeral is not None
+        state = handshake.symmetric.copy()
+        payload = noise.read_response(
+            state, ephemeral=handshake.local_ephemeral, static_private=self._static,
+            remote_ephemeral=message.ephemeral, preshared_key=peer.preshared_key,
+            encrypted_payload=message.encrypted_nothing,
+        )
+        if payload is None:
+            self.drops[DropReason.BAD_HANDSHAKE] += 1
+            return
+        handshake.response_consumed(state, message.sender)
+        peer.endpoint = addr
+        peer.rx_bytes += len(data)
+        timers = peer.timers
+        timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive)
+        timers.on_authenticated_packet_received()
+        self._begin_session(peer, now)
+        timers.on_session_derived(now)
+        timers.on_handshake_complete()
+        peer.last_handshake = now
+        # Confirm the new key to the responder: staged data, or else a keepalive.
+        self._send_keepalive(peer, now, out)
+
+    def _receive_cookie_reply(self, data: bytes, now: float) -> None:
+        message = parse_cookie_reply_untrusted(data)
+        if message is None:
+            self.drops[DropReason.BAD_SIZE] += 1
+            return
+        peer = self._handshake_index.get(message.receiver)
+        if peer is None:
+            keypair = self._keypair_index.get(message.receiver)
+            peer = keypair.peer if keypair is not None else None
+        if peer is None:
+            self.drops[DropReason.UNKNOWN_INDEX] += 1
+            return
+        if not peer.cookies.consume_reply(message, now):
+            self.drops[DropReason.BAD_COOKIE] += 1
+
+    # Bookkeeping.
+
+    def _drop(self, reason: DropReason, count: int) -> None:
+        if count:
+            self.drops[reason] += count
+
+    def _jitter(self) -> float:
+        return int.from_bytes(self._rng(4), "little") / 2**32 * REKEY_TIMEOUT_JITTER_MAX
+
+    def _new_index(self) -> int:
+        while True:
+            index = int.from_bytes(self._rng(4), "little")
+            if index not in self._handshake_index and index not in self._keypair_index:
+                return index
+
+    def _free_handshake_index(self, peer: Peer) -> None:
+        index = peer.handshake.local_index
+        if index is not None and self._handshake_index.get(index) is peer:
+            del self._handshake_index[index]
+
+    def _forget_keypairs(self, keypairs: Iterable[Keypair]) -> None:
+        for keypair in keypairs:
+            if self._keypair_index.get(keypair.local_index) is keypair:
+                del self._keypair_index[keypair.local_index]
+
+    def _zero_all(self, peer: Peer) -> None:
+        """Destroy every session and the unfinished handshake, and flush queued packets."""
+        self._forget_keypairs(peer.keypairs.clear())
+        self._free_handshake_index(peer)
+        peer.handshake.clear()
+        peer.staged.clear()

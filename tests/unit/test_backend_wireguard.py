@@ -1,0 +1,69 @@
+"""WireGuard backend planning, without a kernel: peers and routes from the desired state."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address, ip_network
+
+import pytest
+
+from overlayd.backend.objects import Route
+from overlayd.backend.wireguard import WgPeer, plan_device, plan_routes, screen_wg_peers
+from overlayd.errors import ClusterError
+
+KEY_A, KEY_B, KEY_C, OWN = (bytes([n]) * 32 for n in (1, 2, 3, 9))
+NET_A, NET_B, NET_C = (ip_network(f"10.244.{n}.0/24") for n in (1, 2, 3))
+OWN_NET = ip_network("10.244.9.0/24")
+
+
+def _peer(key: bytes, last_octet: int) -> WgPeer:
+    return WgPeer(public_key=key, endpoint_ip=ip_address(f"198.18.0.{last_octet}"), port=51820)
+
+
+def test_record_data_is_parsed_and_bad_data_refused() -> None:
+    import base64
+
+    data = {"type": "wireguard", "public_key": base64.b64encode(KEY_A).decode(), "port": "51820"}
+    assert WgPeer.from_backend_data_untrusted(ip_address("198.18.0.11"), data) == _peer(KEY_A, 11)
+    for bad in ({**data, "type": "vxlan"}, {**data, "public_key": "short"}, {**data, "port": "0"},
+                {**data, "port": "x"}, {"type": "wireguard"}):
+        with pytest.raises(ClusterError):
+            WgPeer.from_backend_data_untrusted(ip_address("198.18.0.11"), bad)
+
+
+def test_plan_adds_changes_and_removes_only_what_differs() -> None:
+    desired = {NET_A: _peer(KEY_A, 11), NET_B: _peer(KEY_B, 12)}
+    current = {
+        KEY_A: ("198.18.0.11:51820", (NET_A,)),  # already right
+        KEY_B: ("198.18.0.99:51820", (NET_B,)),  # roamed or changed endpoint
+        KEY_C: ("198.18.0.13:51820", (NET_C,)),  # host gone
+    }
+    plan = plan_device(desired, current)
+    assert plan.upsert == ((NET_B, desired[NET_B]),)
+    assert plan.remove == (KEY_C,)
+    assert not plan_device(desired, {KEY_A: current[KEY_A], KEY_B: ("198.18.0.12:51820", (NET_B,))})
+
+
+def test_changed_allowed_ips_are_replaced() -> None:
+    plan = plan_device({NET_A: _peer(KEY_A, 11)}, {KEY_A: ("198.18.0.11:51820", (NET_A, NET_B))})
+    assert plan.upsert == ((NET_A, _peer(KEY_A, 11)),)
+
+
+def _route(dst: str, oif: int, protocol: int = 213, gateway: str | None = None) -> Route:
+    return Route(dst=ip_network(dst), table=254, protocol=protocol, type=1, oif=oif,
+                 gateway=ip_address(gateway) if gateway else None, onlink=False, priority=0, tos=0, scope=253)
+
+
+def test_route_plan_keeps_ours_removes_strays_and_leaves_others_alone() -> None:
+    routes = [_route("10.244.1.0/24", 7), _route("10.244.3.0/24", 7), _route("10.244.2.0/24", 5),
+              _route("192.0.2.0/24", 7, protocol=4)]
+    add, delete = plan_routes({NET_A, NET_B}, routes, ifindex=7, protocol=213)
+    assert add == [NET_B]
+    assert sorted(str(r.dst) for r in delete) == ["10.244.2.0/24", "10.244.3.0/24"]
+
+
+def test_screening_refuses_hijacks() -> None:
+    peers = {NET_A: _peer(KEY_A, 11), NET_B: _peer(OWN, 12), NET_C: _peer(KEY_A, 13),
+             ip_network("10.244.9.128/25"): _peer(KEY_C, 14), ip_network("10.244.5.0/24"): _peer(bytes([5]) * 32, 15)}
+    accepted, refused = screen_wg_peers(peers, own_key=OWN, own_subnet=OWN_NET)
+    assert list(accepted) == [ip_network("10.244.5.0/24")]
+    assert len(refused) == 4
