@@ -88,7 +88,8 @@ def latency(bed: WgBed) -> dict:
     loss = re.search(r"([\d.]+)% packet loss", out)
     if match is None or loss is None:
         raise RuntimeError(f"cannot read ping output: {out!r}")
-    return {"avg_ms": float(match[2]), "min_ms": float(match[1]), "max_ms": float(match[3]), "loss_percent": float(loss[1])}
+    return {"avg_ms": float(match[2]), "min_ms": float(match[1]), "max_ms": float(match[3]),
+            "loss_percent": float(loss[1])}
 
 
 def tunnel_benchmarks(seconds: float, rounds: int) -> dict:
@@ -136,7 +137,8 @@ def _handshake(a: Device, b: Device, now: float) -> None:
         replies: list[Datagram] = []
         for d in pending:
             target, source = (b, A_ADDR) if d.addr == B_ADDR else (a, B_ADDR)
-            replies += [o for o in target.receive_datagram_untrusted(bytes(d.data), source, now) if isinstance(o, Datagram)]
+            outputs = target.receive_datagram_untrusted(bytes(d.data), source, now)
+            replies += [o for o in outputs if isinstance(o, Datagram)]
         pending = replies
     assert not a.drops and not b.drops, (a.drops, b.drops)
 
@@ -197,7 +199,8 @@ def micro_benchmarks() -> dict:
 
 def machine() -> dict:
     go = subprocess.run(["wireguard-go", "--version"], capture_output=True, text=True, timeout=10).stdout.split("\n")[0]
-    return {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version(), "wireguard_go": go}
+    return {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "wireguard_go": go}
 
 
 def print_table(result: dict) -> None:

@@ -34,7 +34,9 @@ log = logging.getLogger("overlayd-wg")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="overlayd-wg", description="Userspace WireGuard interface (UAPI like wireguard-go).")
+    parser = argparse.ArgumentParser(
+        prog="overlayd-wg", description="Userspace WireGuard interface, configured with `wg` like wireguard-go."
+    )
     parser.add_argument("ifname", metavar="IFNAME", help="name of the TUN interface to create")
     parser.add_argument("-f", "--foreground", action="store_true", help="run in the foreground (always the case)")
     parser.add_argument("--socket-dir", type=Path, default=None,

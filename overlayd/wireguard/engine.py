@@ -1,18 +1,21 @@
 """The userspace WireGuard data path: one TUN device and one UDP socket around a core Device.
 
-Three threads, none of them scheduling per packet:
-- outbound: read TUN frames (64 KiB TCP super-packets with offload) -> cut into segments ->
-  `Device.send_packets` -> UDP GSO sends (one syscall per peer run of up to 64 datagrams);
-- inbound: UDP GRO receives (several at once) -> `Device.receive_datagrams_untrusted` ->
-  glue TCP segments back together -> one TUN write per super-packet;
-- timers: sleep until `Device.get_timer()` (at most TIMER_TICK), `handle_timer`, send what
-  `datagrams_to_send` hands over; it also follows the TUN MTU.
+Two threads, neither scheduling anything per packet:
+- data: both directions in one loop. TUN -> frames (64 KiB TCP super-packets with offload)
+  cut into segments -> `Device.send_packets` -> UDP GSO sends (one syscall per run of up to 64
+  datagrams to one peer); UDP GRO receives (several at once) -> `Device.receive_datagrams_
+  untrusted` -> TCP segments glued back together -> one TUN write per super-packet. It sleeps
+  in poll() only when both sides are empty.
+- timers: sleeps until `Device.get_timer()` (at most TIMER_TICK), runs `handle_timer`, sends
+  what `datagrams_to_send` hands over, and follows the TUN MTU.
 UAPI get/set calls come from the caller's threads.
 
-The core's Device is not thread-safe: every call into it holds `_lock`. That costs no
-parallelism, since the cryptography library keeps the GIL during AEAD (measured: two threads
-sealing 64 KiB buffers take as long as one doing both), so one process runs Python on one
-core at a time anyway; the syscalls and the kernel's work run outside the lock and the GIL.
+Why one data thread: the cryptography library keeps the GIL during AEAD (measured: two threads
+sealing 64 KiB buffers take as long as one doing both), so a process runs Python on one core at
+a time anyway, and with a thread per direction every TCP ACK going the other way cost a GIL
+handoff, which cost more than handling the ACK (about 10% more throughput with one thread).
+The core's Device is not thread-safe: every call into it holds `_lock` (taken once per batch;
+the timer thread and UAPI calls are the only other takers).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from overlayd.errors import KernelError
 from overlayd.wireguard import crypto
 from overlayd.wireguard.device import Device
 from overlayd.wireguard.errors import UnknownPeerError
-from overlayd.wireguard.events import Datagram, Endpoint, TunPacket
+from overlayd.wireguard.events import Endpoint, TunPacket
 from overlayd.wireguard.offload import coalesce, split_frame
 from overlayd.wireguard.peer import PeerConfig
 from overlayd.wireguard.tun import TunDevice
@@ -124,8 +127,6 @@ class Engine:
     # Data path.
 
     def _data_path(self) -> None:
-        """Both directions in one thread: a second thread would only fight this one for the
-        GIL (a handoff per TCP ACK costs more than the ACK's processing, measured)."""
         tun = self._tun
         frame = bytearray(TUN_FRAME_BYTES)
         view = memoryview(frame)
@@ -134,17 +135,19 @@ class Engine:
         poller = select.poll()
         poller.register(tun.fd, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
-        polled_udp = -1
+        polled: UdpSocket | None = None
+        polled_fd = -1
         while not self._stopping:
             udp = self._udp
             busy = self._pump_tun(frame, view) | self._pump_udp(udp, buffers, views)
-            if not busy:
-                if polled_udp != udp.fileno():  # a new socket after a listen port change
-                    if polled_udp >= 0:
-                        poller.unregister(polled_udp)
-                    polled_udp = udp.fileno()
-                    poller.register(polled_udp, select.POLLIN)
-                poller.poll(_POLL_MS)
+            if busy:
+                continue
+            if udp is not polled:  # first round, or a new socket after a listen port change
+                if polled is not None:
+                    poller.unregister(polled_fd)
+                polled, polled_fd = udp, udp.fileno()
+                poller.register(polled_fd, select.POLLIN)
+            poller.poll(_POLL_MS)
 
     def _pump_tun(self, frame: bytearray, view: memoryview) -> bool:
         """Read up to a batch of packets from TUN and send them; False if there was nothing."""

@@ -55,7 +55,10 @@ class TunDevice:
     @classmethod
     def create(cls, name: str, *, offload: bool = True) -> TunDevice:
         raw = check_ifname(name)
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise KernelError(f"cannot open /dev/net/tun: {e.strerror}") from None
         try:
             flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
             ifr = fcntl.ioctl(fd, TUNSETIFF, _IFREQ_FLAGS.pack(raw, flags))

@@ -166,19 +166,22 @@ class UdpSocket:
             pass
         self.sock.close()
 
-    # Endpoint conversions between UAPI addresses and this socket's address tuples.
-
     def to_socket(self, ip: IPAddress, port: int) -> Endpoint:
-        if self.family == socket.AF_INET:
-            if ip.version != 4:
-                raise KernelError(f"endpoint {ip} needs IPv6, which this host lacks")
-            return (str(ip), port)
-        if ip.version == 4:
-            return (f"::ffff:{ip}", port, 0, 0)
-        scope = 0
-        if ip.scope_id:
-            scope = int(ip.scope_id) if ip.scope_id.isdigit() else _if_index(ip.scope_id)
-        return (str(ipaddress.IPv6Address(int(ip))), port, 0, scope)
+        return to_socket_address(self.family, ip, port)
+
+
+def to_socket_address(family: int, ip: IPAddress, port: int) -> Endpoint:
+    """A UAPI endpoint as a socket address of `family` (IPv4 goes v4-mapped on an IPv6 socket)."""
+    if family == socket.AF_INET:
+        if ip.version != 4:
+            raise KernelError(f"endpoint {ip} needs IPv6, which this host lacks")
+        return (str(ip), port)
+    if ip.version == 4:
+        return (f"::ffff:{ip}", port, 0, 0)
+    scope = 0
+    if ip.scope_id:
+        scope = int(ip.scope_id) if ip.scope_id.isdigit() else _if_index(ip.scope_id)
+    return (str(ipaddress.IPv6Address(int(ip))), port, 0, scope)
 
 
 def from_socket(addr: Endpoint) -> tuple[IPAddress, int]:

@@ -105,3 +105,22 @@ def test_our_engine_as_responder_from_scratch() -> None:
         assert bed.latest_handshake(bed.a, bed.b) > 0
         check_tcp(bed, reverse=False)
         check_tcp(bed, reverse=True)
+
+
+def test_plain_tun_without_offload() -> None:
+    """`--no-offload`: one packet per TUN read and write, no virtio-net headers."""
+    with WgBed("ours", "go", offload=False) as bed:
+        bed.ping(bed.a, bed.b.tunnel_ip)
+        check_tcp(bed, reverse=False)
+        check_tcp(bed, reverse=True, v6=True)
+
+
+def test_our_engine_at_both_ends() -> None:
+    """Between two of ours the UDP side carries GSO sends and GRO receives (wireguard-go uses neither)."""
+    with WgBed("ours", "ours") as bed:
+        bed.ping(bed.a, bed.b.tunnel_ip6)
+        for reverse in (False, True):
+            check_tcp(bed, reverse=reverse)
+        check_tcp(bed, reverse=False, v6=True)
+        _, received, sent = bed.wg("show", bed.a.ifname, "transfer").split()
+        assert int(received) > NBYTES and int(sent) > 2 * NBYTES

@@ -189,7 +189,8 @@ def test_sigterm_removes_socket_and_interface(tmp_path: Path) -> None:
         try:
             run("ip", "-n", netns, "link", "show", name)
             # A second engine for the same name (in another namespace) must not steal the live socket.
-            second = run("ip", "netns", "exec", other, sys.executable, "-m", "overlayd.wireguard.cli", name, check=False)
+            second = run("ip", "netns", "exec", other, sys.executable, "-m", "overlayd.wireguard.cli", name,
+                         check=False)
             assert second.returncode == 1 and "in use" in second.stderr
             assert sock.is_socket()
             proc.send_signal(signal.SIGTERM)

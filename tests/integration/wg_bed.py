@@ -24,17 +24,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from overlayd.wireguard import crypto
-from overlayd.wireguard.uapi_server import UapiClient
+from overlayd.wireguard.uapi_server import UapiClient, socket_path
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 51820
 
 
-def run(*cmd: str, check: bool = True, timeout: float = 30, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(*cmd: str, check: bool = True, timeout: float = 30,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip()}")
@@ -88,7 +90,8 @@ class Side:
 
 
 class WgBed:
-    def __init__(self, kind_a: str = "ours", kind_b: str = "go", *, offload: bool = True, prefix: str | None = None) -> None:
+    def __init__(self, kind_a: str = "ours", kind_b: str = "go", *, offload: bool = True,
+                 prefix: str | None = None) -> None:
         self.prefix = prefix or f"t{secrets.token_hex(3)}"
         self.offload = offload
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
@@ -191,7 +194,8 @@ class WgBed:
         address = receiver.tunnel_ip6 if v6 else receiver.tunnel_ip
         port = str(20000 + secrets.randbelow(10000))
         server = subprocess.Popen(
-            ["ip", "netns", "exec", receiver.netns, sys.executable, "-m", "tests.integration.wg_bed", "receive", address, port],
+            ["ip", "netns", "exec", receiver.netns, sys.executable, "-m", "tests.integration.wg_bed",
+             "receive", address, port],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
         try:
             sent = self.sh(sender, sys.executable, "-m", "tests.integration.wg_bed", "send", address, port, str(nbytes),
@@ -204,7 +208,8 @@ class WgBed:
         assert received.strip() == sent, f"sent {sent}, received {received.strip()} {errors}"
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.tmp.glob("*.log")))
+        logs = sorted(self.tmp.glob("*.log"))
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs)
 
     def latest_handshake(self, side: Side, peer: Side) -> int:
         for line in self.wg("show", side.ifname, "latest-handshakes").splitlines():
@@ -225,10 +230,12 @@ class WgBed:
                     pass
             run("ip", "netns", "del", ns, check=False)
         self._namespaces.clear()
+        for side in (self.a, self.b):  # a killed engine leaves its socket file behind
+            socket_path(side.ifname).unlink(missing_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def wait_for(predicate, timeout: float = 10, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], object], timeout: float = 10, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -129,7 +129,8 @@ def test_get_answer_matches_wireguard_go_and_round_trips() -> None:
     state = DeviceState(
         private_key=K1, listen_port=51820, fwmark=0,
         peers=(
-            PeerState(K2, preshared_key=None, endpoint=(v4("198.18.1.2"), 51820), last_handshake_ns=1_700_000_000_123_456_789,
+            PeerState(K2, preshared_key=None, endpoint=(v4("198.18.1.2"), 51820),
+                      last_handshake_ns=1_700_000_000_123_456_789,
                       rx_bytes=10, tx_bytes=20, persistent_keepalive=25, allowed_ips=(net("10.99.0.2/32"),)),
             PeerState(K3, preshared_key=PSK),
         ),
