@@ -72,10 +72,17 @@ class PeerStats:
 
 
 @dataclass(frozen=True)
+class PeerChange:
+    subnet: IPNetwork
+    peer: WgPeer
+    set_endpoint: bool  # False: keep the endpoint the peer roamed to
+
+
+@dataclass(frozen=True)
 class DevicePlan:
     """What to tell the device: peers to (re)configure and peers to remove."""
 
-    upsert: tuple[tuple[IPNetwork, WgPeer], ...]
+    upsert: tuple[PeerChange, ...]
     remove: tuple[bytes, ...]
 
     def __bool__(self) -> bool:
@@ -107,17 +114,23 @@ def screen_wg_peers(peers: Mapping[IPNetwork, WgPeer], *, own_key: bytes,
     return accepted, [f"{s}: {reason}" for s, reason in refused.items()]
 
 
-def plan_device(desired: Mapping[IPNetwork, WgPeer], current: Mapping[bytes, tuple[str | None, tuple[IPNetwork, ...]]]
-                ) -> DevicePlan:
-    """current: public key -> (endpoint "ip:port" or None, allowed IPs) as the device reports them."""
+def plan_device(desired: Mapping[IPNetwork, WgPeer], current: Mapping[bytes, tuple[str | None, tuple[IPNetwork, ...]]],
+                 applied: Mapping[bytes, str]) -> DevicePlan:
+    """current: public key -> (endpoint "ip:port" or None, allowed IPs) as the device reports them;
+    applied: the endpoint we last set for each key.
+
+    An endpoint is set only when the peer is new or its record's endpoint changed
+    since we last set it: WireGuard roams a peer to wherever its authenticated
+    packets come from, and a periodic resync must not undo that.
+    """
     upsert = []
     wanted_keys = set()
     for subnet, peer in sorted(desired.items(), key=lambda item: str(item[0])):
         wanted_keys.add(peer.public_key)
-        endpoint = _endpoint_text(peer)
         have = current.get(peer.public_key)
-        if have is None or have[1] != (subnet,) or have[0] != endpoint:
-            upsert.append((subnet, peer))
+        set_endpoint = have is None or applied.get(peer.public_key) != _endpoint_text(peer)
+        if set_endpoint or have is None or have[1] != (subnet,):
+            upsert.append(PeerChange(subnet, peer, set_endpoint))
     remove = tuple(sorted(key for key in current if key not in wanted_keys))
     return DevicePlan(upsert=tuple(upsert), remove=remove)
 
@@ -185,9 +198,10 @@ class UapiControl:
         from overlayd.wireguard.uapi import PeerUpdate, SetRequest, parse_endpoint_untrusted
 
         updates = [PeerUpdate(public_key=key, remove=True) for key in plan.remove]
-        updates += [PeerUpdate(public_key=peer.public_key, endpoint=parse_endpoint_untrusted(_endpoint_text(peer)),
-                               replace_allowed_ips=True, allowed_ips=(subnet,))
-                    for subnet, peer in plan.upsert]
+        updates += [PeerUpdate(public_key=c.peer.public_key,
+                               endpoint=parse_endpoint_untrusted(_endpoint_text(c.peer)) if c.set_endpoint else None,
+                               replace_allowed_ips=True, allowed_ips=(c.subnet,))
+                    for c in plan.upsert]
         self.client.set(SetRequest(peers=tuple(updates)))
 
 
@@ -231,10 +245,12 @@ class KernelControl:
     def apply(self, plan: DevicePlan) -> None:
         for key in plan.remove:
             self.wg.set(self.ifname, peer={"public_key": base64.b64encode(key).decode(), "remove": True})
-        for subnet, peer in plan.upsert:
-            self.wg.set(self.ifname, peer={"public_key": base64.b64encode(peer.public_key).decode(),
-                                           "endpoint_addr": str(peer.endpoint_ip), "endpoint_port": peer.port,
-                                           "allowed_ips": [str(subnet)], "replace_allowed_ips": True})
+        for change in plan.upsert:
+            peer: dict[str, Any] = {"public_key": base64.b64encode(change.peer.public_key).decode(),
+                                    "allowed_ips": [str(change.subnet)], "replace_allowed_ips": True}
+            if change.set_endpoint:
+                peer |= {"endpoint_addr": str(change.peer.endpoint_ip), "endpoint_port": change.peer.port}
+            self.wg.set(self.ifname, peer=peer)
 
 
 @dataclass(frozen=True)
@@ -263,6 +279,7 @@ class WireGuardBackend:
         self.control: DeviceControl | None = None
         self.kind: str | None = None  # "kernel" or "userspace", once set up
         self._own_subnet: IPNetwork | None = None
+        self._applied_endpoints: dict[bytes, str] = {}
 
     def backend_data(self) -> dict[str, str]:
         return {"type": "wireguard", "public_key": self.keys.public_b64, "port": str(self.listen_port)}
@@ -348,16 +365,21 @@ class WireGuardBackend:
             link = self._nl.link(self.device)
             assert link is not None
         current = self.control.current()
-        plan = plan_device(accepted, current)
+        plan = plan_device(accepted, current, self._applied_endpoints)
         if plan:
             self.control.apply(plan)
+            for change in plan.upsert:
+                if change.set_endpoint:
+                    self._applied_endpoints[change.peer.public_key] = _endpoint_text(change.peer)
+            for key in plan.remove:
+                self._applied_endpoints.pop(key, None)
         add, delete = plan_routes(set(accepted), self._nl.main_routes(self._own_subnet.version), link.index,
                                   self.protocol)
         for route in delete:
             self._nl.delete_route(route)
         for dst in add:
             self._nl.replace_dev_route(dst, link.index, self.protocol)
-        new = sum(1 for _, p in plan.upsert if p.public_key not in current)
+        new = sum(1 for c in plan.upsert if c.peer.public_key not in current)
         return WgReconcileResult(added=new + len(add), changed=len(plan.upsert) - new,
                                  removed=len(plan.remove) + len(delete), refused=len(refusals))
 

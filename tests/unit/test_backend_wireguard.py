@@ -7,7 +7,7 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 from overlayd.backend.objects import Route
-from overlayd.backend.wireguard import WgPeer, plan_device, plan_routes, screen_wg_peers
+from overlayd.backend.wireguard import PeerChange, WgPeer, plan_device, plan_routes, screen_wg_peers
 from overlayd.errors import ClusterError
 
 KEY_A, KEY_B, KEY_C, OWN = (bytes([n]) * 32 for n in (1, 2, 3, 9))
@@ -30,22 +30,35 @@ def test_record_data_is_parsed_and_bad_data_refused() -> None:
             WgPeer.from_backend_data_untrusted(ip_address("198.18.0.11"), bad)
 
 
+APPLIED = {KEY_A: "198.18.0.11:51820", KEY_B: "198.18.0.12:51820"}
+
+
 def test_plan_adds_changes_and_removes_only_what_differs() -> None:
     desired = {NET_A: _peer(KEY_A, 11), NET_B: _peer(KEY_B, 12)}
     current = {
         KEY_A: ("198.18.0.11:51820", (NET_A,)),  # already right
-        KEY_B: ("198.18.0.99:51820", (NET_B,)),  # roamed or changed endpoint
+        KEY_B: ("198.18.0.12:51820", (NET_A, NET_B)),  # allowed IPs drifted
         KEY_C: ("198.18.0.13:51820", (NET_C,)),  # host gone
     }
-    plan = plan_device(desired, current)
-    assert plan.upsert == ((NET_B, desired[NET_B]),)
+    plan = plan_device(desired, current, APPLIED)
+    assert plan.upsert == (PeerChange(NET_B, desired[NET_B], set_endpoint=False),)
     assert plan.remove == (KEY_C,)
-    assert not plan_device(desired, {KEY_A: current[KEY_A], KEY_B: ("198.18.0.12:51820", (NET_B,))})
+    converged = {KEY_A: current[KEY_A], KEY_B: ("198.18.0.12:51820", (NET_B,))}
+    assert not plan_device(desired, converged, APPLIED)
 
 
-def test_changed_allowed_ips_are_replaced() -> None:
-    plan = plan_device({NET_A: _peer(KEY_A, 11)}, {KEY_A: ("198.18.0.11:51820", (NET_A, NET_B))})
-    assert plan.upsert == ((NET_A, _peer(KEY_A, 11)),)
+def test_new_peers_and_changed_records_get_their_endpoint() -> None:
+    desired = {NET_A: _peer(KEY_A, 21), NET_B: _peer(KEY_B, 12)}
+    plan = plan_device(desired, {KEY_A: ("198.18.0.11:51820", (NET_A,))}, APPLIED)
+    assert plan.upsert == (PeerChange(NET_A, desired[NET_A], True), PeerChange(NET_B, desired[NET_B], True))
+
+
+def test_a_roamed_peer_is_left_where_it_roamed() -> None:
+    desired = {NET_A: _peer(KEY_A, 11)}
+    roamed = {KEY_A: ("198.18.0.111:51820", (NET_A,))}  # authenticated packets came from .111
+    assert not plan_device(desired, roamed, APPLIED)
+    # After a daemon restart nothing was applied yet: the record's endpoint is set once.
+    assert plan_device(desired, roamed, {}).upsert == (PeerChange(NET_A, desired[NET_A], True),)
 
 
 def _route(dst: str, oif: int, protocol: int = 213, gateway: str | None = None) -> Route:
