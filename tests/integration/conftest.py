@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +58,26 @@ class Lab:
 
     def pod_ip(self, pod_name: str) -> str:
         return next(p["ip"] for p in self.result["pods"] if p["name"] == pod_name)
+
+
+def ping_through_restarts(lab: Lab, src_pod: str, dst_pod: str, hosts: list[str], sig: int,
+                          count: int = 300, interval: float = 0.01) -> tuple[int, str]:
+    """Ping dst_pod from src_pod while the daemons of `hosts` are killed with `sig` and
+    started again; returns (replies received, ping's output)."""
+    import re
+
+    src_netns = next(p["netns"] for p in lab.result["pods"] if p["name"] == src_pod)
+    ping = subprocess.Popen(["ip", "netns", "exec", src_netns, "ping", "-q", "-i", str(interval), "-c", str(count),
+                             "-W", "1", lab.pod_ip(dst_pod)], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    for name in hosts:
+        runner.stop_daemon(lab.host(name), sig)
+        runner.start_daemon(lab.plan, lab.host(name))
+    for name in hosts:
+        runner.wait_ready(lab.host(name))
+    out, _ = ping.communicate(timeout=60)
+    match = re.search(r"(\d+) received", out)
+    return (int(match.group(1)) if match else 0), out
 
 
 def _lab(tmp_base: Path, hosts: int, backend: str) -> Iterator[Lab]:
