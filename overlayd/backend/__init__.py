@@ -1,4 +1,4 @@
-"""How the kernel is programmed: host bridge and forwarding, and the VXLAN backend.
+"""How the kernel is programmed: host bridge and forwarding, and the VXLAN and WireGuard backends.
 
 - underlay.py   which public IP / interface / MTU carries tunnel traffic
 - host.py       pod bridge with the subnet's gateway address, IP forwarding
@@ -9,6 +9,8 @@
 - netlink.py    thin pyroute2 layer: dumps parsed into objects.py values, writes
 - objects.py    kernel objects as frozen values; RTPROT_OVERLAYD
 - mac.py        MAC validation and random local MACs (the persisted VTEP MAC)
+- wireguard.py  WireGuardBackend: kernel module or our userspace engine, peers and routes
+- wgkeys.py     this host's WireGuard key pair (0600 from creation)
 
 Everything is synchronous pyroute2 code. pyroute2 0.9 opens a netlink socket per
 calling thread in that thread's network namespace, and /proc/sys/net resolves to

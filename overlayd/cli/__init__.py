@@ -1,1 +1,1 @@
-"""overlayd.cli"""
+"""overlayctl, one module per subcommand group."""
