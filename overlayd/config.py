@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from overlayd.errors import ConfigError
+from overlayd.metrics.http import parse_listen_address
+from overlayd.trust.config import TrustConfig, trust_config_from_mapping
 
 DEFAULT_CONFIG_PATH = Path("/etc/overlayd/overlayd.toml")
 
@@ -49,6 +51,7 @@ class DaemonConfig:
     node_name: str
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
     wireguard: WireGuardConfig = field(default_factory=WireGuardConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
     public_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     public_interface: str | None = None
     netns: str | None = None  # run the whole daemon inside this named netns
@@ -62,6 +65,7 @@ class DaemonConfig:
     bridge_name: str = "ovl0"
     mtu: int | None = None  # default: underlay MTU minus the backend overhead
     lease_ttl: int = 60
+    metrics_address: str = "127.0.0.1:9469"  # Prometheus /metrics; "" turns it off
     log_level: str = "info"
 
     @property
@@ -115,6 +119,8 @@ def _check(config: DaemonConfig) -> DaemonConfig:
         raise ConfigError("etcd.cert_file and etcd.key_file go together")
     if config.wireguard.implementation not in ("auto", "kernel", "userspace"):
         raise ConfigError(f"wireguard.implementation {config.wireguard.implementation!r}: auto, kernel or userspace")
+    if config.metrics_address:
+        parse_listen_address(config.metrics_address)  # ConfigError with the reason
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level {config.log_level!r}: one of debug, info, warning, error")
     return config
@@ -136,7 +142,8 @@ def _from_mapping(values: dict[str, Any]) -> DaemonConfig:
         wg_values["socket_dir"] = _as_path(wg_values["socket_dir"], "wireguard.socket_dir")
     if not isinstance(wg_values.get("implementation", ""), str):
         raise ConfigError("wireguard.implementation: expected a string")
-    known = {f.name for f in dataclasses.fields(DaemonConfig)} - {"etcd", "wireguard"}
+    trust = trust_config_from_mapping(values.pop("trust", None))
+    known = {f.name for f in dataclasses.fields(DaemonConfig)} - {"etcd", "wireguard", "trust"}
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
@@ -167,11 +174,13 @@ def _from_mapping(values: dict[str, Any]) -> DaemonConfig:
     for key in ("mtu", "lease_ttl", "socket_group"):
         if values.get(key) is not None:
             values[key] = int(_number(values[key], key))
-    for key in ("node_name", "netns", "public_interface", "netns_prefix", "link_prefix", "bridge_name", "log_level"):
+    for key in ("node_name", "netns", "public_interface", "netns_prefix", "link_prefix", "bridge_name", "log_level",
+                "metrics_address"):
         if values.get(key) is not None and not isinstance(values[key], str):
             raise ConfigError(f"{key}: expected a string, got {values[key]!r}")
     values.setdefault("node_name", socket.gethostname().split(".")[0].lower())
-    return _check(DaemonConfig(etcd=EtcdConfig(**etcd_values), wireguard=WireGuardConfig(**wg_values), **values))
+    return _check(DaemonConfig(etcd=EtcdConfig(**etcd_values), wireguard=WireGuardConfig(**wg_values),
+                                trust=trust, **values))
 
 
 def _number(value: Any, key: str) -> float:
@@ -205,6 +214,9 @@ def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wireguard-implementation", dest="wireguard.implementation",
                         choices=["auto", "kernel", "userspace"])
     parser.add_argument("--wireguard-socket-dir", dest="wireguard.socket_dir")
+    parser.add_argument("--trust-ca", dest="trust.ca_file", help="cluster trust anchor: verify host records")
+    parser.add_argument("--trust-host-key", dest="trust.host_key")
+    parser.add_argument("--trust-host-cert", dest="trust.host_cert")
     parser.add_argument("--public-ip", dest="public_ip")
     parser.add_argument("--public-interface", dest="public_interface")
     parser.add_argument("--netns", help="run inside this named network namespace (the lab uses it)")
@@ -217,6 +229,7 @@ def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bridge", dest="bridge_name")
     parser.add_argument("--mtu", type=int)
     parser.add_argument("--lease-ttl", dest="lease_ttl", type=int)
+    parser.add_argument("--metrics-address", dest="metrics_address", help='HOST:PORT for /metrics, "" for none')
     parser.add_argument("--log-level", dest="log_level")
 
 

@@ -1,14 +1,24 @@
 """overlayd: the per-host daemon.
 
-Start-up, in order: find the underlay, reach etcd, read the cluster config,
-claim a subnet (the one held before when possible), program the host bridge
-and the tunnel device, reconcile pods, then serve the control socket and run
-three long-lived tasks in one nursery: the lease keeper, the watch that feeds
-peer changes to the backend, and a periodic full reconcile.
+Start-up: find the underlay and load what this host remembers (hoststate.py: its
+subnet, VTEP MAC, cluster config and last known peers), then try etcd once:
 
-SIGTERM stops the daemon but leaves every kernel object in place and does not
-release the lease, so pod traffic keeps flowing and the next start adopts it
-all without a flush.
+- etcd answers: read the cluster config and claim a subnet (the saved one when possible);
+- etcd does not answer, but the host has run before: come up on the saved state (same
+  subnet, last known peers); the lease keeper claims the subnet again once etcd is back;
+- etcd does not answer and nothing is saved: keep trying, there is nothing to program yet.
+
+Then program the bridge and the tunnel device, reconcile pods and peers, and report
+READY=1 (health "ok", or "degraded" while etcd is away). The long-lived jobs run in one
+nursery: the control socket, the lease keeper (cluster/keeper.py), the lease watch feeding
+the peer follower, and a periodic full reconcile, which also deletes kernel objects of
+ours that the cluster no longer wants (e.g. left by a host deleted while we were down).
+
+Nothing here cuts pod traffic for the control plane's sake: SIGTERM (or a crash) leaves
+every kernel object and the lease in place, and the next start adopts them without a
+flush; while etcd is away the kernel keeps what it last had; a lost lease is claimed again
+for the same subnet only (another host holding it is reported, never shared); peers
+missing from a listing that follows an outage get a short grace (cluster/grace.py).
 """
 
 from __future__ import annotations
@@ -16,14 +26,14 @@ from __future__ import annotations
 import argparse
 import base64
 import logging
-import os
+import math
 import random
 import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -32,32 +42,44 @@ from pyroute2 import IPRoute
 from ipam.config import ClusterConfig
 from overlayd import sdnotify
 from overlayd.api.server import ControlServer
+from overlayd.backend import wgkeys
 from overlayd.backend.host import ensure_host_network
-from overlayd.backend.mac import parse_mac_untrusted, random_local_mac
+from overlayd.backend.mac import random_local_mac
 from overlayd.backend.peers import PeerVtep
 from overlayd.backend.underlay import Underlay, detect_underlay
 from overlayd.backend.vxlan import VxlanBackend
 from overlayd.backend.vxlan_plan import vxlan_mtu
-from overlayd.backend import wgkeys
 from overlayd.backend.wireguard import WIREGUARD_OVERHEAD, PeerStats, WgPeer, WireGuardBackend
 from overlayd.cluster.client import ClusterClient
+from overlayd.cluster.grace import PeerGrace
+from overlayd.cluster.keeper import LeaseKeeper
+from overlayd.cluster.keys import IPNetwork
 from overlayd.cluster.records import HostRecord, Lease
 from overlayd.cluster.watch import WatchBatch
 from overlayd.config import DaemonConfig, add_daemon_arguments, config_from_args
 from overlayd.errors import ClusterError, ConfigError, ConflictError, NotFoundError, OverlaydError
+from overlayd.health import HealthModel, LoggingReporter
+from overlayd.metrics import (CountingReporter, DaemonMetrics, HandshakeTracker, drops_from_engine_counters,
+                              parse_listen_address, serve_metrics)
+from overlayd.metrics.daemon import DROP_MALFORMED
+from overlayd.trust.config import HostTrust, load_host_trust
+from overlayd.hoststate import HostState, StateFiles
 from overlayd.netns import enter_named_netns
 from overlayd.pods.config import PodNetworkConfig
 from overlayd.pods.manager import PodManager
 from overlayd.pods.service import PodService
 from overlayd.pods.store import PodStore
-from overlayd.statefile import StateError, read_json, write_json_atomic
 
 log = logging.getLogger("overlayd")
 T = TypeVar("T")
 Backend = VxlanBackend | WireGuardBackend
 
-RESYNC_INTERVAL = 30.0  # full reconcile, catching kernel objects someone else changed
-MAX_BACKOFF = 10.0
+RESYNC_INTERVAL = 30.0  # full reconcile: repairs what someone else changed, deletes our strays
+START_BACKOFF = (0.5, 2.0)  # retrying etcd at start-up while nothing is saved: min, max seconds
+FIRST_LISTING_WAIT = 5.0  # at start with etcd up: wait this long for the peer listing, else use saved peers
+WIREGUARD_POLL = 10.0  # WireGuard rekeys every 120 s: polling well within that misses no handshake
+PEER_GRACE = 10.0  # seconds a peer missing from a post-outage listing stays programmed (cluster/grace.py)
+ETCD_COMPONENTS = ("config", "lease", "watch")  # health components that mean "etcd trouble"
 
 
 class Daemon:
@@ -66,18 +88,28 @@ class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self._kernel_lock = trio.CapacityLimiter(1)  # netlink and namespaces: one job at a time
-        self._state_path = config.state_dir / "host.json"
+        self._converge_lock = trio.Lock()  # one peer convergence at a time, each from the newest state
+        self._files = StateFiles(config.state_dir)
         self._rng = random.SystemRandom()
+        self.health = HealthModel()
+        # The subnet conflict needs an operator: logged at error level.
+        self.metrics = DaemonMetrics()
+        self.reporter = CountingReporter(LoggingReporter(log, self.health, loud=("subnet",)), self.metrics)
+        self._handshakes = HandshakeTracker()
+        self.trust: HostTrust | None = None
         self.cluster: ClusterClient | None = None
         self.cluster_config: ClusterConfig | None = None
-        self.lease: Lease | None = None
+        self.subnet: IPNetwork | None = None
+        self.keeper: LeaseKeeper | None = None
+        self.record: HostRecord | None = None  # what we announce
         self.underlay: Underlay | None = None
         self.backend: Backend | None = None
         self.pods: PodService | None = None
-        self.peer_leases: Mapping[Any, Lease] = {}
+        self.grace = PeerGrace(PEER_GRACE)
+        self._known: Mapping[IPNetwork, Lease] = {}  # the newest peer set etcd (or the saved state) gave us
+        self.peer_leases: Mapping[IPNetwork, Lease] = {}  # what was last programmed: _known plus held peers
+        self._saved_peers: dict[IPNetwork, HostRecord] | None = None
         self.refused_peers = 0
-        self.last_error: str | None = None
-        self.ready = False  # set once pods and peers are programmed
         self._started = time.monotonic()
 
     # --- plumbing -----------------------------------------------------------
@@ -85,101 +117,109 @@ class Daemon:
     async def _kernel(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await trio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self._kernel_lock)
 
-    def _record_error(self, message: str) -> None:
-        self.last_error = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}"
+    async def _disk(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(partial(fn, *args))  # fsync takes milliseconds
+
+    def _note(self, message: str) -> None:
+        """A one-off error: logged and kept as last_error, health unchanged."""
+        self.health.note(message)
         log.warning("%s", message)
 
-    def _load_state(self) -> dict[str, Any]:
-        try:
-            state = read_json(self._state_path)
-        except StateError as exc:
-            self._record_error(f"ignoring unreadable host state: {exc}")
-            return {}
-        return state if isinstance(state, dict) else {}
-
-    def _save_state(self, **changes: Any) -> None:
-        state = self._load_state()
-        state.update(changes)
-        write_json_atomic(self._state_path, state)
+    def _save_host(self, state: HostState) -> HostState:
+        self._files.save_host(state)
+        return state
 
     # --- start-up -----------------------------------------------------------
 
-    async def _connect(self) -> ClusterClient:
-        backoff = 0.5
-        while True:
-            try:
-                return await ClusterClient.connect(self.config.etcd, lease_ttl=self.config.lease_ttl)
-            except ClusterError as exc:
-                self._record_error(f"etcd not reachable, retrying in {backoff:g}s: {exc}")
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
-
-    async def _read_cluster_config(self, cluster: ClusterClient) -> ClusterConfig:
-        backoff = 0.5
-        while True:
-            try:
-                return await cluster.get_config()
-            except NotFoundError:
-                self._record_error("no cluster config in etcd yet: run `overlayctl network init`")
-            except (ClusterError, ConfigError) as exc:
-                self._record_error(f"reading the cluster config: {exc}")
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
-
-    def _vtep_mac(self, state: Mapping[str, Any]) -> str:
-        """The VTEP MAC survives restarts, so peers' neighbour entries stay valid."""
-        try:
-            return parse_mac_untrusted(state["vtep_mac"])
-        except (KeyError, ConfigError):
-            mac = random_local_mac(self._rng)
-            self._save_state(vtep_mac=mac)
-            return mac
-
-    async def _acquire(self, cluster: ClusterClient, record: HostRecord, previous: Any) -> Lease:
-        backoff = 0.5
-        while True:
-            try:
-                return await cluster.acquire(self.cluster_config, record, previous=previous)
-            except (ClusterError, ConflictError) as exc:
-                self._record_error(f"claiming a subnet failed, retrying in {backoff:g}s: {exc}")
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
-
-    async def start(self, ipr: Any) -> None:
+    async def _start(self, ipr: Any) -> Lease | None:
+        """Everything up to programmed pods; returns the lease, or None when running on saved state."""
         config = self.config
-        state = self._load_state()
+        state, problems = self._files.load_host()
+        for problem in problems:
+            self._note(f"saved host state: {problem}")
         self.underlay = await self._kernel(detect_underlay, ipr, public_ip=config.public_ip,
                                            interface=config.public_interface)
-        self.cluster = await self._connect()
-        self.cluster_config = await self._read_cluster_config(self.cluster)
+        # Files only, so it works while etcd is down; ConfigError if key, cert and anchor disagree.
+        self.trust = load_host_trust(config.trust, node=config.node_name, state_dir=config.state_dir)
+        self.cluster = ClusterClient.open(config.etcd, lease_ttl=config.lease_ttl,
+                                          encoder=self.trust.signer, verifier=self.trust.verifier)
+        online = await self._read_cluster_config(state)
+        assert self.cluster_config is not None
+        if state.vtep_mac is None:
+            state = self._save_host(replace(state, vtep_mac=random_local_mac(self._rng)))
         self.backend = self._make_backend(ipr, state)
-        record = HostRecord(config.node_name, self.underlay.ip, self.backend.backend_data())
-        previous = _parse_subnet(state.get("subnet"))
-        self.lease = await self._acquire(self.cluster, record, previous)
-        if previous is not None and self.lease.subnet != previous:
-            self._record_error(f"previous subnet {previous} was taken; now using {self.lease.subnet}")
-        self._save_state(subnet=str(self.lease.subnet))
-        log.info("holding subnet %s (public ip %s, %s)", self.lease.subnet, self.underlay.ip,
-                 self.underlay.ifname)
+        self.record = HostRecord(config.node_name, self.underlay.ip, self.backend.backend_data())
+        lease = await self._claim_at_start(state.subnet) if online else None
+        self.subnet = lease.subnet if lease is not None else state.subnet
+        assert self.subnet is not None
+        self._save_host(replace(state, subnet=self.subnet, cluster_config=self.cluster_config))
+        log.info("%s subnet %s (public ip %s, %s)", "holding" if lease else "running on saved", self.subnet,
+                 self.underlay.ip, self.underlay.ifname)
 
         mtu = self.backend.mtu
-        host = await self._kernel(ensure_host_network, ipr, bridge=config.bridge_name,
-                                  subnet=self.lease.subnet, mtu=mtu)
-        await self._kernel(self.backend.setup, self.lease.subnet)
+        host = await self._kernel(ensure_host_network, ipr, bridge=config.bridge_name, subnet=self.subnet, mtu=mtu)
+        await self._kernel(self.backend.setup, self.subnet)
         self.pods = await self._kernel(self._open_pods, host.gateway, mtu)
         report = await self._kernel(self.pods.reconcile)
         if report.dropped or report.removed or report.failed:
             log.warning("pods reconciled: dropped %s, removed %s, failed %s",
                         report.dropped, report.removed, report.failed)
+        return lease
 
-    def _make_backend(self, ipr: Any, state: Mapping[str, Any]) -> Backend:
+    async def _read_cluster_config(self, state: HostState) -> bool:
+        """Set self.cluster_config; True if etcd gave it, False if we run on the saved state."""
+        assert self.cluster is not None
+        backoff = START_BACKOFF[0]
+        while True:
+            try:
+                cluster_config = await self.cluster.get_config()
+            except (ClusterError, NotFoundError, ConfigError) as exc:
+                if state.subnet is not None and state.cluster_config is not None:
+                    self.reporter.fail("lease", f"etcd: {exc}; running on this host's saved state until it is back")
+                    self.cluster_config = state.cluster_config
+                    return False
+                self.reporter.fail("config", f"cannot read the cluster config: {exc}")
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, START_BACKOFF[1])
+                continue
+            self.reporter.recover("config")
+            if state.cluster_config is not None and cluster_config != state.cluster_config:
+                log.warning("the cluster config changed since this host last ran: %s", cluster_config.to_json())
+            self.cluster_config = cluster_config
+            return True
+
+    async def _claim_at_start(self, previous: IPNetwork | None) -> Lease | None:
+        """Claim a subnet, the saved one when possible; None means: run on the saved subnet and let
+        the keeper claim it again (etcd failed, or another host holds it and nothing else is free)."""
+        assert self.cluster is not None and self.cluster_config is not None
+        backoff = START_BACKOFF[0]
+        while True:
+            try:
+                lease = await self.cluster.acquire(self.cluster_config, self.record, previous=previous)
+            except (ClusterError, ConflictError) as exc:
+                if previous is not None:
+                    self.reporter.fail("lease", f"claiming subnet {previous} failed: {exc}")
+                    return None
+                self.reporter.fail("lease", f"claiming a subnet failed: {exc}")
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, START_BACKOFF[1])
+                continue
+            self.reporter.recover("lease")
+            if previous is not None and lease.subnet != previous:
+                # Nothing is programmed yet, so renumbering now is safe; pods of the old subnet go.
+                self.health.note(f"previous subnet {previous} is held by another host; now using {lease.subnet}")
+                log.error("previous subnet %s is held by another host; this host now uses %s", previous,
+                          lease.subnet)
+            return lease
+
+    def _make_backend(self, ipr: Any, state: HostState) -> Backend:
         """The tunnel backend the cluster config names, sized to the underlay MTU."""
-        assert self.underlay is not None and self.cluster_config is not None
+        assert self.underlay is not None and self.cluster_config is not None and state.vtep_mac is not None
         config, backend = self.config, self.cluster_config.backend
         if backend.type == "vxlan":
             mtu = config.mtu or vxlan_mtu(self.underlay.mtu, self.underlay.ip.version)
             return VxlanBackend.for_underlay(ipr, config.vxlan_device, backend.vni, backend.port, self.underlay,
-                                             self._vtep_mac(state), mtu=mtu)
+                                             state.vtep_mac, mtu=mtu)
         if backend.type == "wireguard":
             keys = wgkeys.load_or_create(config.state_dir / "wireguard.key")
             return WireGuardBackend(ipr, config.wireguard_device, keys, backend.port,
@@ -195,61 +235,127 @@ class Daemon:
         return PeerVtep.from_backend_data_untrusted(lease.record.public_ip, lease.record.backend)
 
     def _open_pods(self, gateway: Any, mtu: int) -> PodService:
-        assert self.lease is not None
+        assert self.subnet is not None
         config = self.config
         pod_network = PodNetworkConfig(
-            bridge=config.bridge_name, gateway=gateway.ip, prefixlen=self.lease.subnet.prefixlen,
+            bridge=config.bridge_name, gateway=gateway.ip, prefixlen=self.subnet.prefixlen,
             link_prefix=config.link_prefix, netns_dir=config.netns_dir, netns_prefix=config.netns_prefix,
             pod_run_dir=config.pod_run_dir, mtu=mtu)
         return PodService(PodManager(pod_network), PodStore(config.state_dir / "pods.json"),
-                          self.lease.subnet, config.node_name)
+                          self.subnet, config.node_name)
 
-    # --- long-lived tasks ---------------------------------------------------
+    def _saved_peer_leases(self) -> dict[IPNetwork, Lease]:
+        assert self.cluster_config is not None
+        peers, problems = self._files.load_peers(self.cluster_config)
+        for problem in problems:
+            self._note(f"saved peers: {problem}")
+        peers.pop(self.subnet, None)  # type: ignore[arg-type]
+        return peers
+
+    # --- peers --------------------------------------------------------------
+
+    def _take_batch(self, batch: WatchBatch, *, hold_missing: bool) -> None:
+        for reason in batch.rejected:
+            self.health.note(f"skipped etcd record: {reason}")
+        self.metrics.dropped_records.inc(len(batch.rejected), reason=DROP_MALFORMED)
+        self.metrics.leases.set(len(batch.peers) + 1)
+        if hold_missing:
+            missing = {s: lease for s, lease in self.peer_leases.items() if s not in batch.peers}
+            if missing:
+                log.info("peers missing after an outage, kept for %gs unless they come back: %s", PEER_GRACE,
+                         ", ".join(f"{lease.record.node} ({s})" for s, lease in missing.items()))
+            self.grace.hold(missing, trio.current_time())
+        self._known = batch.peers
 
     async def _follow_peers(self, batches: trio.MemoryReceiveChannel[WatchBatch]) -> None:
-        async for batch in batches:
-            # Each batch carries the complete peer set: converge to the newest one.
-            while True:
-                try:
-                    batch = batches.receive_nowait()
-                except trio.WouldBlock:
-                    break
-            for reason in batch.rejected:
-                self._record_error(f"skipped etcd record: {reason}")
-            await self._converge(batch.peers)
+        """Converge to every batch; the first listing after a broken watch holds missing peers."""
+        while True:
+            deadline = self.grace.next_deadline()
+            received_at: float | None = None  # stays None when a peer's grace ran out instead
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                batch = await batches.receive()
+                received_at = time.monotonic()
+                # Each batch carries the complete peer set: take all that queued up, converge once.
+                while batch is not None:
+                    self._take_batch(batch, hold_missing=batch.resync)
+                    try:
+                        batch = batches.receive_nowait()
+                    except trio.WouldBlock:
+                        batch = None
+            await self._converge()
+            if received_at is not None:
+                self.metrics.event_to_kernel.observe(time.monotonic() - received_at)
 
-    async def _converge(self, peers: Mapping[Any, Lease]) -> None:
+    async def _converge(self) -> None:
+        """Program the peers we know (plus those in their grace) and save them for the next start."""
         assert self.backend is not None
-        self.peer_leases = peers
-        wanted: dict[Any, PeerVtep] = {}
-        for subnet, lease in peers.items():
+        async with self._converge_lock:
+            peers = self.grace.wanted(self._known, trio.current_time())
+            self.peer_leases = peers
+            wanted: dict[IPNetwork, Any] = {}
+            for subnet, lease in peers.items():
+                try:
+                    wanted[subnet] = self._peer_from_lease(lease)
+                except OverlaydError as exc:
+                    self.refused_peers += 1
+                    self._note(f"peer {lease.record.node} ({subnet}) not programmed: {exc}")
+            started = time.monotonic()
             try:
-                wanted[subnet] = self._peer_from_lease(lease)
+                result = await self._kernel(self.backend.reconcile, wanted)
             except OverlaydError as exc:
-                self.refused_peers += 1
-                self._record_error(f"peer {lease.record.node} ({subnet}) not programmed: {exc}")
-        try:
-            result = await self._kernel(self.backend.reconcile, wanted)
-        except OverlaydError as exc:
-            self._record_error(f"reconcile failed: {exc}")
+                self.metrics.reconcile_runs.inc(result="error")
+                self.reporter.fail("kernel", f"reconcile failed: {exc}")
+                return
+            finally:
+                self.metrics.reconcile_duration.observe(time.monotonic() - started)
+            self.metrics.reconcile_runs.inc(result="ok")
+            self.metrics.peers.set(len(wanted) - result.refused)
+            self.metrics.refused_peers.set(len(peers) - len(wanted) + result.refused)
+            self.reporter.recover("kernel")
+            if result.added or result.changed or result.removed:
+                log.info("peers: %d (kernel objects added %d, changed %d, removed %d)",
+                         len(wanted), result.added, result.changed, result.removed)
+            await self._save_peers(peers)
+
+    async def _save_peers(self, peers: Mapping[IPNetwork, Lease]) -> None:
+        records = {subnet: lease.record for subnet, lease in peers.items()}
+        if records == self._saved_peers:
             return
-        if result.added or result.changed or result.removed:
-            log.info("peers: %d (kernel objects added %d, changed %d, removed %d)",
-                     len(wanted), result.added, result.changed, result.removed)
+        try:
+            await self._disk(self._files.save_peers, peers)
+        except OverlaydError as exc:
+            self._note(f"cannot save the peer set: {exc}")
+            return
+        self._saved_peers = records
+
+    async def _serve_metrics(self, nursery: trio.Nursery) -> None:
+        if not self.config.metrics_address:
+            return
+        host, port = parse_listen_address(self.config.metrics_address)
+        try:
+            await nursery.start(serve_metrics, self.metrics.registry, host, port)
+        except OSError as exc:  # a busy port must not stop the daemon
+            self._note(f"metrics endpoint {self.config.metrics_address}: {exc.strerror or exc}")
+
+    async def _follow_wireguard(self) -> None:
+        """WireGuard handshakes (from the latest-handshake times the interface reports) and the
+        engine's drops by reason, polled: the engine is another process."""
+        drops: dict[str, int] | None = None
+        self.metrics.set_wireguard_drops_source(lambda: drops)
+        while isinstance(self.backend, WireGuardBackend):
+            stats = await self._kernel(self.backend.peer_stats)
+            self.metrics.wireguard_handshakes.inc(
+                self._handshakes.update({key: peer.latest_handshake for key, peer in stats.items()}))
+            counters = await self._kernel(self.backend.engine_counters)
+            drops = drops_from_engine_counters(counters) if counters is not None else None
+            await trio.sleep(WIREGUARD_POLL)
 
     async def _resync_periodically(self) -> None:
         while True:
             await trio.sleep(RESYNC_INTERVAL)
-            await self._converge(self.peer_leases)
+            await self._converge()
 
-    async def _follow_lease(self, leases: trio.MemoryReceiveChannel[Lease]) -> None:
-        async for lease in leases:
-            if self.lease is not None and lease.subnet != self.lease.subnet:
-                # Renumbering live pods is not possible in place; say so loudly.
-                self._record_error(f"lease lost and re-claimed as {lease.subnet} (was {self.lease.subnet}); "
-                                   "restart overlayd to renumber this host")
-            self.lease = lease
-            self._save_state(subnet=str(lease.subnet))
+    # --- run ----------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
@@ -260,20 +366,32 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 server = ControlServer(config.control_socket, self, group=config.socket_group)
                 await nursery.start(server.serve)
-                await self.start(ipr)
-                assert self.cluster is not None and self.lease is not None
-                lease_send, lease_recv = trio.open_memory_channel[Lease](1)
+                await self._serve_metrics(nursery)
+                lease = await self._start(ipr)
+                assert self.cluster and self.cluster_config and self.subnet and self.record
                 batch_send, batch_recv = trio.open_memory_channel[WatchBatch](16)
-                await nursery.start(self.cluster.run_keepalive, self.cluster_config, self.lease, lease_send)
-                initial = await nursery.start(self.cluster.run_watch, self.cluster_config, batch_send,
-                                              self.lease.subnet)
-                await self._converge(initial.peers)
+                nursery.start_soon(partial(self.cluster.follow_leases, self.cluster_config, batch_send, self.subnet,
+                                           reporter=self.reporter))
+                first = None
+                if lease is not None:
+                    with trio.move_on_after(FIRST_LISTING_WAIT):
+                        first = await batch_recv.receive()
+                if first is not None:
+                    self._take_batch(first, hold_missing=False)
+                else:
+                    self._known = self._saved_peer_leases()
+                await self._converge()
+                self.keeper = self.cluster.lease_keeper(self.cluster_config, self.record, self.subnet, lease,
+                                                        reporter=self.reporter)
+                await nursery.start(self.keeper.run)
                 nursery.start_soon(self._follow_peers, batch_recv)
-                nursery.start_soon(self._follow_lease, lease_recv)
                 nursery.start_soon(self._resync_periodically)
-                self.ready = True
+                nursery.start_soon(self._follow_wireguard)
+                self.health.set_ready()
+                self.metrics.ready.set(1)
                 sdnotify.notify("READY=1")
-                log.info("ready: %d peers, %d pods", len(self.peer_leases), len(self.pods.list()) if self.pods else 0)
+                log.info("ready: %d peers, %d pods, health %s", len(self.peer_leases),
+                         len(self.pods.list()) if self.pods else 0, self.health.report().health)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -291,30 +409,29 @@ class Daemon:
         return self.pods
 
     async def status(self) -> dict[str, Any]:
-        etcd = "ok"
-        ttl_left = None
-        if self.cluster is None:
-            etcd = "connecting"
-        elif self.lease is not None:
-            try:
-                ttl_left = await self.cluster.lease_ttl_left(self.lease)
-            except ClusterError as exc:
-                etcd = f"unreachable: {exc}"
-        health = "ok" if etcd == "ok" and self.ready else "starting" if not self.ready else "degraded"
+        """Answered from memory, never from etcd: it must work best when etcd does not."""
+        report = self.health.report()
+        now = self.health.now()
+        etcd_problems = [p for p in report.problems if p.component in ETCD_COMPONENTS]
+        ttl_left = self.keeper.ttl_left() if self.keeper else None
         return {
             "node": self.config.node_name,
-            "ready": self.ready,
-            "subnet": str(self.lease.subnet) if self.lease else None,
+            "ready": self.health.ready,
+            "health": report.health,
+            "problems": [p.describe(now) for p in report.problems],
+            "last_error": report.last_error,
+            "etcd": f"error: {etcd_problems[0].message}" if etcd_problems else "ok",
+            "subnet": str(self.subnet) if self.subnet else None,
+            "lease": self.keeper.state if self.keeper else None,
+            "lease_ttl": self.config.lease_ttl,
+            "lease_ttl_left": math.ceil(ttl_left) if ttl_left is not None else None,
             "public_ip": str(self.underlay.ip) if self.underlay else None,
             "backend": self.cluster_config.backend.type if self.cluster_config else None,
-            "lease_ttl": self.config.lease_ttl,
-            "lease_ttl_left": ttl_left,
             "peers": len(self.peer_leases),
+            "peers_in_grace": len(self.grace.held),
             "refused_peers": self.refused_peers,
             "pods": len(self.pods.list()) if self.pods else 0,
-            "etcd": etcd,
-            "health": health,
-            "last_error": self.last_error,
+            "trust": self.trust.status() if self.trust else None,
             "uptime_s": round(time.monotonic() - self._started, 1),
         }
 
@@ -363,15 +480,6 @@ class Daemon:
 def _lease_row(lease: Lease) -> dict[str, Any]:
     return {"node": lease.record.node, "subnet": str(lease.subnet), "public_ip": str(lease.record.public_ip),
             "backend": dict(lease.record.backend)}
-
-
-def _parse_subnet(text: Any) -> Any:
-    from ipaddress import ip_network
-
-    try:
-        return ip_network(text) if isinstance(text, str) else None
-    except ValueError:
-        return None
 
 
 async def _serve_until_signalled(daemon: Daemon) -> None:

@@ -383,6 +383,16 @@ class WireGuardBackend:
         return WgReconcileResult(added=new + len(add), changed=len(plan.upsert) - new,
                                  removed=len(plan.remove) + len(delete), refused=len(refusals))
 
+    def engine_counters(self) -> dict[str, int] | None:
+        """The userspace engine's counters (drop_<reason>, ...); None for the kernel module."""
+        if not isinstance(self.control, UapiControl):
+            return None
+        try:
+            return self.control.client.counters()
+        except (OverlaydError, OSError) as exc:
+            log.warning("reading WireGuard engine counters from %s: %s", self.device, exc)
+            return None
+
     def peer_stats(self) -> dict[bytes, PeerStats]:
         if self.control is None:
             return {}

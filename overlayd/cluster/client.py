@@ -13,7 +13,7 @@
             initial = await nursery.start(cluster.run_watch, config, batch_send, lease.subnet)
             ...  # converge to initial.peers; then for each batch from batch_receive apply
                  # batch.events (or converge to batch.peers when batch.resync); a Lease from
-                 # lease_receive with another subnet means: renumber and restart run_watch
+                 # lease_receive is the same subnet claimed again after the lease was lost
     finally:
         await cluster.aclose()
 
@@ -21,6 +21,8 @@
 
 A plain daemon restart keeps the lease alive (do not release it on shutdown): the next
 acquire(previous=...) takes the key over in place. release() is for leaving the cluster.
+A daemon that must work while etcd is down uses open() (no I/O), lease_keeper(...) and
+follow_leases(...), which wait for etcd by themselves and report outages to a Reporter.
 
 Blocking etcd calls run in worker threads (trio.to_thread); each has the configured
 timeout, so a call never hangs. Errors are ClusterError (etcd unreachable or unusable),
@@ -39,14 +41,14 @@ from typing import NoReturn, TypeVar
 import trio
 
 from ipam.config import ClusterConfig
-from overlayd.cluster.errors import LeaseLost
 from overlayd.cluster.etcd import EtcdClient
+from overlayd.cluster.keeper import LeaseKeeper
 from overlayd.cluster.keys import IPNetwork, KeyLayout
-from overlayd.cluster.records import HostRecord, Lease
+from overlayd.cluster.records import HostRecord, Lease, LeaseVerifier, RecordEncoder
 from overlayd.cluster.store import Listing, SubnetStore
-from overlayd.cluster.watch import MAX_BACKOFF, MIN_BACKOFF, LeaseFollower, WatchBatch
+from overlayd.cluster.watch import LeaseFollower, WatchBatch
 from overlayd.config import EtcdConfig
-from overlayd.errors import ClusterError, ConflictError
+from overlayd.health import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +60,46 @@ class ClusterClient:
         self.store = store
 
     @classmethod
-    async def connect(cls, etcd: EtcdConfig, *, lease_ttl: int = 60, rng: random.Random | None = None) -> ClusterClient:
-        """Open the etcd endpoints and check that one answers (ClusterError naming each failure if not)."""
+    async def connect(
+        cls,
+        etcd: EtcdConfig,
+        *,
+        lease_ttl: int = 60,
+        rng: random.Random | None = None,
+        encoder: RecordEncoder | None = None,
+        verifier: LeaseVerifier | None = None,
+    ) -> ClusterClient:
+        """Open the etcd endpoints and check that one answers (ClusterError naming each failure if not).
+
+        encoder/verifier: optional trust hooks (overlayd/trust: HostTrust.signer / .verifier)."""
+        cluster = cls.open(etcd, lease_ttl=lease_ttl, rng=rng, encoder=encoder, verifier=verifier)
+        try:
+            version = await trio.to_thread.run_sync(cluster.store.etcd.status)
+        except BaseException:
+            await cluster.aclose()
+            raise
+        log.info("connected to etcd %s at %s", version, ", ".join(etcd.endpoints))
+        return cluster
+
+    @classmethod
+    def open(
+        cls,
+        etcd: EtcdConfig,
+        *,
+        lease_ttl: int = 60,
+        rng: random.Random | None = None,
+        encoder: RecordEncoder | None = None,
+        verifier: LeaseVerifier | None = None,
+    ) -> ClusterClient:
+        """Like connect() without the check: nothing is sent until the first call, so this works
+        while etcd is down (the daemon starting on its saved state). ConfigError for bad settings."""
         client = EtcdClient(
             etcd.endpoints, timeout=etcd.timeout, ca_file=etcd.ca_file, cert_file=etcd.cert_file, key_file=etcd.key_file
         )
-        try:
-            version = await trio.to_thread.run_sync(client.status)
-        except BaseException:
-            client.close()
-            raise
-        log.info("connected to etcd %s at %s", version, ", ".join(etcd.endpoints))
-        return cls(SubnetStore(client, KeyLayout(etcd.prefix), lease_ttl=lease_ttl, rng=rng))
+        store = SubnetStore(
+            client, KeyLayout(etcd.prefix), lease_ttl=lease_ttl, rng=rng, encoder=encoder, verifier=verifier
+        )
+        return cls(store)
 
     async def _run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         return await trio.to_thread.run_sync(partial(fn, *args, **kwargs))
@@ -99,6 +129,18 @@ class ClusterClient:
         """Give the subnet up now (for decommissioning; a plain restart keeps it)."""
         await self._run(self.store.release, lease)
 
+    def lease_keeper(
+        self,
+        config: ClusterConfig,
+        record: HostRecord,
+        subnet: IPNetwork,
+        lease: Lease | None = None,
+        *,
+        reporter: Reporter | None = None,
+    ) -> LeaseKeeper:
+        """A keeper for this host's lease on `subnet` (see keeper.py); run it with nursery.start(keeper.run)."""
+        return LeaseKeeper(self.store, config, record, subnet, lease, reporter=reporter)
+
     async def run_keepalive(
         self,
         config: ClusterConfig,
@@ -108,36 +150,10 @@ class ClusterClient:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> NoReturn:
         """Refresh the lease every TTL/3, forever. If it was lost (expired while etcd or this
-        host was away, or revoked), claim again, preferring the same subnet, and send the new
-        Lease to on_reacquired; its subnet may differ, then the host must renumber."""
-        interval = self.store.lease_ttl / 3
-        task_status.started()
-        delay = interval
-        while True:
-            await trio.sleep(delay)
-            try:
-                await self._run(self.store.renew, lease)
-                delay = interval
-            except LeaseLost as exc:
-                log.warning("subnet %s: %s; claiming again", lease.subnet, exc)
-                lease = await self._reacquire(config, lease)
-                if on_reacquired is not None:
-                    await on_reacquired.send(lease)
-                delay = interval
-            except ClusterError as exc:
-                # Keep trying well within the TTL; etcd decides whether the lease survived.
-                delay = min(1.0, interval)
-                log.warning("renewing lease of subnet %s failed: %s; retrying in %gs", lease.subnet, exc, delay)
-
-    async def _reacquire(self, config: ClusterConfig, lost: Lease) -> Lease:
-        backoff = MIN_BACKOFF
-        while True:
-            try:
-                return await self.acquire(config, lost.record, previous=lost.subnet)
-            except (ClusterError, ConflictError) as exc:
-                log.warning("claiming a subnet failed: %s; retrying in %gs", exc, backoff)
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+        host was away, or revoked), claim the same subnet again and send the new Lease to
+        on_reacquired; while another host holds it, keep looking (see keeper.py)."""
+        keeper = self.lease_keeper(config, lease.record, lease.subnet, lease)
+        await keeper.run(on_reacquired, task_status=task_status)
 
     async def run_watch(
         self,
@@ -151,6 +167,18 @@ class ClusterClient:
         """Follow the peers' leases forever (see watch.py). `await nursery.start(...)` returns
         the initial WatchBatch (all peers); later batches arrive on send_channel."""
         await LeaseFollower(self.store, config, own_subnet).run(send_channel, resume=resume, task_status=task_status)
+
+    async def follow_leases(
+        self,
+        config: ClusterConfig,
+        send_channel: trio.MemorySendChannel[WatchBatch],
+        own_subnet: IPNetwork | None = None,
+        *,
+        reporter: Reporter | None = None,
+    ) -> NoReturn:
+        """Like run_watch, for callers that must not wait for etcd: every batch, the first full
+        listing included, goes to send_channel, and etcd failures go to reporter ("watch")."""
+        await LeaseFollower(self.store, config, own_subnet, reporter=reporter).run(send_channel, first_to_channel=True)
 
     async def aclose(self) -> None:
         self.store.etcd.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from overlayd.errors import ClusterError
+from ipaddress import IPv4Network, IPv6Network
+
+from overlayd.errors import ClusterError, ConflictError
 
 
 class RecordError(ClusterError):
@@ -23,3 +25,13 @@ class WatchCompacted(ClusterError):
     def __init__(self, compact_revision: int) -> None:
         self.compact_revision = compact_revision
         super().__init__(f"watch start revision compacted (etcd keeps history from revision {compact_revision})")
+
+
+class SubnetTaken(ConflictError):
+    """The subnet this host held is now held by another host (or by a record we cannot read)."""
+
+    def __init__(self, subnet: IPv4Network | IPv6Network, holder: str | None) -> None:
+        self.subnet = subnet
+        self.holder = holder
+        who = f"host {holder!r}" if holder else "an unreadable record"
+        super().__init__(f"subnet {subnet} is now held by {who}")

@@ -34,10 +34,11 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 5.0
 _DEFAULT_PORT = 2379
 _GRPC_OPTIONS = [
-    # Reconnect within a couple of seconds once etcd is back (gRPC's default backoff grows to 120 s).
+    # Reconnect within a second once etcd is back (gRPC's default backoff grows to 120 s); the
+    # minimum also bounds each connect attempt, so a SYN lost to a silent outage is retried soon.
     ("grpc.initial_reconnect_backoff_ms", 250),
     ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_reconnect_backoff_ms", 1000),
     # Notice a dead peer under a long-lived watch; etcd refuses pings more often than every 5 s.
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),

@@ -3,6 +3,11 @@
 Every host can write these keys, so what we read is untrusted: the *_untrusted parsers
 refuse anything malformed with a RecordError, which callers count and skip. The same
 checks run when a record is constructed, so a HostRecord that exists is always valid.
+
+Two optional hooks let a trust layer (overlayd/trust) sign and verify records without
+this module knowing how: a RecordEncoder turns a record into the value stored under a
+key, a LeaseVerifier checks a parsed lease against its raw value (RecordError if not).
+Both get the full etcd key, so a signature can bind the record to where it is stored.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from types import MappingProxyType
@@ -34,6 +39,11 @@ _TYPE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _PRINTABLE_RE = re.compile(r"^[\x20-\x7e]*$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _PORT_RE = re.compile(r"^[1-9][0-9]{0,4}$")
+
+
+def is_node_name(value: object) -> bool:
+    """Whether value is a valid host name (the rule for node_name everywhere)."""
+    return isinstance(value, str) and _NODE_RE.match(value) is not None
 
 
 def _check_mac(value: str) -> None:
@@ -88,7 +98,7 @@ class HostRecord:
     backend: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.node, str) or not _NODE_RE.match(self.node):
+        if not is_node_name(self.node):
             raise RecordError(f"node {str(self.node)[:80]!r} is not a valid host name")
         if not isinstance(self.public_ip, (IPv4Address, IPv6Address)):
             raise RecordError(f"public_ip {self.public_ip!r} is not an IP address")
@@ -102,9 +112,11 @@ class HostRecord:
     def __hash__(self) -> int:
         return hash((self.node, self.public_ip, tuple(sorted(self.backend.items()))))
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "public_ip": str(self.public_ip), "backend": dict(self.backend)}
+
     def to_json(self) -> bytes:
-        doc = {"node": self.node, "public_ip": str(self.public_ip), "backend": dict(self.backend)}
-        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,12 @@ class Lease:
     mod_revision: int = 0
 
 
+# (full etcd key, record) -> the value to store; the default is HostRecord.to_json.
+RecordEncoder = Callable[[str, HostRecord], bytes]
+# (full etcd key, raw value, lease parsed from it) -> the lease, or RecordError.
+LeaseVerifier = Callable[[str, bytes, Lease], Lease]
+
+
 def _object_untrusted(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     for key, value in pairs:
@@ -127,18 +145,25 @@ def _object_untrusted(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return doc
 
 
-def parse_host_record_untrusted(data: bytes) -> HostRecord:
-    """Parse a host record value; unknown top-level fields are ignored (newer writers may add some)."""
-    if len(data) > MAX_RECORD_BYTES:
-        raise RecordError(f"record is {len(data)} bytes (at most {MAX_RECORD_BYTES})")
+def json_object_untrusted(data: bytes, *, max_bytes: int = MAX_RECORD_BYTES, what: str = "record") -> dict[str, Any]:
+    """Decode a JSON object of at most max_bytes, refusing repeated field names."""
+    if len(data) > max_bytes:
+        raise RecordError(f"{what} is {len(data)} bytes (at most {max_bytes})")
     try:
         doc = json.loads(data.decode("utf-8"), object_pairs_hook=_object_untrusted)
     except UnicodeDecodeError:
-        raise RecordError("record is not UTF-8") from None
+        raise RecordError(f"{what} is not UTF-8") from None
     except (ValueError, RecursionError) as exc:
-        raise RecordError(f"record is not valid JSON: {str(exc)[:80]}") from None
+        raise RecordError(f"{what} is not valid JSON: {str(exc)[:80]}") from None
     if not isinstance(doc, dict):
-        raise RecordError(f"record must be a JSON object, got {type(doc).__name__}")
+        raise RecordError(f"{what} must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def parse_host_record_untrusted(data: bytes) -> HostRecord:
+    """Parse a host record value; unknown top-level fields are ignored (newer writers may add some,
+    e.g. the trust layer's "cert" and "sig")."""
+    doc = json_object_untrusted(data)
     node, public_ip, backend = doc.get("node"), doc.get("public_ip"), doc.get("backend")
     if not isinstance(public_ip, str) or len(public_ip) > 45:
         raise RecordError(f"public_ip must be an address string, got {str(public_ip)[:60]!r}")
@@ -169,12 +194,16 @@ def parse_lease_untrusted(
     subnet_len: int,
     lease_id: int | None = None,
     mod_revision: int = 0,
+    verifier: LeaseVerifier | None = None,
 ) -> Lease:
-    """Parse one {prefix}/subnets/ key and its value into a Lease; RecordError if unusable."""
+    """Parse one {prefix}/subnets/ key and its value into a Lease; RecordError if unusable
+    (including when a verifier is given and refuses it)."""
     subnet = layout.subnet_of_key_untrusted(key)
     check_subnet(subnet, network, subnet_len)
     try:
         record = parse_host_record_untrusted(value)
     except RecordError as exc:
         raise RecordError(f"{subnet}: {exc}") from None
-    return Lease(subnet=subnet, record=record, lease_id=lease_id, mod_revision=mod_revision)
+    lease = Lease(subnet=subnet, record=record, lease_id=lease_id, mod_revision=mod_revision)
+    # The key parsed above, so it is ASCII and canonical.
+    return verifier(key.decode("ascii"), value, lease) if verifier else lease

@@ -16,10 +16,17 @@ from dataclasses import dataclass
 from ipam.config import ClusterConfig
 from ipam.errors import InvalidConfig, OutOfSubnets
 from ipam.subnets import choose_subnet
-from overlayd.cluster.errors import LeaseLost, RecordError
+from overlayd.cluster.errors import LeaseLost, RecordError, SubnetTaken
 from overlayd.cluster.etcd import EtcdClient, KeyValue, WatchStream
 from overlayd.cluster.keys import IPNetwork, KeyLayout
-from overlayd.cluster.records import HostRecord, Lease, parse_host_record_untrusted, parse_lease_untrusted
+from overlayd.cluster.records import (
+    HostRecord,
+    Lease,
+    LeaseVerifier,
+    RecordEncoder,
+    parse_host_record_untrusted,
+    parse_lease_untrusted,
+)
 from overlayd.errors import ClusterError, ConfigError, ConflictError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -40,8 +47,10 @@ class Listing:
     rejected: tuple[str, ...]  # why each skipped entry was skipped
 
 
-def lease_from_kv(layout: KeyLayout, config: ClusterConfig, kv: KeyValue) -> Lease:
-    """Parse one subnet key read from etcd; RecordError if it is unusable."""
+def lease_from_kv(
+    layout: KeyLayout, config: ClusterConfig, kv: KeyValue, verifier: LeaseVerifier | None = None
+) -> Lease:
+    """Parse one subnet key read from etcd; RecordError if it is unusable (or fails verifier)."""
     assert config.subnet_len is not None  # resolved by ClusterConfig
     return parse_lease_untrusted(
         kv.key,
@@ -51,17 +60,30 @@ def lease_from_kv(layout: KeyLayout, config: ClusterConfig, kv: KeyValue) -> Lea
         subnet_len=config.subnet_len,
         lease_id=kv.lease_id or None,
         mod_revision=kv.mod_revision,
+        verifier=verifier,
     )
 
 
 class SubnetStore:
+    """encoder/verifier: optional trust hooks (overlayd/trust): how our record is written under
+    a key (e.g. signed), and a check every record read must pass to count as a lease."""
+
     def __init__(
-        self, etcd: EtcdClient, layout: KeyLayout, *, lease_ttl: int, rng: random.Random | None = None
+        self,
+        etcd: EtcdClient,
+        layout: KeyLayout,
+        *,
+        lease_ttl: int,
+        rng: random.Random | None = None,
+        encoder: RecordEncoder | None = None,
+        verifier: LeaseVerifier | None = None,
     ) -> None:
         self.etcd = etcd
         self.layout = layout
         self.lease_ttl = lease_ttl
         self._rng = rng or random.SystemRandom()
+        self.encoder = encoder
+        self.verifier = verifier
 
     # -- cluster config ------------------------------------------------------------------
 
@@ -115,7 +137,7 @@ class SubnetStore:
         for kv in listed.kvs:
             try:
                 taken.add(self.layout.subnet_of_key_untrusted(kv.key))
-                leases.append(lease_from_kv(self.layout, config, kv))
+                leases.append(lease_from_kv(self.layout, config, kv, self.verifier))
             except RecordError as exc:
                 rejected.append(str(exc))
         return Listing(listed.revision, tuple(leases), frozenset(taken), tuple(rejected))
@@ -151,11 +173,13 @@ class SubnetStore:
             self._revoke_quietly(lease_id)  # deletes whatever the failed attempt may have written
             raise
 
+    def _value(self, key: str, record: HostRecord) -> bytes:
+        return self.encoder(key, record) if self.encoder else record.to_json()
+
     def _claim(self, config: ClusterConfig, record: HostRecord, lease_id: int, previous: IPNetwork | None) -> Lease:
-        value = record.to_json()
         for _ in range(_MAX_CLAIM_ATTEMPTS):
             if previous is not None:
-                lease = self._take_over(previous, record, value, lease_id)
+                lease = self._take_over(previous, record, lease_id)
                 if lease is not None:
                     return lease
             listing = self.list_leases(config)
@@ -165,7 +189,8 @@ class SubnetStore:
                 )
             except OutOfSubnets as exc:
                 raise ConflictError(str(exc)) from None
-            result = self.etcd.put_if(self.layout.subnet_key(subnet), value, mod_revision=0, lease_id=lease_id)
+            key = self.layout.subnet_key(subnet)
+            result = self.etcd.put_if(key, self._value(key, record), mod_revision=0, lease_id=lease_id)
             # A key already on our lease means an earlier try of this very transaction was applied
             # but its answer was lost (the client moved on to the next endpoint).
             if result.current is not None and (result.succeeded or result.current.lease_id == lease_id):
@@ -174,19 +199,60 @@ class SubnetStore:
             log.info("lost the race for subnet %s; choosing again", subnet)
         raise ClusterError(f"no subnet claimed after {_MAX_CLAIM_ATTEMPTS} attempts (heavy contention)")
 
-    def _take_over(self, subnet: IPNetwork, record: HostRecord, value: bytes, lease_id: int) -> Lease | None:
+    def reclaim(self, config: ClusterConfig, record: HostRecord, subnet: IPNetwork) -> Lease:
+        """Claim `subnet` again for a host that lost its lease on it, under a new etcd lease.
+
+        Our own surviving key is taken over in place; a free subnet is claimed even while it
+        cools down (it cooled because it was ours). Never another subnet: the host's bridge
+        and pods are numbered in this one. Raises SubnetTaken when another host holds it (we
+        then write nothing), ConflictError when it no longer fits the cluster network,
+        ClusterError when etcd fails.
+        """
+        if not config.contains_subnet(subnet):
+            raise ConflictError(f"subnet {subnet} is not a host subnet of cluster network {config.network} any more")
+        key = self.layout.subnet_key(subnet)
+        current = self.etcd.get(key)
+        if current is not None and self._holder(current) != record.node:
+            raise SubnetTaken(subnet, self._holder(current))
+        lease_id = self.etcd.grant(self.lease_ttl)
+        try:
+            if current is not None:
+                lease = self._take_over(subnet, record, lease_id)
+                if lease is not None:
+                    return lease
+            result = self.etcd.put_if(key, self._value(key, record), mod_revision=0, lease_id=lease_id)
+            if result.current is not None and (result.succeeded or result.current.lease_id == lease_id):
+                log.info("claimed subnet %s again for %s (lease %x)", subnet, record.node, lease_id)
+                return Lease(subnet, record, lease_id, result.current.mod_revision)
+            # Another host took it between our read and our write.
+            raise SubnetTaken(subnet, self._holder(result.current) if result.current else None)
+        except Exception:
+            self._revoke_quietly(lease_id)
+            raise
+
+    @staticmethod
+    def _holder(kv: KeyValue) -> str | None:
+        """The node a subnet key's record names; None if the record is unreadable."""
+        try:
+            return parse_host_record_untrusted(kv.value).node
+        except RecordError:
+            return None
+
+    def _take_over(self, subnet: IPNetwork, record: HostRecord, lease_id: int) -> Lease | None:
         """Move our own surviving key to the new lease, in place; None if it is not ours (any more)."""
         key = self.layout.subnet_key(subnet)
         kv = self.etcd.get(key)
         if kv is None:
             return None
         try:
-            holder = parse_host_record_untrusted(kv.value).node
+            holder = parse_host_record_untrusted(kv.value)
+            if self.verifier is not None:  # a key whose record does not verify is never ours to overwrite
+                self.verifier(key, kv.value, Lease(subnet, holder))
         except RecordError:
             return None
-        if holder != record.node:
+        if holder.node != record.node:
             return None
-        result = self.etcd.put_if(key, value, mod_revision=kv.mod_revision, lease_id=lease_id)
+        result = self.etcd.put_if(key, self._value(key, record), mod_revision=kv.mod_revision, lease_id=lease_id)
         if not result.succeeded or result.current is None:
             return None
         if kv.lease_id and kv.lease_id != lease_id:

@@ -3,8 +3,8 @@
 The loop lists {prefix}/subnets/ (noting the revision), watches from revision + 1 and
 feeds each response through LeaseWatcher.update. When the watch breaks or its start
 revision has been compacted, it lists again and LeaseWatcher.reset yields exactly what
-changed meanwhile; nothing is missed. etcd unreachable means retrying with backoff,
-never giving up. Subnets whose keys disappear are marked as cooling down.
+changed meanwhile; nothing is missed. etcd unreachable means retrying with backoff
+(0.5 s doubling up to 2 s), never giving up. Subnets whose keys disappear are marked as cooling down.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from overlayd.cluster.diff import HostEvent, HostRemoved, KeyEvent, LeaseDeleted
 from overlayd.cluster.errors import RecordError, WatchCompacted
 from overlayd.cluster.etcd import WatchChunk
 from overlayd.cluster.keys import IPNetwork, KeyLayout
-from overlayd.cluster.records import Lease
+from overlayd.cluster.records import Lease, LeaseVerifier
 from overlayd.cluster.store import Listing, SubnetStore, lease_from_kv
 from overlayd.errors import ClusterError
+from overlayd.health import LoggingReporter, Reporter
 
 log = logging.getLogger(__name__)
 
 MIN_BACKOFF = 0.5
-MAX_BACKOFF = 10.0
+MAX_BACKOFF = 2.0  # back within about this once etcd is: the daemon promises 5 s
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,9 @@ class DecodedChunk:
     rejected: tuple[str, ...]
 
 
-def decode_chunk(layout: KeyLayout, config: ClusterConfig, chunk: WatchChunk) -> DecodedChunk:
+def decode_chunk(
+    layout: KeyLayout, config: ClusterConfig, chunk: WatchChunk, verifier: LeaseVerifier | None = None
+) -> DecodedChunk:
     """Turn etcd watch events into key events; a put we cannot parse counts as a deletion,
     as a re-list would skip it too."""
     events: list[KeyEvent] = []
@@ -66,7 +69,7 @@ def decode_chunk(layout: KeyLayout, config: ClusterConfig, chunk: WatchChunk) ->
             deleted.append(subnet)
             continue
         try:
-            events.append(LeasePut(lease_from_kv(layout, config, event.kv)))
+            events.append(LeasePut(lease_from_kv(layout, config, event.kv, verifier)))
         except RecordError as exc:
             rejected.append(str(exc))
             events.append(LeaseDeleted(subnet))
@@ -74,33 +77,47 @@ def decode_chunk(layout: KeyLayout, config: ClusterConfig, chunk: WatchChunk) ->
 
 
 class LeaseFollower:
-    """Keeps a LeaseWatcher in step with etcd and sends a WatchBatch for every change."""
+    """Keeps a LeaseWatcher in step with etcd and sends a WatchBatch for every change.
 
-    def __init__(self, store: SubnetStore, config: ClusterConfig, own_subnet: IPNetwork | None) -> None:
+    etcd failures go to the reporter (component "watch"): the first one and the recovery
+    are logged, the retries in between only counted.
+    """
+
+    def __init__(self, store: SubnetStore, config: ClusterConfig, own_subnet: IPNetwork | None, *,
+                 reporter: Reporter | None = None) -> None:
         self._store = store
         self._config = config
         self._watcher = LeaseWatcher(own_subnet)
         self._backoff = MIN_BACKOFF
+        self._report = reporter or LoggingReporter(log)
 
     async def run(
         self,
         send_channel: trio.MemorySendChannel[WatchBatch],
         *,
         resume: WatchBatch | None = None,
-        task_status: trio.TaskStatus[WatchBatch] = trio.TASK_STATUS_IGNORED,
+        first_to_channel: bool = False,
+        task_status: trio.TaskStatus[WatchBatch | None] = trio.TASK_STATUS_IGNORED,
     ) -> NoReturn:
         """Follow the leases forever. started() hands over the initial batch (the full peer
         set, or `resume` when given); later batches go to send_channel.
 
         resume: the last batch an earlier run produced; watching continues after its
         revision, so a restarted watch reports only what changed since.
+        first_to_channel: call started() at once (with None) and send the first full listing
+        to send_channel as well, retrying it until etcd answers instead of failing.
         """
-        if resume is None:
-            first, _ = self._resync(await trio.to_thread.run_sync(self._store.list_leases, self._config))
-        else:
+        if resume is not None:
             self._watcher.reset(resume.peers.values())
             first = resume
-        task_status.started(first)
+            task_status.started(first)
+        elif first_to_channel:
+            task_status.started(None)
+            first, _ = self._resync(await self._list_until_ok())
+            await send_channel.send(first)
+        else:
+            first, _ = self._resync(await trio.to_thread.run_sync(self._store.list_leases, self._config))
+            task_status.started(first)
         revision = first.revision
         while True:
             try:
@@ -108,7 +125,7 @@ class LeaseFollower:
             except WatchCompacted as exc:
                 log.info("lease watch: %s; listing again", exc)
             except ClusterError as exc:
-                log.warning("lease watch interrupted: %s; listing again in %gs", exc, self._backoff)
+                self._report.fail("watch", f"lease watch interrupted: {exc}")
                 await self._sleep_backoff()
             batch, freed = self._resync(await self._list_until_ok())
             await send_channel.send(batch)
@@ -116,13 +133,14 @@ class LeaseFollower:
             await self._cool_down(freed)
 
     async def _follow(self, send_channel: trio.MemorySendChannel[WatchBatch], start_revision: int) -> NoReturn:
-        stream = await trio.to_thread.run_sync(self._store.watch, start_revision)
+        stream = await trio.to_thread.run_sync(self._store.watch, start_revision, cancellable=True)
         self._backoff = MIN_BACKOFF
+        self._report.recover("watch")
         try:
             while True:
                 # Cancellable: on cancel the thread is abandoned and stream.cancel() below ends it.
                 chunk = await trio.to_thread.run_sync(stream.next_chunk, cancellable=True)
-                decoded = decode_chunk(self._store.layout, self._config, chunk)
+                decoded = decode_chunk(self._store.layout, self._config, chunk, self._store.verifier)
                 events = self._watcher.update(decoded.events)
                 if events or decoded.rejected:
                     await send_channel.send(self._batch(events, chunk.revision, False, decoded.rejected))
@@ -144,10 +162,14 @@ class LeaseFollower:
     async def _list_until_ok(self) -> Listing:
         while True:
             try:
-                return await trio.to_thread.run_sync(self._store.list_leases, self._config)
+                # Abandoned on cancel: an unreachable etcd must not hold up the daemon's shutdown.
+                listing = await trio.to_thread.run_sync(self._store.list_leases, self._config, cancellable=True)
             except ClusterError as exc:
-                log.warning("listing subnet leases failed: %s; retrying in %gs", exc, self._backoff)
+                self._report.fail("watch", f"listing subnet leases failed: {exc}")
                 await self._sleep_backoff()
+                continue
+            self._report.recover("watch")
+            return listing
 
     async def _sleep_backoff(self) -> None:
         await trio.sleep(self._backoff)

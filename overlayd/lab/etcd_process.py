@@ -2,7 +2,9 @@
 
 It listens on one client address and one peer port, keeps its data in a directory
 the caller owns, and can run inside a named network namespace (`ip netns exec`), so
-lab hosts reach it over the simulated underlay as real hosts would.
+lab hosts reach it over the simulated underlay as real hosts would. With `tls=EtcdTls(...)`
+the client URL is https and, when a CA is given, clients must present a certificate it
+signed (mutual TLS); the peer URL stays plain, as a single member has no peers.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -22,14 +26,53 @@ from overlayd.errors import ClusterError
 
 # Probe run inside the namespace: the test process itself cannot reach an address
 # that only exists there. Exit status 0 means "healthy".
+# Arguments: URL [CA CERT KEY] ("-" for none).
 _PROBE = """
-import json, sys, urllib.request
+import json, ssl, sys, urllib.request
+ca, cert, key = [None if a == "-" else a for a in (sys.argv[2:] or ["-", "-", "-"])]
+context = None
+if sys.argv[1].startswith("https:"):
+    context = ssl.create_default_context(cafile=ca)
+    if cert:
+        context.load_cert_chain(cert, key)
 try:
-    with urllib.request.urlopen(sys.argv[1], timeout=1) as r:
+    with urllib.request.urlopen(sys.argv[1], timeout=1, context=context) as r:
         sys.exit(0 if json.load(r).get("health") == "true" else 1)
 except Exception:
     sys.exit(1)
 """
+
+
+@dataclass(frozen=True)
+class EtcdTls:
+    """TLS for etcd's client URL.
+
+    cert_file/key_file: the server's certificate (its SANs must name the client host).
+    ca_file: clients must present a certificate signed by this CA (--client-cert-auth);
+    None: any client may connect over TLS. The health probe trusts ca_file (or the system's
+    roots) for the server and presents probe_cert_file/probe_key_file when given.
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    probe_cert_file: Path | None = None
+    probe_key_file: Path | None = None
+
+    def flags(self) -> list[str]:
+        argv = ["--cert-file", str(self.cert_file), "--key-file", str(self.key_file)]
+        if self.ca_file is not None:
+            argv += ["--trusted-ca-file", str(self.ca_file), "--client-cert-auth"]
+        return argv
+
+    def probe_args(self) -> list[str]:
+        return [str(p) if p is not None else "-" for p in (self.ca_file, self.probe_cert_file, self.probe_key_file)]
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.probe_cert_file is not None:
+            context.load_cert_chain(str(self.probe_cert_file), str(self.probe_key_file) if self.probe_key_file else None)
+        return context
 
 
 def _listens(pid: int, port: int) -> bool:
@@ -58,6 +101,7 @@ class EtcdProcess:
         netns: str | None = None,
         log_path: Path | None = None,
         name: str = "overlayd-etcd",
+        tls: EtcdTls | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.client_host = client_host
@@ -66,11 +110,13 @@ class EtcdProcess:
         self.netns = netns
         self.log_path = Path(log_path) if log_path else self.data_dir.with_name(self.data_dir.name + ".log")
         self.name = name
+        self.tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self._url_host}:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self._url_host}:{self.client_port}"
 
     @property
     def _url_host(self) -> str:
@@ -95,6 +141,8 @@ class EtcdProcess:
             "--logger", "zap",
             "--log-outputs", "stderr",
         ]  # fmt: skip
+        if self.tls:
+            argv += self.tls.flags()
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         return argv
@@ -150,11 +198,14 @@ class EtcdProcess:
         url = f"{self.endpoint}/health"
         if self.netns:
             probe = ["ip", "netns", "exec", self.netns, sys.executable, "-c", _PROBE, url]
+            if self.tls:
+                probe += self.tls.probe_args()
             return subprocess.run(probe, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+        context = self.tls.ssl_context() if self.tls else None
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
+            with urllib.request.urlopen(url, timeout=1, context=context) as response:
                 return bool(json.load(response).get("health") == "true")
-        except (OSError, urllib.error.URLError, ValueError):
+        except (OSError, urllib.error.URLError, ValueError):  # ssl.SSLError is an OSError
             return False
 
     def __enter__(self) -> EtcdProcess:

@@ -17,13 +17,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from overlayd.api.client import ControlClient
 from overlayd.lab.etcd_process import EtcdProcess
-from overlayd.errors import ConflictError, OverlaydError
+from overlayd.errors import ConflictError, KernelError, OverlaydError
 from overlayd.lab import topology
 from overlayd.pods.nsutil import umount2
 from overlayd.lab.plan import (
@@ -58,14 +59,8 @@ def _overlayctl(host: LabHost, *args: str) -> list[str]:
 def up(plan: LabPlan) -> dict[str, Any]:
     if plan.dir.exists() or any(topology.netns_exists(n) for n in plan.netns_names):
         raise ConflictError(f"lab {plan.name!r} is already up (or left over): run `overlayctl lab down --name {plan.name}`")
-    plan.dir.mkdir(parents=True)
     try:
-        _write_state(plan)
-        topology.create_underlay(plan)
-        for host in plan.hosts:
-            topology.create_host(plan, host)
-        _start_etcd(plan)
-        _init_network(plan)
+        build(plan)
         for host in plan.hosts:
             start_daemon(plan, host)
         for host in plan.hosts:
@@ -77,6 +72,18 @@ def up(plan: LabPlan) -> dict[str, Any]:
     except BaseException:
         down(plan.name, plan.dir.parent)
         raise
+
+
+def build(plan: LabPlan, network_args: Sequence[str] = ()) -> None:
+    """The lab without daemons: underlay, hosts, etcd and the cluster config
+    (network_args go to `overlayctl network init`, e.g. a small --cidr)."""
+    plan.dir.mkdir(parents=True)
+    _write_state(plan)
+    topology.create_underlay(plan)
+    for host in plan.hosts:
+        topology.create_host(plan, host)
+    start_etcd(plan)
+    _init_network(plan, network_args)
 
 
 def _write_state(plan: LabPlan) -> None:
@@ -91,16 +98,65 @@ def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
                                 start_new_session=True)
 
 
-def _start_etcd(plan: LabPlan) -> None:
+def start_etcd(plan: LabPlan) -> None:
+    """Start the lab's etcd (again: its data dir keeps the cluster) and wait until it is healthy."""
     etcd = EtcdProcess(plan.etcd_dir, str(ETCD_IP), ETCD_CLIENT_PORT, ETCD_PEER_PORT,
                        netns=plan.underlay_netns, log_path=plan.dir / "etcd.log")
     etcd.start()
 
 
-def _init_network(plan: LabPlan) -> None:
+def stop_etcd(plan: LabPlan, timeout: float = 10.0) -> None:
+    """Stop the lab's etcd (SIGTERM); its data stays for start_etcd."""
+    for pid in _pids_naming(plan.etcd_dir):
+        _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise OverlaydError(f"etcd of lab {plan.name} (pid {pid}) did not exit in {timeout:g}s")
+            time.sleep(0.02)
+
+
+def etcdctl(plan: LabPlan, *args: str) -> str:
+    """Run etcdctl against the lab's etcd (from the underlay namespace); its stdout."""
+    cmd = ["ip", "netns", "exec", plan.underlay_netns, "etcdctl", "--endpoints", plan.etcd_endpoint, *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise OverlaydError(f"etcdctl {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+_CUT_TABLE = "overlayd_lab_cut"
+
+
+def cut_etcd(plan: LabPlan, hosts: Sequence[LabHost]) -> None:
+    """Make etcd silently unreachable for these hosts: their packets to etcd and etcd's to them
+    are dropped (no reset, connections stay open), in the underlay namespace only."""
+    addresses = ", ".join(str(h.underlay_ip) for h in hosts)
+    # One nft transaction: replaces an earlier cut atomically (nothing slips through meanwhile).
+    rules = f"""
+table inet {_CUT_TABLE} {{}}
+delete table inet {_CUT_TABLE}
+table inet {_CUT_TABLE} {{
+    chain input {{ type filter hook input priority 0; ip saddr {{ {addresses} }} tcp dport {ETCD_CLIENT_PORT} drop; }}
+    chain output {{ type filter hook output priority 0; ip daddr {{ {addresses} }} tcp sport {ETCD_CLIENT_PORT} drop; }}
+}}
+"""
+    result = subprocess.run(["ip", "netns", "exec", plan.underlay_netns, "nft", "-f", "-"], input=rules, text=True,
+                            capture_output=True)
+    if result.returncode != 0:
+        raise KernelError(f"cutting etcd off in {plan.underlay_netns}: {result.stderr.strip()}")
+
+
+def heal_etcd(plan: LabPlan) -> None:
+    """Undo cut_etcd (a no-op when nothing is cut)."""
+    subprocess.run(["ip", "netns", "exec", plan.underlay_netns, "nft", "delete", "table", "inet", _CUT_TABLE],
+                   capture_output=True)
+
+
+def _init_network(plan: LabPlan, network_args: Sequence[str] = ()) -> None:
     cmd = ["ip", "netns", "exec", plan.underlay_netns] + _python(
         "overlayd.cli.main", "network", "init", "--etcd-endpoints", plan.etcd_endpoint,
-        "--backend", plan.backend)
+        "--backend", plan.backend, *network_args)
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise OverlaydError(f"network init failed: {result.stderr.strip()}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from overlayd.wireguard.constants import KEY_SIZE
@@ -153,6 +154,8 @@ def split_lines_untrusted(text: str) -> list[tuple[str, str]]:
     """`key=value` lines up to the first blank line (which must end the text)."""
     if len(text) > MAX_REQUEST_BYTES:
         raise UapiError(errno.EMSGSIZE, "request too large")
+    if text == "\n":  # no lines at all: an empty (valid) request
+        return []
     body, sep, rest = text.partition("\n\n")
     if not sep or rest:
         raise UapiError(errno.EPROTO, "a request ends with one blank line")
@@ -334,3 +337,25 @@ def parse_get_untrusted(text: str) -> DeviceState:
 def parse_status_untrusted(text: str) -> None:
     """A set answer: `errno=N` and a blank line; raises UapiError for N != 0."""
     parse_get_untrusted(text)
+
+
+def format_counters(counters: Mapping[str, int]) -> str:
+    """Answer to overlayd's `get_counters=1`: `name=value` lines, then the status."""
+    return "".join(f"{name}={value}\n" for name, value in sorted(counters.items())) + format_errno(0)
+
+
+def parse_counters_untrusted(text: str) -> dict[str, int]:
+    counters: dict[str, int] = {}
+    status: int | None = None
+    for key, value in split_lines_untrusted(text):
+        if key == "errno":
+            status = _uint(value.removeprefix("-"), 2**31, "errno")
+        elif key.replace("_", "").isalnum():
+            counters[key] = _uint(value, 2**64, key)
+        else:
+            raise _invalid(f"bad counter name {key[:64]!r}")
+    if status is None:
+        raise _invalid("counters answer without errno")
+    if status:
+        raise UapiError(status, "device refused get_counters")
+    return counters

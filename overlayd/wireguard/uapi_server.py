@@ -34,9 +34,11 @@ from overlayd.wireguard.uapi import (
     DeviceState,
     SetRequest,
     UapiError,
+    format_counters,
     format_errno,
     format_get,
     format_set,
+    parse_counters_untrusted,
     parse_get_untrusted,
     parse_set_untrusted,
     parse_status_untrusted,
@@ -65,6 +67,8 @@ class Configurable(Protocol):
 
     def apply(self, request: SetRequest) -> None: ...
 
+    def counters(self) -> dict[str, int]: ...
+
 
 def serve_connection(stream: BinaryIO, target: Configurable) -> None:
     """Answer requests on one connection until the client closes it (as wireguard-go does)."""
@@ -75,6 +79,13 @@ def serve_connection(stream: BinaryIO, target: Configurable) -> None:
                 answer = format_errno(errno.EINVAL)
             else:
                 answer = _answer(lambda: format_get(target.get_state()))
+        elif op == b"get_counters=1\n":
+            # An overlayd extension the `wg` tool never sends: data-path and drop counters,
+            # so the daemon can export them while the engine runs in its own process.
+            if stream.read(1) != b"\n":
+                answer = format_errno(errno.EINVAL)
+            else:
+                answer = _answer(lambda: format_counters(target.counters()))
         elif op == b"set=1\n":
             body = _read_request(stream)
             if body is None:
@@ -216,6 +227,10 @@ class UapiClient:
 
     def get(self) -> DeviceState:
         return parse_get_untrusted(self._exchange("get=1\n\n"))
+
+    def counters(self) -> dict[str, int]:
+        """overlayd-wg's counters (drop_<reason>, ...); UapiError from wireguard-go, which has none."""
+        return parse_counters_untrusted(self._exchange("get_counters=1\n\n"))
 
     def set(self, request: SetRequest) -> None:
         """Apply a set request; raises UapiError with the errno the device answered."""

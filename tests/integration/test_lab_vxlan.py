@@ -54,6 +54,17 @@ def test_status_and_hosts_report_the_cluster(lab3: Lab) -> None:
     assert "NODE" in table and "h3" in table
 
 
+def test_metrics_are_served_on_localhost(lab3: Lab) -> None:
+    fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9469/metrics').read().decode())"
+    text = netns_exec(lab3.host("h1").netns, sys.executable, "-c", fetch).stdout
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(samples["overlayd_peers"]) == 2
+    assert float(samples["overlayd_ready"]) == 1
+    assert float(samples['overlayd_reconcile_runs_total{result="ok"}']) >= 1
+    assert float(samples["overlayd_event_to_kernel_seconds_count"]) >= 0
+    assert "overlayd_reconcile_duration_seconds_bucket" in text
+
+
 def _exec(lab: Lab, host: str, pod: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return overlayctl(lab.host(host).socket, "pod", "exec", pod, "--", *cmd, check=check)
 

@@ -283,3 +283,22 @@ def test_allowed_ip_moves_between_peers() -> None:
     apply_peer_update(d, PeerUpdate(second, allowed_ips=(net("10.0.9.0/24"),)), None, 0.0)
     assert d.peer_status(first).allowed_ips == (net("10.0.0.0/24"),)
     assert d.peer_status(second).allowed_ips == (net("10.0.9.0/24"),)
+
+
+def test_an_empty_set_request_is_accepted_like_wireguard_go() -> None:
+    from overlayd.wireguard.uapi import SetRequest, format_set, parse_set_untrusted
+
+    assert parse_set_untrusted(format_set(SetRequest()).removeprefix("set=1\n")) == SetRequest()
+
+
+def test_counters_round_trip_and_refusals() -> None:
+    import pytest
+
+    from overlayd.wireguard.uapi import UapiError, format_counters, parse_counters_untrusted
+
+    counters = {"drop_replay": 2, "drop_bad_mac": 0, "tun_reads": 10}
+    assert parse_counters_untrusted(format_counters(counters)) == counters
+    with pytest.raises(UapiError):
+        parse_counters_untrusted("errno=-22\n\n")
+    with pytest.raises(UapiError):
+        parse_counters_untrusted("bad name=1\nerrno=0\n\n")

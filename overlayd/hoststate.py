@@ -1,0 +1,150 @@
+"""What a host remembers across restarts, so it can come up while etcd is away.
+
+Two files in the state dir, each replaced atomically (statefile.write_json_atomic):
+
+    host.json   {"subnet": "10.244.3.0/24", "vtep_mac": "02:..", "cluster_config": {...}}
+                the subnet this host holds, its VTEP MAC (peers' neighbour entries stay
+                valid across restarts) and the cluster config it was set up for.
+    peers.json  {"peers": [{"subnet": "10.244.7.0/24", "record": {host record}}, ...]}
+                the peers last programmed into the kernel.
+
+Files can be damaged (disk trouble, an operator's editor), so they are parsed like
+untrusted input: a bad field or entry is dropped with a reason, never fatal; the daemon
+then knows less, and etcd fills it in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import ip_network
+from pathlib import Path
+from typing import Any
+
+from ipam.config import ClusterConfig
+from ipam.errors import InvalidConfig
+from overlayd.backend.mac import parse_mac_untrusted
+from overlayd.cluster.errors import RecordError
+from overlayd.cluster.keys import IPNetwork
+from overlayd.cluster.records import Lease, check_subnet, parse_host_record_untrusted
+from overlayd.errors import ConfigError
+from overlayd.statefile import StateError, read_json, write_json_atomic
+
+MAX_SAVED_PEERS = 65536  # more entries than any cluster network holds subnets: the file is damaged
+
+
+@dataclass(frozen=True)
+class HostState:
+    subnet: IPNetwork | None = None
+    vtep_mac: str | None = None
+    cluster_config: ClusterConfig | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        if self.subnet is not None:
+            doc["subnet"] = str(self.subnet)
+        if self.vtep_mac is not None:
+            doc["vtep_mac"] = self.vtep_mac
+        if self.cluster_config is not None:
+            doc["cluster_config"] = self.cluster_config.to_dict()
+        return doc
+
+
+def host_state_from_dict_untrusted(doc: Any) -> tuple[HostState, list[str]]:
+    """The usable fields of a saved host state, and why each other field was dropped."""
+    if not isinstance(doc, dict):
+        return HostState(), [f"host state is a {type(doc).__name__}, not an object"] if doc is not None else []
+    problems: list[str] = []
+    subnet = _network_or_none(doc.get("subnet"), "subnet", problems)
+    vtep_mac = None
+    if doc.get("vtep_mac") is not None:
+        try:
+            vtep_mac = parse_mac_untrusted(doc["vtep_mac"])
+        except ConfigError as exc:
+            problems.append(f"vtep_mac: {exc}")
+    cluster_config = None
+    if doc.get("cluster_config") is not None:
+        try:
+            cluster_config = ClusterConfig.from_dict_untrusted(doc["cluster_config"])
+        except InvalidConfig as exc:
+            problems.append(f"cluster_config: {exc}")
+    if subnet is not None and cluster_config is not None and not cluster_config.contains_subnet(subnet):
+        problems.append(f"subnet {subnet} is not a host subnet of {cluster_config.network}")
+        subnet = None
+    return HostState(subnet, vtep_mac, cluster_config), problems
+
+
+def peers_to_dict(peers: Mapping[IPNetwork, Lease]) -> dict[str, Any]:
+    ordered = sorted(peers.items(), key=lambda item: (item[0].version, int(item[0].network_address)))
+    return {"peers": [{"subnet": str(subnet), "record": lease.record.to_dict()} for subnet, lease in ordered]}
+
+
+def peers_from_dict_untrusted(doc: Any, config: ClusterConfig) -> tuple[dict[IPNetwork, Lease], list[str]]:
+    """The saved peers that still fit the cluster config, and why each other entry was dropped."""
+    if doc is None:
+        return {}, []
+    entries = doc.get("peers") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or len(entries) > MAX_SAVED_PEERS:
+        return {}, ["peers: expected a list of peer entries"]
+    assert config.subnet_len is not None  # resolved by ClusterConfig
+    peers: dict[IPNetwork, Lease] = {}
+    problems: list[str] = []
+    for entry in entries:
+        try:
+            if not isinstance(entry, dict):
+                raise RecordError("entry is not an object")
+            subnet = _network(entry.get("subnet"))
+            check_subnet(subnet, config.network, config.subnet_len)
+            # The same checks as for a record read from etcd.
+            record = parse_host_record_untrusted(json.dumps(entry.get("record")).encode())
+        except (RecordError, ValueError, TypeError) as exc:
+            problems.append(f"peer entry {str(entry)[:80]}: {exc}")
+            continue
+        if subnet in peers:
+            problems.append(f"peer entry for {subnet} repeated; keeping the first")
+            continue
+        peers[subnet] = Lease(subnet, record)
+    return peers, problems
+
+
+def _network(text: Any) -> IPNetwork:
+    if not isinstance(text, str):
+        raise ValueError(f"subnet {str(text)[:60]!r} is not a string")
+    return ip_network(text)  # strict: host bits set is an error
+
+
+def _network_or_none(text: Any, field: str, problems: list[str]) -> IPNetwork | None:
+    if text is None:
+        return None
+    try:
+        return _network(text)
+    except ValueError as exc:
+        problems.append(f"{field}: {exc}")
+        return None
+
+
+class StateFiles:
+    """The host's state files; read problems come back as text for the caller to report."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.host_path = state_dir / "host.json"
+        self.peers_path = state_dir / "peers.json"
+
+    def load_host(self) -> tuple[HostState, list[str]]:
+        try:
+            return host_state_from_dict_untrusted(read_json(self.host_path))
+        except StateError as exc:
+            return HostState(), [str(exc)]
+
+    def save_host(self, state: HostState) -> None:
+        write_json_atomic(self.host_path, state.to_dict())
+
+    def load_peers(self, config: ClusterConfig) -> tuple[dict[IPNetwork, Lease], list[str]]:
+        try:
+            return peers_from_dict_untrusted(read_json(self.peers_path), config)
+        except StateError as exc:
+            return {}, [str(exc)]
+
+    def save_peers(self, peers: Mapping[IPNetwork, Lease]) -> None:
+        write_json_atomic(self.peers_path, peers_to_dict(peers))

@@ -1,0 +1,155 @@
+"""The metrics overlayd exports, in one object the daemon owns and updates.
+
+Names carry the `overlayd_` prefix; counters end in `_total`, durations are seconds.
+Label values come from the fixed sets below, never from etcd data, so a hostile
+record cannot blow up the number of time series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
+
+from overlayd.metrics.registry import MetricFamily, Registry, family
+
+
+class Reporter(Protocol):
+    """overlayd.health.Reporter, restated so metrics does not import the daemon's modules."""
+
+    def fail(self, component: str, message: str) -> None: ...
+    def recover(self, component: str) -> None: ...
+
+# Backend reconciles take milliseconds (netlink) to seconds (many peers, WireGuard via UAPI).
+RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# The 5 s removal goal sits in the middle; a minute covers a reconcile retried after an error.
+EVENT_TO_KERNEL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# overlayd_dropped_records_total{reason}
+DROP_MALFORMED = "malformed"  # key or value did not parse (WatchBatch.rejected)
+DROP_BACKEND_MISMATCH = "backend_mismatch"  # record fine, but its backend data does not fit our backend
+DROP_CONFLICT = "conflict"  # refused by peer screening: overlap, our IP/MAC/key, MAC shared by hosts
+DROP_UNVERIFIED = "unverified"  # signature did not verify against the cluster trust anchor
+DROP_REASONS = (DROP_MALFORMED, DROP_BACKEND_MISMATCH, DROP_CONFLICT, DROP_UNVERIFIED)
+
+# overlayd_control_refusals_total{reason}
+REFUSED_UID = "uid"  # SO_PEERCRED uid not allowed
+REFUSED_OVERSIZED = "oversized"
+REFUSED_MALFORMED = "malformed"  # not JSON, not an object, bad cmd/args
+REFUSED_TIMEOUT = "timeout"  # request line not received in time
+REFUSAL_REASONS = (REFUSED_UID, REFUSED_OVERSIZED, REFUSED_MALFORMED, REFUSED_TIMEOUT)
+
+# overlayd_etcd_errors_total{operation}: the daemon's etcd-facing health components
+# (config: reading the cluster config; lease: claiming and renewing; watch: listing and watching).
+ETCD_OPERATIONS = ("config", "lease", "watch")
+
+WireGuardDrops = Callable[[], Mapping[str, int] | None]
+
+
+class DaemonMetrics:
+    def __init__(self) -> None:
+        r = self.registry = Registry()
+        self.ready = r.gauge("overlayd_ready", "1 once the host's pods and peers are programmed, else 0")
+        self.etcd_reachable = r.gauge("overlayd_etcd_reachable", "1 if the last etcd call succeeded, else 0")
+        self.leases = r.gauge("overlayd_leases", "Subnet leases in the cluster as last seen, own included")
+        self.peers = r.gauge("overlayd_peers", "Peers the last reconcile programmed into the kernel")
+        self.refused_peers = r.gauge("overlayd_peers_refused", "Peers the last reconcile refused to program")
+        self.reconcile_runs = r.counter("overlayd_reconcile_runs_total", "Backend reconciles, by result (ok, error)",
+                                        ("result",))
+        self.reconcile_duration = r.histogram("overlayd_reconcile_duration_seconds",
+                                              "Duration of backend reconciles", RECONCILE_BUCKETS)
+        self.event_to_kernel = r.histogram(
+            "overlayd_event_to_kernel_seconds",
+            "Time from an etcd watch event reaching this daemon to the kernel being programmed for it",
+            EVENT_TO_KERNEL_BUCKETS)
+        self.etcd_errors = r.counter("overlayd_etcd_errors_total", "Failed etcd operations, by operation",
+                                     ("operation",))
+        self.dropped_records = r.counter("overlayd_dropped_records_total",
+                                         "Host records skipped and never programmed, by reason", ("reason",))
+        self.control_refusals = r.counter("overlayd_control_refusals_total",
+                                          "Control socket requests refused, by reason", ("reason",))
+        self.wireguard_handshakes = r.counter("overlayd_wireguard_handshakes_total",
+                                              "WireGuard handshakes completed with peers")
+        # Every known label value shows from the start: a rate() over a series that appears late misses its first step.
+        for reason in DROP_REASONS:
+            self.dropped_records.inc(0, reason=reason)
+        for reason in REFUSAL_REASONS:
+            self.control_refusals.inc(0, reason=reason)
+        for operation in ETCD_OPERATIONS:
+            self.etcd_errors.inc(0, operation=operation)
+        for result in ("ok", "error"):
+            self.reconcile_runs.inc(0, result=result)
+        self._wireguard_drops: WireGuardDrops | None = None
+        r.add_collector(self._collect_wireguard)
+
+    def set_wireguard_drops_source(self, source: WireGuardDrops | None) -> None:
+        """source() returns the WireGuard engine's drop counts by reason (Device.drops), or None
+        when unknown; it runs at every scrape, so it must return a cached snapshot, not do I/O."""
+        self._wireguard_drops = source
+
+    def _collect_wireguard(self) -> Iterable[MetricFamily]:
+        drops = self._wireguard_drops() if self._wireguard_drops is not None else None
+        if drops is None:
+            return ()
+        values = {(str(reason),): float(count) for reason, count in drops.items()}
+        return (family("overlayd_wireguard_drops_total", "counter",
+                       "Packets the WireGuard engine dropped, by reason", values, ("reason",)),)
+
+    def render(self) -> str:
+        return self.registry.render()
+
+
+class CountingReporter:
+    """A health Reporter (overlayd.health) that also counts: each failure of an etcd-facing
+    component adds to overlayd_etcd_errors_total{operation=component}, and overlayd_etcd_reachable
+    is 0 while any of them is failing. Everything is passed on to `inner`."""
+
+    def __init__(self, inner: Reporter, metrics: DaemonMetrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self._failing: set[str] = set()
+
+    def fail(self, component: str, message: str) -> None:
+        if component in ETCD_OPERATIONS:
+            self._metrics.etcd_errors.inc(operation=component)
+            self._failing.add(component)
+            self._metrics.etcd_reachable.set(0)
+        self._inner.fail(component, message)
+
+    def recover(self, component: str) -> None:
+        if component in ETCD_OPERATIONS:
+            self._failing.discard(component)
+            self._metrics.etcd_reachable.set(0 if self._failing else 1)
+        self._inner.recover(component)
+
+
+def drops_from_engine_counters(counters: Mapping[str, int]) -> dict[str, int]:
+    """The drop counts in Engine.counters() (keys drop_<reason>) keyed by reason."""
+    return {key[len("drop_"):]: value for key, value in counters.items() if key.startswith("drop_")}
+
+
+class HandshakeTracker:
+    """Counts completed handshakes from successive peer snapshots (latest handshake time per key).
+
+    A newer time than last seen is one handshake (two in one polling interval count once;
+    WireGuard rekeys every two minutes, so poll well within that). The first snapshot only
+    sets the baseline: handshakes made before this daemon started are not counted.
+    """
+
+    def __init__(self) -> None:
+        self._latest: dict[bytes, float] = {}
+        self._primed = False
+
+    def update(self, latest: Mapping[bytes, float | None]) -> int:
+        new = 0
+        for key, when in latest.items():
+            if when is None:
+                continue
+            before = self._latest.get(key)
+            if self._primed and (before is None or when > before):
+                new += 1
+            self._latest[key] = when
+        # Forget removed peers, so a peer that comes back counts again.
+        for key in set(self._latest) - set(latest):
+            del self._latest[key]
+        self._primed = True
+        return new

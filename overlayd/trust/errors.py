@@ -1,0 +1,46 @@
+"""Errors of the trust layer.
+
+Certificates and signatures read from etcd are untrusted input: a malformed one is a
+CertificateError, one no configured CA vouches for an UntrustedCertificate. A host record
+that fails any check becomes a RecordRejected, a RecordError, so the cluster layer skips
+and reports it like any other unusable record; its `reason` says which check failed.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from overlayd.cluster.errors import RecordError
+from overlayd.errors import OverlaydError
+
+
+class TrustError(OverlaydError):
+    """A certificate or signature cannot be used."""
+
+
+class CertificateError(TrustError):
+    """A host certificate is malformed (wrong fields, types, sizes, base64 or times)."""
+
+
+class UntrustedCertificate(TrustError):
+    """A well-formed host certificate that no configured CA key has signed."""
+
+
+class RejectReason(StrEnum):
+    """Why a host record did not verify (metric label and log text)."""
+
+    UNSIGNED = "unsigned"  # no "cert" or no "sig" field
+    BAD_CERT = "bad_cert"  # the certificate is malformed
+    UNTRUSTED_CERT = "untrusted_cert"  # not signed by a trusted CA (unknown issuer or bad CA signature)
+    CERT_NOT_YET_VALID = "cert_not_yet_valid"
+    CERT_EXPIRED = "cert_expired"
+    NODE_MISMATCH = "node_mismatch"  # the certificate names another host than the record
+    BAD_SIGNATURE = "bad_signature"  # the record's signature is malformed or does not match
+
+
+class RecordRejected(RecordError):
+    """A host record failed verification against the trust anchor."""
+
+    def __init__(self, reason: RejectReason, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
