@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -71,3 +73,24 @@ def test_daemon_restart_does_not_touch_the_tunnel(lab_wg: Lab, sig: int) -> None
     # The same engine process carried the traffic throughout: adopted, not replaced.
     assert subprocess.run(["pgrep", "-f", f"overlayd.wireguard.cli ovl.wg .*{h1.dir}/wg"],
                           capture_output=True, text=True).stdout.split() == engine_pids
+
+
+def _metrics(lab: Lab, host: str) -> dict[str, float]:
+    fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9469/metrics').read().decode())"
+    text = netns_exec(lab.host(host).netns, sys.executable, "-c", fetch).stdout
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines()
+                                     if line and not line.startswith("#"))}
+
+
+def test_engine_drops_reach_the_daemon_metrics(lab_wg: Lab) -> None:
+    # Garbage at h2's WireGuard port, from h1: the engine drops and counts it, the daemon exports it.
+    send = ("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "[s.sendto(bytes([1]) + b'x' * 10, ('198.18.0.12', 51820)) for _ in range(3)]")
+    netns_exec(lab_wg.host("h1").netns, sys.executable, "-c", send)
+    deadline = time.monotonic() + 15  # the daemon polls its engine every 10 s
+    while True:
+        drops = {k: v for k, v in _metrics(lab_wg, "h2").items() if k.startswith("overlayd_wireguard_drops_total")}
+        if sum(drops.values()) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert sum(drops.values()) >= 3, drops
