@@ -42,7 +42,6 @@ from pyroute2 import IPRoute
 from ipam.config import ClusterConfig
 from overlayd import sdnotify
 from overlayd.api.server import ControlServer
-from overlayd.backend import wgkeys
 from overlayd.backend.host import ensure_host_network
 from overlayd.backend.mac import random_local_mac
 from overlayd.backend.peers import PeerVtep
@@ -221,6 +220,8 @@ class Daemon:
             return VxlanBackend.for_underlay(ipr, config.vxlan_device, backend.vni, backend.port, self.underlay,
                                              state.vtep_mac, mtu=mtu)
         if backend.type == "wireguard":
+            from overlayd.backend import wgkeys  # loads `cryptography`, which a VXLAN daemon does without
+
             keys = wgkeys.load_or_create(config.state_dir / "wireguard.key")
             return WireGuardBackend(ipr, config.wireguard_device, keys, backend.port,
                                     config.mtu or self.underlay.mtu - WIREGUARD_OVERHEAD,

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import ip_network
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from overlayd.errors import ClusterError, ConfigError, KernelError, NotFoundError, OverlaydError
 
@@ -32,7 +32,9 @@ from .netlink import Netlink
 from .addresses import converge_addresses
 from .objects import RTPROT_OVERLAYD, IPAddress, IPNetwork, Route
 from .vxlan_plan import device_address
-from .wgkeys import KeyPair
+
+if TYPE_CHECKING:  # wgkeys loads `cryptography`; only a WireGuard daemon needs it
+    from .wgkeys import KeyPair
 
 log = logging.getLogger(__name__)
 
