@@ -17,6 +17,7 @@ import pytest
 
 from overlayd.lab import runner
 from overlayd.lab.plan import LabPlan, make_plan
+from tests.integration.etcd_fixture import etcd_prefix, etcd_server, raw  # noqa: F401  (fixtures for every module)
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,7 @@ import secrets
 import socket
 from collections.abc import Iterator
 
+import etcd3
 import pytest
 
 from overlayd.lab.etcd_process import EtcdProcess
@@ -42,3 +43,14 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProces
 @pytest.fixture
 def etcd_prefix() -> str:
     return f"/t{secrets.token_hex(3)}/network"
+
+
+@pytest.fixture
+def raw(etcd_server: EtcdProcess) -> Iterator[etcd3.Etcd3Client]:
+    """A plain etcd3 client, to inspect etcd behind the cluster layer's back or to write
+    what an attacker with etcd access would."""
+    client = etcd3.client("127.0.0.1", etcd_server.client_port, timeout=5)
+    try:
+        yield client
+    finally:
+        client.close()

@@ -7,7 +7,7 @@ import json
 import logging
 import secrets
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from overlayd.cluster.watch import WatchBatch
 from overlayd.config import EtcdConfig
 from overlayd.errors import ClusterError, ConfigError, ConflictError, NotFoundError
 from overlayd.lab.etcd_process import EtcdProcess
-from tests.integration.etcd_fixture import etcd_prefix, etcd_server, free_ports  # noqa: F401  (fixtures)
+from tests.integration.etcd_fixture import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +40,6 @@ def record(node: str, host: int, mac_tail: int | None = None) -> HostRecord:
 def etcd_config(server: EtcdProcess, prefix: str, *extra_endpoints: str) -> EtcdConfig:
     return EtcdConfig(endpoints=(*extra_endpoints, server.endpoint), prefix=prefix, timeout=3.0)
 
-
-@pytest.fixture
-def raw(etcd_server: EtcdProcess) -> Iterator[etcd3.Etcd3Client]:
-    """A plain etcd3 client to inspect and disturb etcd behind the cluster layer's back."""
-    client = etcd3.client("127.0.0.1", etcd_server.client_port, timeout=5)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ import ipaddress
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -35,7 +35,6 @@ from overlayd.trust.config import TrustConfig, load_host_trust
 from overlayd.trust.errors import RejectReason
 from overlayd.trust.keyfiles import create_private_key, public_pem, raw_public, write_public_file
 from overlayd.trust.signing import RecordSigner, RecordVerifier
-from tests.integration.etcd_fixture import etcd_prefix, etcd_server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -57,15 +56,6 @@ def identity(node: str, *, ca: Ed25519PrivateKey = CA, valid: tuple[int, int] = 
                              not_before=now + valid[0], not_after=now + valid[1])
     return RecordSigner(key, cert)
 
-
-@pytest.fixture
-def raw(etcd_server: EtcdProcess) -> Iterator[etcd3.Etcd3Client]:
-    """The attacker's view: a plain etcd3 client that writes whatever it likes."""
-    client = etcd3.client("127.0.0.1", etcd_server.client_port, timeout=5)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @asynccontextmanager
