@@ -63,3 +63,11 @@ def test_missing_and_broken_files_are_clear_errors(tmp_path: Path) -> None:
     broken.write_text("node_name = \n")
     with pytest.raises(ConfigError, match=str(broken)):
         _parse(["--config", str(broken)])
+
+
+def test_the_shipped_example_config_parses() -> None:
+    example = Path(__file__).parents[2] / "deploy" / "overlayd.toml"
+    config = _parse(["--config", str(example), "--node-name", "h1"])
+    assert config.public_interface == "eth1"
+    assert config.wireguard.implementation == "auto"
+    assert config.metrics_address == "127.0.0.1:9469"
