@@ -4,6 +4,7 @@ daemon restarts that never touch the data path."""
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 
 import pytest
 
+from overlayd.lab import runner
 from tests.integration.conftest import Lab, netns_exec, overlayctl, ping_through_restarts
 
 pytestmark = pytest.mark.integration
@@ -94,3 +96,33 @@ def test_engine_drops_reach_the_daemon_metrics(lab_wg: Lab) -> None:
             break
         time.sleep(0.5)
     assert sum(drops.values()) >= 3, drops
+
+
+def test_a_new_key_in_etcd_reaches_every_peer_within_a_second(lab_wg: Lab) -> None:
+    from overlayd.backend.wgkeys import load_or_create
+    from overlayd.wireguard.uapi_server import UapiClient
+
+    h1, h3 = lab_wg.host("h1"), lab_wg.host("h3")
+    key_file = h3.dir / "state" / "wireguard.key"
+    old_public = load_or_create(key_file).public
+    assert old_public in {p.public_key for p in UapiClient("ovl.wg", h1.dir / "wg").get().peers}
+    runner.stop_daemon(h3)
+    key_file.unlink()  # h3 comes back with a new identity
+    runner.start_daemon(lab_wg.plan, h3)
+    runner.wait_ready(h3)
+    published = next(h["backend"]["public_key"] for h in json.loads(
+        overlayctl(h1.socket, "--json", "hosts", check=True).stdout) if h["node"] == "h3")
+    new_public = base64.b64decode(published)
+    seen_at = None
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        keys = {p.public_key for p in UapiClient("ovl.wg", h1.dir / "wg").get().peers}
+        if new_public in keys:
+            seen_at = time.monotonic()
+            break
+        time.sleep(0.02)
+    assert seen_at is not None, "h1 did not pick up h3's new key within 1 s"
+    assert len(keys) == 2 and old_public not in keys
+    result = netns_exec(_pod_netns(lab_wg, "pod1"), "ping", "-c", "3", "-i", "0.2", "-W", "2",
+                        lab_wg.pod_ip("pod3"), check=False)
+    assert result.returncode == 0, result.stdout
