@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import etcd3
 import pytest
+import trio
 
+from overlayd.cluster.client import ClusterClient
+from overlayd.cluster.records import LeaseVerifier, RecordEncoder
+from overlayd.cluster.watch import WatchBatch
+from overlayd.config import EtcdConfig
 from overlayd.lab.etcd_process import EtcdProcess
 
 
@@ -54,3 +60,24 @@ def raw(etcd_server: EtcdProcess) -> Iterator[etcd3.Etcd3Client]:
         yield client
     finally:
         client.close()
+
+
+def etcd_config(server: EtcdProcess, prefix: str, *extra_endpoints: str) -> EtcdConfig:
+    return EtcdConfig(endpoints=(*extra_endpoints, server.endpoint), prefix=prefix, timeout=3.0)
+
+
+@asynccontextmanager
+async def connected(server: EtcdProcess, prefix: str, *, ttl: int = 30, signer: RecordEncoder | None = None,
+                    verifier: LeaseVerifier | None = None) -> AsyncIterator[ClusterClient]:
+    """A cluster client on the test etcd, optionally signing and verifying records (overlayd/trust)."""
+    cluster = await ClusterClient.connect(etcd_config(server, prefix), lease_ttl=ttl, encoder=signer,
+                                          verifier=verifier)
+    try:
+        yield cluster
+    finally:
+        await cluster.aclose()
+
+
+async def receive(channel: trio.MemoryReceiveChannel[WatchBatch], timeout: float = 10) -> WatchBatch:
+    with trio.fail_after(timeout):
+        return await channel.receive()

@@ -7,8 +7,6 @@ import json
 import logging
 import secrets
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import etcd3
@@ -24,7 +22,7 @@ from overlayd.cluster.watch import WatchBatch
 from overlayd.config import EtcdConfig
 from overlayd.errors import ClusterError, ConfigError, ConflictError, NotFoundError
 from overlayd.lab.etcd_process import EtcdProcess
-from tests.integration.etcd_fixture import free_ports
+from tests.integration.etcd_fixture import connected, etcd_config, free_ports, receive
 
 pytestmark = pytest.mark.integration
 
@@ -35,25 +33,6 @@ CONFIG = ClusterConfig(network=ipaddress.ip_network("10.244.0.0/16"), subnet_len
 def record(node: str, host: int, mac_tail: int | None = None) -> HostRecord:
     mac = f"02:00:00:00:00:{mac_tail if mac_tail is not None else host:02x}"
     return HostRecord(node, ipaddress.ip_address(f"198.18.0.{host}"), {"type": "vxlan", "vtep_mac": mac})
-
-
-def etcd_config(server: EtcdProcess, prefix: str, *extra_endpoints: str) -> EtcdConfig:
-    return EtcdConfig(endpoints=(*extra_endpoints, server.endpoint), prefix=prefix, timeout=3.0)
-
-
-
-@asynccontextmanager
-async def connected(server: EtcdProcess, prefix: str, ttl: int = 30) -> AsyncIterator[ClusterClient]:
-    cluster = await ClusterClient.connect(etcd_config(server, prefix), lease_ttl=ttl)
-    try:
-        yield cluster
-    finally:
-        await cluster.aclose()
-
-
-async def receive(channel: trio.MemoryReceiveChannel[WatchBatch], timeout: float = 10) -> WatchBatch:
-    with trio.fail_after(timeout):
-        return await channel.receive()
 
 
 # -- errors and endpoints ----------------------------------------------------------------

@@ -12,8 +12,6 @@ import ipaddress
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import etcd3
@@ -22,12 +20,10 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ipam.config import ClusterConfig
-from overlayd.cluster.client import ClusterClient
 from overlayd.cluster.diff import HostAdded, HostRemoved
 from overlayd.cluster.keys import KeyLayout
 from overlayd.cluster.records import HostRecord
 from overlayd.cluster.watch import WatchBatch
-from overlayd.config import EtcdConfig
 from overlayd.errors import ConflictError
 from overlayd.lab.etcd_process import EtcdProcess
 from overlayd.trust.certs import TrustAnchor, certificate_file_bytes, issue_certificate
@@ -35,6 +31,7 @@ from overlayd.trust.config import TrustConfig, load_host_trust
 from overlayd.trust.errors import RejectReason
 from overlayd.trust.keyfiles import create_private_key, public_pem, raw_public, write_public_file
 from overlayd.trust.signing import RecordSigner, RecordVerifier
+from tests.integration.etcd_fixture import connected, receive
 
 pytestmark = pytest.mark.integration
 
@@ -56,22 +53,6 @@ def identity(node: str, *, ca: Ed25519PrivateKey = CA, valid: tuple[int, int] = 
                              not_before=now + valid[0], not_after=now + valid[1])
     return RecordSigner(key, cert)
 
-
-
-@asynccontextmanager
-async def connected(server: EtcdProcess, prefix: str, *, signer: RecordSigner | None = None,
-                    verifier: RecordVerifier | None = None) -> AsyncIterator[ClusterClient]:
-    etcd = EtcdConfig(endpoints=(server.endpoint,), prefix=prefix, timeout=3.0)
-    cluster = await ClusterClient.connect(etcd, lease_ttl=30, encoder=signer, verifier=verifier)
-    try:
-        yield cluster
-    finally:
-        await cluster.aclose()
-
-
-async def receive(channel: trio.MemoryReceiveChannel[WatchBatch], timeout: float = 10) -> WatchBatch:
-    with trio.fail_after(timeout):
-        return await channel.receive()
 
 
 def etcdctl_put(server: EtcdProcess, key: str, value: bytes) -> None:
