@@ -108,12 +108,7 @@ def start_etcd(plan: LabPlan) -> None:
 def stop_etcd(plan: LabPlan, timeout: float = 10.0) -> None:
     """Stop the lab's etcd (SIGTERM); its data stays for start_etcd."""
     for pid in _pids_naming(plan.etcd_dir):
-        _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid):
-            if time.monotonic() > deadline:
-                raise OverlaydError(f"etcd of lab {plan.name} (pid {pid}) did not exit in {timeout:g}s")
-            time.sleep(0.02)
+        _stop(pid, signal.SIGTERM, timeout, f"etcd of lab {plan.name}")
 
 
 def etcdctl(plan: LabPlan, *args: str) -> str:
@@ -260,19 +255,18 @@ def daemon_pid(host: LabHost) -> int | None:
 
 def stop_daemon(host: LabHost, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
     pid = daemon_pid(host)
-    if pid is None:
-        return
+    if pid is not None:
+        _stop(pid, sig, timeout, f"overlayd on {host.name}")
+
+
+def _stop(pid: int, sig: int, timeout: float, what: str) -> None:
+    """Send `sig` and wait until the process is gone."""
     _signal(pid, sig)
     deadline = time.monotonic() + timeout
     while _alive(pid):
         if time.monotonic() > deadline:
-            raise OverlaydError(f"overlayd on {host.name} (pid {pid}) did not exit in {timeout:g}s")
+            raise OverlaydError(f"{what} (pid {pid}) did not exit in {timeout:g}s")
         time.sleep(0.02)
-
-
-def _lab_pids(lab_dir: Path) -> list[int]:
-    """Processes whose command line names the lab dir: daemons, etcd, probes."""
-    return _pids_naming(lab_dir)
 
 
 def _pids_naming(path: Path) -> list[int]:
@@ -292,7 +286,8 @@ def _pids_naming(path: Path) -> list[int]:
 
 
 def _kill_lab_processes(lab_dir: Path) -> int:
-    pids = _lab_pids(lab_dir)
+    """Daemons, etcd, engines and probes: every process whose command line names the lab dir."""
+    pids = _pids_naming(lab_dir)
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + 5
