@@ -1,11 +1,17 @@
 #!/bin/bash
 # One-time set-up on a fresh Debian machine, as root: the system packages
-# overlayd and its tests use, then overlayd itself (editable) with test extras.
+# overlayd and its tests use, then overlayd itself (editable, with test extras)
+# in a fresh virtual environment holding the newest versions pyproject.toml
+# allows. The system Python is never used: its old packages would hide missing
+# or wrong requirements. The commands are linked into /usr/local/bin.
+#
+# OVERLAYD_VENV  where the virtual environment goes (default /opt/overlayd/venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+venv=${OVERLAYD_VENV:-/opt/overlayd/venv}
 
 packages=(etcd-server etcd-client wireguard-go wireguard-tools iperf3 tcpdump nftables
-          iproute2 iputils-ping procps util-linux containernetworking-plugins python3-pip)
+          iproute2 iputils-ping procps util-linux containernetworking-plugins python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,5 +25,10 @@ fi
 # and tests run their own, so leave the port free.
 if systemctl is-active --quiet etcd 2>/dev/null; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
 
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --break-system-packages -e '.[test]'
-command -v pyenv >/dev/null && pyenv rehash || true
+# --clear: a fresh environment every time, so an upgrade never mixes old and new.
+python3 -m venv --clear "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager -e '.[test]'
+for cmd in overlayd overlayctl overlayd-wg; do
+  ln -sf "$venv/bin/$cmd" "/usr/local/bin/$cmd"
+done

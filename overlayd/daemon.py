@@ -56,7 +56,7 @@ from overlayd.cluster.keys import IPNetwork
 from overlayd.cluster.records import HostRecord, Lease
 from overlayd.cluster.watch import WatchBatch
 from overlayd.config import DaemonConfig, add_daemon_arguments, config_from_args
-from overlayd.errors import ClusterError, ConfigError, ConflictError, NotFoundError, OverlaydError
+from overlayd.errors import ClusterError, ConfigError, ConflictError, NotFoundError, OverlaydError, fatal_error
 from overlayd.health import HealthModel, LoggingReporter
 from overlayd.metrics import (CountingReporter, DaemonMetrics, HandshakeTracker, drops_from_engine_counters,
                               parse_listen_address, serve_metrics)
@@ -511,8 +511,11 @@ def main(argv: list[str] | None = None) -> int:
             # Before any thread exists, so every thread the daemon starts lives there.
             enter_named_netns(config.netns, config.netns_dir)
         trio.run(_serve_until_signalled, Daemon(config))
-    except OverlaydError as exc:
-        log.error("%s", exc)
+    except (OverlaydError, OSError, BaseExceptionGroup) as exc:
+        fatal = fatal_error(exc)
+        if fatal is None:
+            raise
+        log.error("%s", fatal)
         return 1
     return 0
 

@@ -49,7 +49,7 @@ class LeaseStore(Protocol):
 
 RunSync = Callable[..., Awaitable[Any]]
 # Abandoned on cancel: a call into an unreachable etcd must not hold up the daemon's shutdown.
-_in_thread: RunSync = partial(trio.to_thread.run_sync, cancellable=True)
+_in_thread: RunSync = partial(trio.to_thread.run_sync, abandon_on_cancel=True)
 
 
 class LeaseKeeper:

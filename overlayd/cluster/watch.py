@@ -133,13 +133,13 @@ class LeaseFollower:
             await self._cool_down(freed)
 
     async def _follow(self, send_channel: trio.MemorySendChannel[WatchBatch], start_revision: int) -> NoReturn:
-        stream = await trio.to_thread.run_sync(self._store.watch, start_revision, cancellable=True)
+        stream = await trio.to_thread.run_sync(self._store.watch, start_revision, abandon_on_cancel=True)
         self._backoff = MIN_BACKOFF
         self._report.recover("watch")
         try:
             while True:
                 # Cancellable: on cancel the thread is abandoned and stream.cancel() below ends it.
-                chunk = await trio.to_thread.run_sync(stream.next_chunk, cancellable=True)
+                chunk = await trio.to_thread.run_sync(stream.next_chunk, abandon_on_cancel=True)
                 decoded = decode_chunk(self._store.layout, self._config, chunk, self._store.verifier)
                 events = self._watcher.update(decoded.events)
                 if events or decoded.rejected:
@@ -163,7 +163,7 @@ class LeaseFollower:
         while True:
             try:
                 # Abandoned on cancel: an unreachable etcd must not hold up the daemon's shutdown.
-                listing = await trio.to_thread.run_sync(self._store.list_leases, self._config, cancellable=True)
+                listing = await trio.to_thread.run_sync(self._store.list_leases, self._config, abandon_on_cancel=True)
             except ClusterError as exc:
                 self._report.fail("watch", f"listing subnet leases failed: {exc}")
                 await self._sleep_backoff()
