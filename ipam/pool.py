@@ -90,6 +90,23 @@ class AddressPool:
         self._cursor = candidate
         return self._address(candidate)
 
+    def assign(self, owner: str, address: IPAddress) -> None:
+        """Give the owner this very address (a pod found in the kernel keeps the one it has).
+
+        InvalidState if the address is not a pod address of the subnet, is held by another
+        owner, or the owner already holds a different one.
+        """
+        _check_owner(owner)
+        value = self._parse_address_untrusted(f"address of {owner!r}", str(address))
+        holder = self._owner_of.get(value)
+        if holder is not None and holder != owner:
+            raise InvalidState(f"{address} is already the address of {holder!r}")
+        current = self._address_of.get(owner)
+        if current is not None and current != value:
+            raise InvalidState(f"{owner!r} already holds {self._address(current)}")
+        self._address_of[owner] = value
+        self._owner_of[value] = owner
+
     def release(self, owner: str) -> IPAddress | None:
         """Free the owner's address and return it; None if the owner held none."""
         address = self._address_of.pop(owner, None)

@@ -45,11 +45,13 @@ from overlayd.api.server import ControlServer
 from overlayd.backend.host import ensure_host_network
 from overlayd.backend.mac import random_local_mac
 from overlayd.backend.peers import PeerVtep
+from overlayd.backend.recall import recall_host
 from overlayd.backend.underlay import Underlay, detect_underlay
 from overlayd.backend.vxlan import VxlanBackend
 from overlayd.backend.vxlan_plan import vxlan_mtu
 from overlayd.backend.wireguard import WIREGUARD_OVERHEAD, PeerStats, WgPeer, WireGuardBackend
 from overlayd.cluster.client import ClusterClient
+from overlayd.cluster.errors import SubnetTaken
 from overlayd.cluster.grace import PeerGrace
 from overlayd.cluster.keeper import LeaseKeeper
 from overlayd.cluster.keys import IPNetwork
@@ -68,6 +70,7 @@ from overlayd.pods.config import PodNetworkConfig
 from overlayd.pods.manager import PodManager
 from overlayd.pods.service import PodService
 from overlayd.pods.store import PodStore
+from overlayd.statefile import StateError
 
 log = logging.getLogger("overlayd")
 T = TypeVar("T")
@@ -84,8 +87,9 @@ ETCD_COMPONENTS = ("config", "lease", "watch")  # health components that mean "e
 class Daemon:
     """One host's daemon; also the ControlPlane the control socket serves."""
 
-    def __init__(self, config: DaemonConfig) -> None:
+    def __init__(self, config: DaemonConfig, *, renumber: bool = False) -> None:
         self.config = config
+        self._renumber = renumber  # the operator asked to give up the saved subnet (and its pods)
         self._kernel_lock = trio.CapacityLimiter(1)  # netlink and namespaces: one job at a time
         self._converge_lock = trio.Lock()  # one peer convergence at a time, each from the newest state
         self._files = StateFiles(config.state_dir)
@@ -131,23 +135,32 @@ class Daemon:
     # --- start-up -----------------------------------------------------------
 
     async def _start(self, ipr: Any) -> Lease | None:
-        """Everything up to programmed pods; returns the lease, or None when running on saved state."""
+        """Everything up to programmed pods; returns the lease, or None when running on saved state.
+
+        Local state is read (and damaged files set aside) before etcd or the kernel is touched;
+        what a damaged file lost comes back from the kernel, then from etcd. The host never
+        moves to another subnet on its own: only --renumber does that.
+        """
         config = self.config
         state, problems = self._files.load_host()
+        problems += self._check_pod_store()
         for problem in problems:
-            self._note(f"saved host state: {problem}")
+            self._damaged(problem)
         self.underlay = await self._kernel(detect_underlay, ipr, public_ip=config.public_ip,
                                            interface=config.public_interface)
         # Files only, so it works while etcd is down; ConfigError if key, cert and anchor disagree.
         self.trust = load_host_trust(config.trust, node=config.node_name, state_dir=config.state_dir)
         self.cluster = ClusterClient.open(config.etcd, lease_ttl=config.lease_ttl,
                                           encoder=self.trust.signer, verifier=self.trust.verifier)
+        state = await self._recall_from_kernel(ipr, state)
         online = await self._read_cluster_config(state)
         assert self.cluster_config is not None
         if state.vtep_mac is None:
             state = self._save_host(replace(state, vtep_mac=random_local_mac(self._rng)))
         self.backend = self._make_backend(ipr, state)
         self.record = HostRecord(config.node_name, self.underlay.ip, self.backend.backend_data())
+        if online and state.subnet is None:
+            state = replace(state, subnet=await self._find_own_subnet())
         lease = await self._claim_at_start(state.subnet) if online else None
         self.subnet = lease.subnet if lease is not None else state.subnet
         assert self.subnet is not None
@@ -159,11 +172,63 @@ class Daemon:
         host = await self._kernel(ensure_host_network, ipr, bridge=config.bridge_name, subnet=self.subnet, mtu=mtu)
         await self._kernel(self.backend.setup, self.subnet)
         self.pods = await self._kernel(self._open_pods, host.gateway, mtu)
-        report = await self._kernel(self.pods.reconcile)
+        for problem in self.pods.problems:
+            self._damaged(problem)
+        report = await self._kernel(self.pods.reconcile, renumbered=self._renumber)
+        if report.adopted:
+            log.warning("pods taken back from the kernel: %s", ", ".join(report.adopted))
+        if report.untouched:
+            # Running pods this host cannot number: left alone for the operator.
+            self.reporter.fail("pods", "pods left as they are, outside this host's pod store: " + "; ".join(
+                f"{name} ({why})" for name, why in report.untouched.items()))
         if report.dropped or report.removed or report.failed:
             log.warning("pods reconciled: dropped %s, removed %s, failed %s",
                         report.dropped, report.removed, report.failed)
         return lease
+
+    def _check_pod_store(self) -> list[str]:
+        """Read the pod store before anything else; a damaged one is set aside (PodService
+        then takes the pods back from the kernel)."""
+        store = PodStore(self.config.state_dir / "pods.json")
+        try:
+            store.load()
+            return []
+        except StateError as exc:
+            return [f"{exc}; set aside as {store.set_aside()}; pods are taken back from the kernel"]
+        finally:
+            store.close()
+
+    def _damaged(self, problem: str) -> None:
+        """A damaged local file: loud, because something outside overlayd broke it."""
+        self.health.note(problem)
+        self.metrics.state_damaged.inc()
+        log.error("%s", problem)
+
+    async def _recall_from_kernel(self, ipr: Any, state: HostState) -> HostState:
+        """Fill in what the saved state lacks from what the kernel still has (bridge, VXLAN device)."""
+        if state.subnet is not None and state.vtep_mac is not None:
+            return state
+        recalled = await self._kernel(recall_host, ipr, bridge=self.config.bridge_name,
+                                      vxlan_device=self.config.vxlan_device)
+        if state.subnet is None and recalled.subnet is not None:
+            log.warning("subnet %s recalled from bridge %s", recalled.subnet, self.config.bridge_name)
+            state = replace(state, subnet=recalled.subnet)
+        if state.vtep_mac is None and recalled.vtep_mac is not None:
+            state = replace(state, vtep_mac=recalled.vtep_mac)
+        return state
+
+    async def _find_own_subnet(self) -> IPNetwork | None:
+        """With nothing saved or in the kernel: a key in etcd naming this node and public IP."""
+        assert self.cluster is not None and self.cluster_config is not None and self.record is not None
+        try:
+            found = await self.cluster.find_own(self.cluster_config, self.record)
+        except ClusterError as exc:
+            self.reporter.fail("lease", f"looking for this host's subnet in etcd failed: {exc}")
+            return None
+        if found is not None:
+            log.warning("subnet %s recalled from etcd (its key names %s at %s)", found, self.record.node,
+                        self.record.public_ip)
+        return found
 
     async def _read_cluster_config(self, state: HostState) -> bool:
         """Set self.cluster_config; True if etcd gave it, False if we run on the saved state."""
@@ -188,27 +253,36 @@ class Daemon:
             return True
 
     async def _claim_at_start(self, previous: IPNetwork | None) -> Lease | None:
-        """Claim a subnet, the saved one when possible; None means: run on the saved subnet and let
-        the keeper claim it again (etcd failed, or another host holds it and nothing else is free)."""
-        assert self.cluster is not None and self.cluster_config is not None
+        """The lease on this host's subnet; None means: run on the saved subnet and let the keeper
+        claim it again (etcd failed, or another host holds it: reported, and never renumbered).
+        A host with no subnet yet, or one the operator renumbers, claims a new one."""
+        assert self.cluster is not None and self.cluster_config is not None and self.record is not None
+        if previous is not None and self._renumber:
+            if await self.cluster.give_up(previous, self.record):
+                log.warning("--renumber: gave up subnet %s; its pods are removed", previous)
+            previous = None
+        if previous is not None:
+            try:
+                lease = await self.cluster.reclaim(self.cluster_config, self.record, previous)
+            except SubnetTaken as exc:
+                self.reporter.fail("subnet", f"{exc}: this host keeps its pods on it and does not announce it "
+                                             "until it is free again (or restart overlayd with --renumber)")
+                return None
+            except (ClusterError, ConflictError) as exc:
+                self.reporter.fail("lease", f"claiming subnet {previous} failed: {exc}")
+                return None
+            self.reporter.recover("lease")
+            return lease
         backoff = START_BACKOFF[0]
         while True:
             try:
-                lease = await self.cluster.acquire(self.cluster_config, self.record, previous=previous)
+                lease = await self.cluster.acquire(self.cluster_config, self.record)
             except (ClusterError, ConflictError) as exc:
-                if previous is not None:
-                    self.reporter.fail("lease", f"claiming subnet {previous} failed: {exc}")
-                    return None
                 self.reporter.fail("lease", f"claiming a subnet failed: {exc}")
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, START_BACKOFF[1])
                 continue
             self.reporter.recover("lease")
-            if previous is not None and lease.subnet != previous:
-                # Nothing is programmed yet, so renumbering now is safe; pods of the old subnet go.
-                self.health.note(f"previous subnet {previous} is held by another host; now using {lease.subnet}")
-                log.error("previous subnet %s is held by another host; this host now uses %s", previous,
-                          lease.subnet)
             return lease
 
     def _make_backend(self, ipr: Any, state: HostState) -> Backend:
@@ -310,9 +384,14 @@ class Daemon:
             finally:
                 self.metrics.reconcile_duration.observe(time.monotonic() - started)
             self.metrics.reconcile_runs.inc(result="ok")
+            refused = len(peers) - len(wanted) + result.refused
             self.metrics.peers.set(len(wanted) - result.refused)
-            self.metrics.refused_peers.set(len(peers) - len(wanted) + result.refused)
+            self.metrics.refused_peers.set(refused)
             self.reporter.recover("kernel")
+            if refused:  # a host we cannot reach is not a healthy cluster, whoever is at fault
+                self.reporter.fail("peers", f"{refused} of {len(peers)} peers refused (see last_error and logs)")
+            else:
+                self.reporter.recover("peers")
             if result.added or result.changed or result.removed:
                 log.info("peers: %d (kernel objects added %d, changed %d, removed %d)",
                          len(wanted), result.added, result.changed, result.removed)
@@ -498,7 +577,10 @@ async def _serve_until_signalled(daemon: Daemon) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="overlayd", description="overlayd: pod overlay network daemon")
     add_daemon_arguments(parser)
+    parser.add_argument("--renumber", action="store_true",
+                        help="give up this host's subnet and claim a new one; pods of the old subnet are deleted")
     args = parser.parse_args(argv)
+    renumber = vars(args).pop("renumber")  # an action for this start, not a setting
     try:
         config = config_from_args(args)
     except ConfigError as exc:
@@ -510,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.netns:
             # Before any thread exists, so every thread the daemon starts lives there.
             enter_named_netns(config.netns, config.netns_dir)
-        trio.run(_serve_until_signalled, Daemon(config))
+        trio.run(_serve_until_signalled, Daemon(config, renumber=renumber))
     except (OverlaydError, OSError, BaseExceptionGroup) as exc:
         fatal = fatal_error(exc)
         if fatal is None:

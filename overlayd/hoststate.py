@@ -8,9 +8,10 @@ Two files in the state dir, each replaced atomically (statefile.write_json_atomi
     peers.json  {"peers": [{"subnet": "10.244.7.0/24", "record": {host record}}, ...]}
                 the peers last programmed into the kernel.
 
-Files can be damaged (disk trouble, an operator's editor), so they are parsed like
-untrusted input: a bad field or entry is dropped with a reason, never fatal; the daemon
-then knows less, and etcd fills it in.
+Files can be damaged (disk trouble, an operator's editor, a truncation), so they are
+parsed like untrusted input: a bad field or entry is dropped with a reason, never fatal;
+a file that is not JSON at all is set aside (statefile.set_aside) for the operator. The
+daemon then knows less, and the kernel and etcd fill it in (daemon.py: _previous_subnet).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from overlayd.cluster.errors import RecordError
 from overlayd.cluster.keys import IPNetwork
 from overlayd.cluster.records import Lease, check_subnet, parse_host_record_untrusted
 from overlayd.errors import ConfigError
-from overlayd.statefile import StateError, read_json, write_json_atomic
+from overlayd.statefile import StateError, read_json, set_aside, write_json_atomic
 
 MAX_SAVED_PEERS = 65536  # more entries than any cluster network holds subnets: the file is damaged
 
@@ -135,7 +136,7 @@ class StateFiles:
         try:
             return host_state_from_dict_untrusted(read_json(self.host_path))
         except StateError as exc:
-            return HostState(), [str(exc)]
+            return HostState(), [_set_aside(exc)]
 
     def save_host(self, state: HostState) -> None:
         write_json_atomic(self.host_path, state.to_dict())
@@ -144,7 +145,13 @@ class StateFiles:
         try:
             return peers_from_dict_untrusted(read_json(self.peers_path), config)
         except StateError as exc:
-            return {}, [str(exc)]
+            return {}, [_set_aside(exc)]
 
     def save_peers(self, peers: Mapping[IPNetwork, Lease]) -> None:
         write_json_atomic(self.peers_path, peers_to_dict(peers))
+
+
+def _set_aside(exc: StateError) -> str:
+    """Move an unreadable state file aside; the text says where it went."""
+    aside = set_aside(exc.path)
+    return f"{exc} (kept as {aside})" if aside else str(exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from typing import Any
 
 from overlayd.errors import OverlaydError
@@ -96,3 +97,20 @@ def read_json(path: str | os.PathLike[str]) -> Any | None:
         raise StateError(target, "corrupt: not UTF-8 text") from None
     except (ValueError, RecursionError) as exc:
         raise StateError(target, f"corrupt: not valid JSON ({exc})") from None
+
+
+def set_aside(path: str | os.PathLike[str]) -> str | None:
+    """Move a damaged state file out of the way, keeping it for the operator to inspect.
+
+    The file becomes <name>.damaged-<UTC time>, so the daemon can write a fresh one and a
+    later damage never overwrites the evidence of an earlier one. Returns the new path, or
+    None when the file is gone or cannot be moved (the caller reports the damage either way).
+    """
+    target = os.fspath(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = f"{target}.damaged-{stamp}-{secrets.token_hex(2)}"
+    try:
+        os.rename(target, aside)
+    except OSError:
+        return None
+    return aside

@@ -119,6 +119,18 @@ class ClusterClient:
         """Claim a subnet (previous kept when possible, in place if its key survived)."""
         return await self._run(self.store.acquire, config, record, previous=previous)
 
+    async def reclaim(self, config: ClusterConfig, record: HostRecord, subnet: IPNetwork) -> Lease:
+        """Claim this very subnet again (SubnetTaken if another host holds it); never another one."""
+        return await self._run(self.store.reclaim, config, record, subnet)
+
+    async def find_own(self, config: ClusterConfig, record: HostRecord) -> IPNetwork | None:
+        """The subnet whose key names this host by node name and public IP, if any."""
+        return await self._run(self.store.find_own, config, record)
+
+    async def give_up(self, subnet: IPNetwork, record: HostRecord) -> bool:
+        """Release our key on `subnet` now (the operator renumbers this host)."""
+        return await self._run(self.store.give_up, subnet, record)
+
     async def lease_ttl_left(self, lease: Lease) -> int | None:
         """Seconds before etcd drops the lease unless renewed (for `overlayctl status`)."""
         if lease.lease_id is None:

@@ -133,7 +133,7 @@ class LeaseKeeper:
                 self._report.recover("lease")  # etcd answered; what is wrong now is the conflict
                 self._report.fail("subnet", f"{exc}: this host stopped announcing it, so its pods are "
                                             "unreachable from other hosts until the subnet is free again "
-                                            "(or restart overlayd to move this host to a new subnet)")
+                                            "(or restart overlayd with --renumber to move this host to a new subnet)")
                 await trio.sleep(CONFLICT_RETRY)
                 continue
             except (ClusterError, ConflictError) as exc:

@@ -230,6 +230,30 @@ class SubnetStore:
             self._revoke_quietly(lease_id)
             raise
 
+    def find_own(self, config: ClusterConfig, record: HostRecord) -> IPNetwork | None:
+        """The subnet whose key names this host (node name and public IP), for a host that
+        lost its saved state: it takes that subnet back instead of claiming a second one.
+        Recognised whatever the record's signature says; of several, the oldest claim."""
+        mine = []
+        for kv in self.etcd.get_prefix(self.layout.subnets).kvs:
+            try:
+                subnet = self.layout.subnet_of_key_untrusted(kv.key)
+                holder = parse_host_record_untrusted(kv.value)
+            except RecordError:
+                continue
+            if (holder.node, holder.public_ip) == (record.node, record.public_ip) and config.contains_subnet(subnet):
+                mine.append((kv.create_revision, subnet))
+        return min(mine, key=lambda found: found[0])[1] if mine else None
+
+    def give_up(self, subnet: IPNetwork, record: HostRecord) -> bool:
+        """Release `subnet` if its key names this host (the operator renumbers it); False if not ours."""
+        kv = self.etcd.get(self.layout.subnet_key(subnet))
+        if kv is None or self._holder(kv) != record.node or not kv.lease_id:
+            return False
+        self.release(Lease(subnet, record, kv.lease_id))
+        log.info("gave up subnet %s of %s (lease %x)", subnet, record.node, kv.lease_id)
+        return True
+
     @staticmethod
     def _holder(kv: KeyValue) -> str | None:
         """The node a subnet key's record names; None if the record is unreadable."""

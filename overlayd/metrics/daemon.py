@@ -69,6 +69,8 @@ class DaemonMetrics:
                                           "Control socket requests refused, by reason", ("reason",))
         self.wireguard_handshakes = r.counter("overlayd_wireguard_handshakes_total",
                                               "WireGuard handshakes completed with peers")
+        self.state_damaged = r.counter("overlayd_state_files_damaged_total",
+                                       "Local state files found damaged, set aside and rebuilt from kernel and etcd")
         # Every known label value shows from the start: a rate() over a series that appears late misses its first step.
         for reason in DROP_REASONS:
             self.dropped_records.inc(0, reason=reason)

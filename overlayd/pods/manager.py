@@ -18,8 +18,9 @@ that is in the way of a new pod of the same name.
 from __future__ import annotations
 
 import errno
+import json
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from overlayd.pods.rtnl import NetlinkError, Rtnl
 IPAddress = IPv4Address | IPv6Address
 
 POD_IFNAME = "eth0"
+META_FILE = "pod.json"  # in the pod's directory: see write_meta()
 
 
 class PodManager:
@@ -150,6 +152,34 @@ class PodManager:
                 self._add_veth(ns, self._bridge_index())
             self._configure_pod(pod, ip, prune=True)
 
+    def address(self, name: str) -> IPAddress | None:
+        """The pod address the kernel has on the pod's eth0 (None if it has none, or several)."""
+        ns = self.paths(name)
+        with nsfiles.call_in_netns(ns.net, Rtnl) as pod:
+            eth0 = links.get_link(pod, POD_IFNAME)
+            if eth0 is None:
+                return None
+            family = links.family_of(self._config.gateway)
+            found = [ip for ip, prefixlen in links.addresses(pod, eth0.index, family)
+                     if prefixlen == self._config.prefixlen and self._config.pod_subnet_contains(ip)]
+        return found[0] if len(found) == 1 else None
+
+    def write_meta(self, name: str, meta: Mapping[str, object]) -> None:
+        """Keep a copy of what the kernel cannot tell (labels, creation time) beside the pod's
+        namespaces, so a lost pod store can be rebuilt. Not synced: it is a spare copy."""
+        path = self.paths(name).pod_dir / META_FILE
+        try:
+            path.write_text(json.dumps(meta, sort_keys=True))
+        except OSError as exc:
+            raise KernelError(f"cannot write {path}: {exc.strerror}") from exc
+
+    def read_meta(self, name: str) -> object | None:
+        """The spare copy written by write_meta (untrusted: parse it), None if missing or unreadable."""
+        try:
+            return json.loads((self.paths(name).pod_dir / META_FILE).read_bytes())
+        except (OSError, ValueError, RecursionError):
+            return None
+
     def remove_stray_links(self, keep: Collection[str]) -> list[str]:
         """Delete host veths of ours that belong to none of the pods in `keep`; returns their names."""
         wanted = {veth_name(self._config.link_prefix, name) for name in keep}
@@ -221,6 +251,10 @@ class PodManager:
             links.detach_link(self._host, ns.host_veth)
         for path in (ns.net, ns.uts, ns.ipc):
             nsfiles.remove_namespace_file(path)
+        try:
+            os.unlink(ns.pod_dir / META_FILE)
+        except OSError:
+            pass  # absent (a pod of an older overlayd, or half-made); remove_dir reports the rest
         nsfiles.remove_dir(ns.pod_dir)
 
 

@@ -3,6 +3,12 @@
 Every change is on disk before the call returns, so a restarted daemon keeps
 its pods and their addresses; reconcile() then makes the kernel and the store
 agree again. Synchronous; the daemon calls it from one worker thread at a time.
+
+The kernel is the truth and the store a cache of it: only delete() removes a pod.
+A damaged store is set aside and rebuilt from the kernel (each pod keeps the address
+its eth0 has; labels come from the spare copy beside its namespaces), and a pod that
+cannot be taken back (its address is outside this host's subnet, or taken) is left
+running as it is and reported, never removed on the daemon's own initiative.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from ipam.errors import InvalidState, OutOfAddresses, SubnetMismatch
 from ipam.pool import AddressPool
@@ -23,6 +29,7 @@ from overlayd.pods.store import PodStore
 from overlayd.statefile import StateError
 
 IPNetwork = IPv4Network | IPv6Network
+IPAddress = IPv4Address | IPv6Address
 
 
 def _utcnow() -> datetime:
@@ -33,8 +40,10 @@ def _utcnow() -> datetime:
 class ReconcileReport:
     kept: list[str]  # in the store and in the kernel (network re-ensured)
     dropped: list[str]  # in the store, but their namespaces were gone
-    removed: list[str]  # namespaces of ours that no stored pod owns
-    stray_links: list[str]  # host veths of ours that no stored pod owns
+    adopted: list[str]  # complete pods in the kernel the store did not know: taken back as they are
+    untouched: dict[str, str]  # complete pods that could not be taken back, left running: name -> why
+    removed: list[str]  # half-made pods (a create cut short) no stored pod owns, and with renumber, untouched ones
+    stray_links: list[str]  # host veths of ours that no pod owns
     failed: dict[str, str]  # kept pods whose repair failed: name -> error
 
 
@@ -57,6 +66,7 @@ class PodService:
         self._store = store
         self._node = node
         self._clock = clock
+        self.problems: list[str] = []  # what loading the store found damaged (and set aside)
         config = manager.config
         if (config.gateway, config.prefixlen) != (AddressPool(subnet).gateway, subnet.prefixlen):
             raise ConfigError(
@@ -102,6 +112,7 @@ class PodService:
                     exc.add_note(f"saving the pod store failed too: {also}")
             raise
         try:
+            self._manager.write_meta(name, self._records[name].to_dict())
             saving[0].result()
         except BaseException as exc:
             # Not persisted means not created: a restarted daemon would not know this pod.
@@ -136,12 +147,15 @@ class PodService:
     def list(self) -> list[PodInfo]:
         return [self.get(name) for name in sorted(self._records)]
 
-    def reconcile(self) -> ReconcileReport:
+    def reconcile(self, *, renumbered: bool = False) -> ReconcileReport:
         """Make kernel and store agree after a restart (idempotent, safe to run any time).
 
-        Stored pods whose namespaces exist are kept and their network repaired;
-        stored pods whose namespaces are gone are dropped and their addresses freed;
-        namespaces and host veths of ours that no stored pod owns are removed.
+        Stored pods whose namespaces exist are kept and their network repaired; stored pods
+        whose namespaces are gone are dropped and their addresses freed; complete pods in the
+        kernel that the store does not know are adopted with the address they have, or left
+        untouched when that address is not ours to give. Only half-made pods (namespace files
+        of a create cut short) are removed, and, when the operator renumbered this host
+        (`renumbered`), the pods numbered in its old subnet.
         """
         kept: list[str] = []
         dropped: list[str] = []
@@ -156,32 +170,61 @@ class PodService:
                 self._manager.ensure(name, record.ip)
             except KernelError as exc:
                 failed[name] = str(exc)
-        removed = sorted(self._manager.list_kernel_pods() - self._records.keys())
-        for name in removed:
-            self._manager.delete(name)
+        adopted: list[str] = []
+        untouched: dict[str, str] = {}
+        removed: list[str] = []
+        for name in sorted(self._manager.list_kernel_pods() - self._records.keys()):
+            why = self._adopt(name) if self._manager.exists(name) else "half-made"
+            if name in self._records:
+                adopted.append(name)
+            elif why == "half-made" or renumbered:
+                removed.append(name)
+                self._manager.delete(name)
+            else:
+                untouched[name] = why
         for owner in self._pool.allocations.keys() - self._records.keys():
             self._pool.release(owner)
-        stray_links = self._manager.remove_stray_links(keep=self._records.keys())
+        stray_links = self._manager.remove_stray_links(keep=self._records.keys() | untouched.keys())
         self._save()
-        return ReconcileReport(kept=kept, dropped=dropped, removed=removed, stray_links=stray_links, failed=failed)
+        return ReconcileReport(kept=kept, dropped=dropped, adopted=adopted, untouched=untouched, removed=removed,
+                               stray_links=stray_links, failed=failed)
+
+    def _adopt(self, name: str) -> str | None:
+        """Take a complete pod found in the kernel back into the store; None, or why it cannot be."""
+        try:
+            ip = self._manager.address(name)
+        except KernelError as exc:
+            return f"cannot read its address: {exc}"
+        if ip is None:
+            return f"its eth0 has no single address in {self._pool.subnet}"
+        try:
+            self._pool.assign(name, ip)
+        except InvalidState as exc:
+            return str(exc)
+        labels, created = _meta_untrusted(self._manager.read_meta(name), name, ip)
+        self._records[name] = PodRecord(name=name, ip=ip, node=self._node,
+                                        created=created or format_time(self._clock()), labels=labels)
+        return None
 
     def _load(self, subnet: IPNetwork) -> tuple[dict[str, PodRecord], AddressPool]:
-        stored = self._store.load()
-        if stored is None:
-            return {}, AddressPool(subnet)
+        """The stored pods; a damaged store is set aside (reconcile() then adopts from the kernel)."""
         try:
+            stored = self._store.load()
+            if stored is None:
+                return {}, AddressPool(subnet)
             pool = AddressPool(subnet, state=stored.pool)
-        except SubnetMismatch:
-            # The host got another subnet: the old pods' addresses are void; reconcile removes them.
-            return {}, AddressPool(subnet)
-        except (InvalidState, ValueError) as exc:
-            raise StateError(str(self._store.path), f"corrupt address pool: {exc}") from None
-        for name, record in stored.pods.items():
-            if pool.lookup(name) != record.ip:
-                raise StateError(
-                    str(self._store.path), f"corrupt: pod {name} has {record.ip} but the pool says {pool.lookup(name)}"
-                )
-        return dict(stored.pods), pool
+            for name, record in stored.pods.items():
+                if pool.lookup(name) != record.ip:
+                    raise InvalidState(f"pod {name} has {record.ip} but the pool says {pool.lookup(name)}")
+            return dict(stored.pods), pool
+        except SubnetMismatch as exc:
+            problem = f"its pods were numbered in another subnet ({exc})"
+        except (StateError, InvalidState, ValueError) as exc:
+            problem = str(exc)
+        aside = self._store.set_aside()
+        self.problems.append(f"pod store {self._store.path}: {problem}; set aside as {aside}; "
+                             "pods are taken back from the kernel")
+        return {}, AddressPool(subnet)
 
     def _forget(self, name: str) -> None:
         del self._records[name]
@@ -200,3 +243,14 @@ def _settle(future: Future[None]) -> None:
         future.result()
     except OverlaydError:
         pass
+
+
+def _meta_untrusted(meta: object, name: str, ip: IPAddress) -> tuple[Mapping[str, str], str | None]:
+    """Labels and creation time from a pod's spare copy, if it is intact and about this pod."""
+    try:
+        record = PodRecord.from_dict_untrusted(meta)
+    except ValueError:
+        return {}, None
+    if record.name != name or record.ip != ip:
+        return {}, None
+    return record.labels, record.created

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from overlayd.pods.records import PodRecord
-from overlayd.statefile import StateError, read_json, write_json_atomic
+from overlayd.statefile import StateError, read_json, set_aside, write_json_atomic
 
 STORE_VERSION = 1
 
@@ -50,6 +50,10 @@ class PodStore:
             return _parse_untrusted(data)
         except ValueError as exc:
             raise StateError(str(self._path), f"corrupt: {exc}") from None
+
+    def set_aside(self) -> str | None:
+        """Move a damaged store out of the way (see statefile.set_aside); where it went."""
+        return set_aside(self._path)
 
     def save(self, pods: Mapping[str, PodRecord], pool: Mapping[str, Any]) -> None:
         self.save_async(pods, pool).result()

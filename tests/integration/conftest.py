@@ -60,6 +60,9 @@ class Lab:
     def pod_ip(self, pod_name: str) -> str:
         return next(p["ip"] for p in self.result["pods"] if p["name"] == pod_name)
 
+    def pod_netns(self, pod_name: str) -> str:
+        return next(p["netns"] for p in self.result["pods"] if p["name"] == pod_name)
+
 
 def ping_through_restarts(lab: Lab, src_pod: str, dst_pod: str, hosts: list[str], sig: int,
                           count: int = 300, interval: float = 0.01) -> tuple[int, str]:

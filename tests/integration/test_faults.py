@@ -17,10 +17,8 @@ import ipaddress
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +33,11 @@ from overlayd.lab import runner
 from overlayd.lab.plan import LabHost, LabPlan, make_plan
 from overlayd.wireguard.uapi_server import UapiClient
 from tests.integration.conftest import Lab, netns_exec, unique_name
+from tests.integration.labtools import (PREFIX, PingFlow, add_pod, cluster_leases, components, cpu_seconds, key_exists,
+                                       status, subnet_key, wait_for)
 
 pytestmark = pytest.mark.integration
 
-PING_RATE = 1000  # echoes per second in every flow
 ETCD_STOPPED_FOR = 60.0  # seconds etcd is down in the outage test (the issue's figure)
 ETCD_CUT_FOR = 30.0  # seconds etcd is silently unreachable: past the lab's 15 s lease TTL
 MAX_RECONNECT = 5.0  # seconds from etcd being back to a healthy daemon
@@ -47,7 +46,6 @@ MAX_OUTAGE_CPU = 0.05  # share of one core a daemon may use while etcd is away
 RACE_HOSTS = 20
 RACE_ROUNDS = 3
 RACE_RESERVED = 10  # of the 32 race subnets, leaving 22 for 20 hosts
-PREFIX = "/overlayd/network"
 VXLAN_DEVICE = "ovl.vx"
 
 FIGURES: dict[str, Any] = {}
@@ -66,136 +64,6 @@ def _write_figures() -> Iterator[None]:
         path = Path(target)
         known = json.loads(path.read_text()) if path.exists() else {}
         path.write_text(json.dumps(known | FIGURES, indent=2, sort_keys=True) + "\n")
-
-
-# --- a paced ping that measures loss and the longest silence ------------------------------
-
-_PINGER = r"""
-import json, os, select, signal, socket, struct, sys, time
-
-dst, rate = sys.argv[1], float(sys.argv[2])
-stop = False
-def on_signal(*_):
-    global stop
-    stop = True
-signal.signal(signal.SIGTERM, on_signal)
-signal.signal(signal.SIGINT, on_signal)
-
-def checksum(data):
-    data += b"\0" * (len(data) % 2)
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    return ~(total + (total >> 16)) & 0xFFFF
-
-sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-sock.setblocking(False)
-ident = os.getpid() & 0xFFFF
-interval = 1 / rate
-sent, replies, seen = 0, 0, set()
-first = last = None
-max_gap = 0.0
-
-def receive(now):
-    global replies, last, max_gap
-    while True:
-        try:
-            data = sock.recv(2048)
-        except BlockingIOError:
-            return
-        ihl = (data[0] & 0x0F) * 4
-        kind, _, _, rid, _ = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-        if kind != 0 or rid != ident:
-            continue
-        (seq,) = struct.unpack("!Q", data[ihl + 8:ihl + 16])
-        if seq in seen:
-            continue
-        seen.add(seq)
-        replies += 1
-        if last is not None:
-            max_gap = max(max_gap, now - last)
-        last = now
-
-print("up", flush=True)
-start = next_send = time.monotonic()
-while not stop:
-    now = time.monotonic()
-    while now >= next_send:
-        body = struct.pack("!Q", sent) + b"overlayd-fault-test"
-        header = struct.pack("!BBHHH", 8, 0, 0, ident, sent & 0xFFFF)
-        packet = struct.pack("!BBHHH", 8, 0, checksum(header + body), ident, sent & 0xFFFF) + body
-        sock.sendto(packet, (dst, 0))
-        sent += 1
-        next_send += interval
-    select.select([sock], [], [], max(0.0, next_send - time.monotonic()))
-    receive(time.monotonic())
-duration = time.monotonic() - start
-deadline = time.monotonic() + 1.0  # stragglers
-while time.monotonic() < deadline and replies < sent:
-    select.select([sock], [], [], 0.05)
-    receive(time.monotonic())
-print(json.dumps({"sent": sent, "received": replies, "lost": sent - replies, "duration_s": duration,
-                  "rate": sent / duration, "max_gap_ms": max_gap * 1000}), flush=True)
-"""
-
-
-@dataclass(frozen=True)
-class FlowResult:
-    sent: int
-    received: int
-    lost: int
-    duration_s: float
-    rate: float
-    max_gap_ms: float
-
-    def summary(self) -> str:
-        return (f"{self.lost} lost of {self.sent} ({self.rate:.0f}/s over {self.duration_s:.1f}s), "
-                f"longest silence {self.max_gap_ms:.1f} ms")
-
-
-class PingFlow:
-    """PING_RATE echoes per second from a pod to an address, until the with-block ends."""
-
-    def __init__(self, pod_netns: str, target: str) -> None:
-        self._cmd = ["ip", "netns", "exec", pod_netns, sys.executable, "-c", _PINGER, target, str(PING_RATE)]
-        self.result: FlowResult | None = None
-
-    def __enter__(self) -> PingFlow:
-        self._proc = subprocess.Popen(self._cmd, stdout=subprocess.PIPE, text=True)
-        assert self._proc.stdout is not None and self._proc.stdout.readline().strip() == "up"
-        time.sleep(0.5)  # a steady flow before anything happens
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        time.sleep(0.5)
-        self._proc.send_signal(signal.SIGINT)
-        out, _ = self._proc.communicate(timeout=30)
-        self.result = FlowResult(**json.loads(out.strip().splitlines()[-1]))
-
-
-# --- lab helpers ----------------------------------------------------------------------------
-
-def status(host: LabHost) -> dict[str, Any]:
-    return ControlClient(host.socket, timeout=10).call("status")
-
-
-def components(report: dict[str, Any]) -> set[str]:
-    """The components with a problem in a status report ("lease: <error> (...)" each)."""
-    return {problem.split(":", 1)[0] for problem in report["problems"]}
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.05) -> float:
-    """Poll until check() is truthy; returns the seconds it took."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(interval)
-    return time.monotonic() - start
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 @dataclass(frozen=True)
@@ -228,17 +96,6 @@ def vxlan_state(netns: str) -> VxlanState:
     )
 
 
-def cluster_leases(plan: LabPlan) -> dict[str, dict[str, Any]]:
-    """subnet -> {"record": host record, "lease": etcd lease id} as etcd has them now."""
-    doc = json.loads(runner.etcdctl(plan, "get", "--prefix", f"{PREFIX}/subnets/", "-w", "json"))
-    leases = {}
-    for kv in doc.get("kvs", []):
-        key = base64.b64decode(kv["key"]).decode()
-        subnet = key.rsplit("/", 1)[1].replace("-", "/")
-        leases[subnet] = {"record": json.loads(base64.b64decode(kv["value"])), "lease": kv.get("lease", 0)}
-    return leases
-
-
 def expected_vxlan_state(plan: LabPlan, own_subnet: str) -> VxlanState:
     """What a fresh start of a host holding own_subnet would program, from etcd's current leases."""
     routes, neighbours, fdb = [], [], []
@@ -251,18 +108,6 @@ def expected_vxlan_state(plan: LabPlan, own_subnet: str) -> VxlanState:
         neighbours.append((gateway, mac))
         fdb.append((mac, public_ip))
     return VxlanState(tuple(sorted(routes)), tuple(sorted(neighbours)), tuple(sorted(fdb)))
-
-
-def subnet_key(subnet: str) -> str:
-    return f"{PREFIX}/subnets/{subnet.replace('/', '-')}"
-
-
-def key_exists(plan: LabPlan, key: str) -> bool:
-    return bool(json.loads(runner.etcdctl(plan, "get", key, "-w", "json")).get("kvs"))
-
-
-def add_pod(host: LabHost, name: str) -> dict[str, Any]:
-    return ControlClient(host.socket).call("pod.add", name=name, labels={})
 
 
 def wait_healthy(hosts: list[LabHost], timeout: float) -> dict[str, float]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Iterator
 from datetime import datetime, timezone
 from ipaddress import IPv4Address, ip_address, ip_network
@@ -33,6 +32,7 @@ class FakeManager:
         self.ensured: list[tuple[str, IPv4Address]] = []
         self.files_made_calls = 0
         self.closed = False
+        self.meta: dict[str, object] = {}  # the spare copies beside each pod's namespaces
 
     def paths(self, name: str) -> PodNamespaces:
         return pod_paths(self.config, name)
@@ -52,7 +52,17 @@ class FakeManager:
         self.links.add(self.paths(name).host_veth)
         return self.paths(name)
 
+    def address(self, name: str) -> IPv4Address | None:
+        return self.pods[name]
+
+    def write_meta(self, name: str, meta: dict[str, object]) -> None:
+        self.meta[name] = meta
+
+    def read_meta(self, name: str) -> object | None:
+        return self.meta.get(name)
+
     def delete(self, name: str) -> None:
+        self.meta.pop(name, None)
         self.pods.pop(name, None)
         self.half_made.discard(name)
         self.links.discard(self.paths(name).host_veth)
@@ -226,15 +236,29 @@ def test_reconcile_reports_repairs_that_fail(manager: FakeManager, state: Path) 
     svc.close()
 
 
-def test_new_subnet_voids_old_pods(manager: FakeManager, state: Path) -> None:
+def test_pods_of_another_subnet_are_left_running(manager: FakeManager, state: Path) -> None:
     first = make_service(manager, state)
     first.add("a", {})
     first.close()
     manager.config = PodNetworkConfig(bridge="ovl0", gateway=ip_address("10.244.9.1"), prefixlen=29)
     second = make_service(manager, state, ip_network("10.244.9.0/29"))
-    assert second.list() == []
-    assert second.reconcile().removed == ["a"]
+    assert second.list() == [] and "numbered in another subnet" in second.problems[0]
+    report = second.reconcile()
+    assert report.removed == [] and "not a pod address of 10.244.9.0/29" in report.untouched["a"]
+    assert manager.pods == {"a": ip_address("10.244.3.2")}  # still running, its veth too
+    assert manager.paths("a").host_veth in manager.links
     assert second.add("b", {}).ip == ip_address("10.244.9.2")
+    second.close()
+
+
+def test_renumbering_removes_the_pods_of_the_old_subnet(manager: FakeManager, state: Path) -> None:
+    first = make_service(manager, state)
+    first.add("a", {})
+    first.close()
+    manager.config = PodNetworkConfig(bridge="ovl0", gateway=ip_address("10.244.9.1"), prefixlen=29)
+    second = make_service(manager, state, ip_network("10.244.9.0/29"))
+    assert second.reconcile(renumbered=True).removed == ["a"]
+    assert manager.pods == {}
     second.close()
 
 
@@ -243,12 +267,38 @@ def test_gateway_must_match_the_subnet(manager: FakeManager, state: Path) -> Non
         make_service(manager, state, ip_network("10.244.4.0/29"))
 
 
-def test_inconsistent_store_is_refused(manager: FakeManager, state: Path) -> None:
+@pytest.mark.parametrize("damage", [
+    lambda text: text[: len(text) // 2],  # truncated
+    lambda text: "",  # emptied
+    lambda text: text.replace('"10.244.3.2"', '"10.244.3.5"', 1),  # pool and pods disagree
+    lambda text: "\x00" * len(text),  # zeroed
+])
+def test_a_damaged_store_is_set_aside_and_rebuilt_from_the_kernel(
+        manager: FakeManager, state: Path, damage: Callable[[str], str]) -> None:
+    first = make_service(manager, state)
+    first.add("a", {"app": "web"})
+    first.add("b", {})
+    first.close()
+    original = state.read_text()
+    state.write_text(damage(original))
+    second = make_service(manager, state)
+    assert "set aside" in second.problems[0]
+    aside = [p for p in state.parent.iterdir() if p.name.startswith("pods.json.damaged-")]
+    assert [p.read_text() for p in aside] == [damage(original)]
+    report = second.reconcile()
+    assert report.adopted == ["a", "b"] and report.removed == [] and report.untouched == {}
+    assert {p.name: (str(p.ip), dict(p.labels)) for p in second.list()} == {
+        "a": ("10.244.3.2", {"app": "web"}), "b": ("10.244.3.3", {})}
+    assert second.add("c", {}).ip == ip_address("10.244.3.4")  # the pool knows the adopted addresses
+    second.close()
+    assert stored_names(state) == ["a", "b", "c"]
+
+
+def test_a_pod_whose_address_is_taken_is_left_running(manager: FakeManager, state: Path) -> None:
     svc = make_service(manager, state)
     svc.add("a", {})
+    manager.pods["twin"] = ip_address("10.244.3.2")  # a's address, on a pod the store does not know
+    report = svc.reconcile()
+    assert report.kept == ["a"] and "already the address of 'a'" in report.untouched["twin"]
+    assert "twin" in manager.pods
     svc.close()
-    document = read_json(state)
-    document["pool"]["allocations"] = {"a": "10.244.3.5"}
-    state.write_text(json.dumps(document))
-    with pytest.raises(StateError, match="pool says"):
-        make_service(manager, state)
