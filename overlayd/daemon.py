@@ -231,9 +231,10 @@ class Daemon:
 
     def _peer_from_lease(self, lease: Lease) -> Any:
         """The backend's view of a peer; OverlaydError if its record does not fit our backend."""
+        record = lease.record
         if isinstance(self.backend, WireGuardBackend):
-            return WgPeer.from_backend_data_untrusted(lease.record.public_ip, lease.record.backend)
-        return PeerVtep.from_backend_data_untrusted(lease.record.public_ip, lease.record.backend)
+            return WgPeer.from_backend_data_untrusted(record.public_ip, record.backend, lease.create_revision)
+        return PeerVtep.from_backend_data_untrusted(record.public_ip, record.backend, lease.create_revision)
 
     def _open_pods(self, gateway: Any, mtu: int) -> PodService:
         assert self.subnet is not None
