@@ -44,6 +44,7 @@ from overlayd import sdnotify
 from overlayd.api.server import ControlServer
 from overlayd.backend.host import ensure_host_network
 from overlayd.backend.mac import random_local_mac
+from overlayd.backend.overlap import check_cluster_network_on_host
 from overlayd.backend.peers import PeerVtep
 from overlayd.backend.underlay import Underlay, detect_underlay
 from overlayd.backend.vxlan import VxlanBackend
@@ -144,6 +145,9 @@ class Daemon:
                                           encoder=self.trust.signer, verifier=self.trust.verifier)
         online = await self._read_cluster_config(state)
         assert self.cluster_config is not None
+        # Before any lease: a cluster network over our own networks would cut this host off.
+        await self._kernel(check_cluster_network_on_host, ipr, self.cluster_config.network,
+                           ours=(config.bridge_name, config.vxlan_device, config.wireguard_device))
         if state.vtep_mac is None:
             state = self._save_host(replace(state, vtep_mac=random_local_mac(self._rng)))
         self.backend = self._make_backend(ipr, state)

@@ -31,6 +31,7 @@ from overlayd.errors import ClusterError, ConfigError, KernelError, NotFoundErro
 from .netlink import Netlink
 from .addresses import converge_addresses
 from .objects import RTPROT_OVERLAYD, IPAddress, IPNetwork, Route
+from .overlap import foreign_route_conflicts
 from .peers import oldest_claimant
 from .vxlan_plan import device_address
 
@@ -367,13 +368,17 @@ class WireGuardBackend:
         if self.control is None or self._own_subnet is None:
             raise KernelError("WireGuard backend used before setup()")
         accepted, refusals = screen_wg_peers(peers, own_key=self.keys.public, own_subnet=self._own_subnet)
-        for reason in refusals:
-            log.warning("WireGuard peer refused: %s", reason)
         link = self._nl.link(self.device)
         if link is None:  # the engine died and took the interface along: start over
             self.setup(self._own_subnet)
             link = self._nl.link(self.device)
             assert link is not None
+        routes = self._nl.main_routes(self._own_subnet.version)
+        taken = foreign_route_conflicts(accepted, routes, ifindex=link.index, protocol=self.protocol)
+        accepted = {subnet: peer for subnet, peer in accepted.items() if subnet not in taken}
+        refusals += [f"{subnet}: {reason}" for subnet, reason in taken.items()]
+        for reason in refusals:
+            log.warning("WireGuard peer refused: %s", reason)
         current = self.control.current()
         plan = plan_device(accepted, current, self._applied_endpoints)
         if plan:
@@ -383,8 +388,7 @@ class WireGuardBackend:
                     self._applied_endpoints[change.peer.public_key] = _endpoint_text(change.peer)
             for key in plan.remove:
                 self._applied_endpoints.pop(key, None)
-        add, delete = plan_routes(set(accepted), self._nl.main_routes(self._own_subnet.version), link.index,
-                                  self.protocol)
+        add, delete = plan_routes(set(accepted), routes, link.index, self.protocol)
         for route in delete:
             self._nl.delete_route(route)
         for dst in add:
