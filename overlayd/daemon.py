@@ -44,6 +44,7 @@ from overlayd import sdnotify
 from overlayd.api.server import ControlServer
 from overlayd.backend.host import ensure_host_network
 from overlayd.backend.mac import random_local_mac
+from overlayd.backend.overlap import check_cluster_network_on_host
 from overlayd.backend.peers import PeerVtep
 from overlayd.backend.recall import recall_host
 from overlayd.backend.underlay import Underlay, detect_underlay
@@ -155,6 +156,9 @@ class Daemon:
         state = await self._recall_from_kernel(ipr, state)
         online = await self._read_cluster_config(state)
         assert self.cluster_config is not None
+        # Before any lease: a cluster network over our own networks would cut this host off.
+        await self._kernel(check_cluster_network_on_host, ipr, self.cluster_config.network,
+                           ours=(config.bridge_name, config.vxlan_device, config.wireguard_device))
         if state.vtep_mac is None:
             state = self._save_host(replace(state, vtep_mac=random_local_mac(self._rng)))
         self.backend = self._make_backend(ipr, state)
@@ -305,9 +309,10 @@ class Daemon:
 
     def _peer_from_lease(self, lease: Lease) -> Any:
         """The backend's view of a peer; OverlaydError if its record does not fit our backend."""
+        record = lease.record
         if isinstance(self.backend, WireGuardBackend):
-            return WgPeer.from_backend_data_untrusted(lease.record.public_ip, lease.record.backend)
-        return PeerVtep.from_backend_data_untrusted(lease.record.public_ip, lease.record.backend)
+            return WgPeer.from_backend_data_untrusted(record.public_ip, record.backend, lease.create_revision)
+        return PeerVtep.from_backend_data_untrusted(record.public_ip, record.backend, lease.create_revision)
 
     def _open_pods(self, gateway: Any, mtu: int) -> PodService:
         assert self.subnet is not None

@@ -1,30 +1,38 @@
 """Remote VTEPs and the screening that keeps bad peer data out of the kernel.
 
 Peer data comes from etcd, written by other hosts: a peer whose subnet overlaps ours
-or another peer's, that claims our public IP or VTEP MAC, or that shares its VTEP MAC
-with a different host is refused (never programmed), so one broken record cannot
-hijack or blackhole traffic meant for someone else.
+or another peer's, or that claims our public IP or VTEP MAC, is refused (never
+programmed), so one broken record cannot hijack or blackhole traffic meant for someone
+else. When hosts share a VTEP MAC (a disk cloned with its host.json), the host whose
+record is older in etcd (create revision) keeps it and the newcomers are refused:
+refusing them all would cut the original host off from every peer.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from overlayd.errors import ClusterError, ConfigError
 
 from .mac import parse_mac_untrusted
 from .objects import IPAddress, IPNetwork
 
+K = TypeVar("K", bound=Hashable)
+
 
 @dataclass(frozen=True)
 class PeerVtep:
     public_ip: IPAddress
     vtep_mac: str  # lower-case unicast MAC of the peer's VXLAN device
+    create_revision: int = 0  # etcd create revision of the peer's key: its age (0: unknown)
 
     @classmethod
-    def from_backend_data_untrusted(cls, public_ip: IPAddress, backend: Mapping[str, object]) -> PeerVtep:
+    def from_backend_data_untrusted(
+        cls, public_ip: IPAddress, backend: Mapping[str, object], create_revision: int = 0
+    ) -> PeerVtep:
         """Build from a host record's backend data (ClusterError if it is not VXLAN data)."""
         if backend.get("type") != "vxlan":
             raise ClusterError(f"host {public_ip}: backend type {backend.get('type')!r}, expected 'vxlan'")
@@ -32,7 +40,7 @@ class PeerVtep:
             mac = parse_mac_untrusted(backend.get("vtep_mac"))
         except ConfigError as exc:
             raise ClusterError(f"host {public_ip}: bad vtep_mac: {exc}") from None
-        return cls(public_ip=public_ip, vtep_mac=mac)
+        return cls(public_ip=public_ip, vtep_mac=mac, create_revision=create_revision)
 
 
 @dataclass(frozen=True)
@@ -73,19 +81,36 @@ def screen_peers(
         if furthest is None or int(subnet.broadcast_address) > int(furthest.broadcast_address):
             furthest = subnet
 
-    hosts_by_mac: dict[str, set[IPAddress]] = defaultdict(set)
+    # A host's claim on its MAC is as old as its oldest record (one host may hold several subnets).
+    hosts_by_mac: dict[str, dict[IPAddress, int]] = defaultdict(dict)
     for subnet in candidates:
         if subnet not in refused:
-            hosts_by_mac[peers[subnet].vtep_mac].add(peers[subnet].public_ip)
+            peer = peers[subnet]
+            hosts = hosts_by_mac[peer.vtep_mac]
+            hosts[peer.public_ip] = min(hosts.get(peer.public_ip, peer.create_revision), peer.create_revision)
     for subnet in candidates:
         peer = peers[subnet]
-        if subnet not in refused and len(hosts_by_mac[peer.vtep_mac]) > 1:
-            refused[subnet] = f"VTEP MAC {peer.vtep_mac} is claimed by several hosts"
+        hosts = hosts_by_mac[peer.vtep_mac]
+        if subnet not in refused and len(hosts) > 1:
+            elder = oldest_claimant(hosts)
+            if elder is None:
+                refused[subnet] = f"VTEP MAC {peer.vtep_mac} is claimed by several hosts, none with an older record"
+            elif peer.public_ip != elder:
+                refused[subnet] = (f"VTEP MAC {peer.vtep_mac} belongs to host {elder}, whose record is older"
+                                   " (a cloned host?)")
 
     return Screened(
         accepted={s: p for s, p in peers.items() if s not in refused},
         refused=tuple(Refusal(s, refused[s]) for s in sorted(refused, key=lambda s: (s.version, s))),
     )
+
+
+def oldest_claimant(claims: Mapping[K, int]) -> K | None:
+    """The claimant with the oldest record (lowest etcd create revision); None on a tie,
+    which only records of unknown age (revision 0, from saved state) can produce."""
+    oldest = min(claims.values())
+    elders = [claimant for claimant, revision in claims.items() if revision == oldest]
+    return elders[0] if len(elders) == 1 else None
 
 
 def _own_conflict(

@@ -22,7 +22,8 @@ from .addresses import converge_addresses
 from .mac import parse_mac_untrusted
 from .netlink import Netlink
 from .objects import RTPROT_OVERLAYD, IPAddress, IPNetwork, Link
-from .peers import PeerVtep, screen_peers
+from .overlap import foreign_route_conflicts
+from .peers import PeerVtep, Refusal, screen_peers
 from .underlay import Underlay
 from .vxlan_plan import (
     Action,
@@ -134,14 +135,18 @@ class VxlanBackend:
         # Cheap (one link get + one address dump) and it heals a device deleted behind our back.
         link = self._ensure_device(own_subnet)
         screened = screen_peers(peers, own_subnet=own_subnet, own_ip=self.spec.local_ip, own_mac=self.spec.mac)
-        for refusal in screened.refused:
-            log.warning("refusing peer %s: %s", refusal.subnet, refusal.reason)
         observed = Observed(
             routes=self._nl.main_routes(own_subnet.version),
             neighbours=self._nl.neighbours(own_subnet.version, link.index),
             fdb=self._nl.fdb(link.index),
         )
-        actions = plan_peers(screened.accepted, observed, ifindex=link.index, protocol=self.route_protocol)
+        taken = foreign_route_conflicts(screened.accepted, observed.routes, ifindex=link.index,
+                                        protocol=self.route_protocol)
+        refusals = [*screened.refused, *(Refusal(subnet, reason) for subnet, reason in taken.items())]
+        for refusal in refusals:
+            log.warning("refusing peer %s: %s", refusal.subnet, refusal.reason)
+        accepted = {subnet: peer for subnet, peer in screened.accepted.items() if subnet not in taken}
+        actions = plan_peers(accepted, observed, ifindex=link.index, protocol=self.route_protocol)
         for action in actions:
             self._apply(link.index, action)
         counts = Counter(action.change for action in actions)
@@ -149,7 +154,7 @@ class VxlanBackend:
             added=counts[Change.ADD],
             changed=counts[Change.CHANGE],
             removed=counts[Change.REMOVE],
-            refused=len(screened.refused),
+            refused=len(refusals),
         )
         if actions:
             log.info(

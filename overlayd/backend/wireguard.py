@@ -31,6 +31,8 @@ from overlayd.errors import ClusterError, ConfigError, KernelError, NotFoundErro
 from .netlink import Netlink
 from .addresses import converge_addresses
 from .objects import RTPROT_OVERLAYD, IPAddress, IPNetwork, Route
+from .overlap import foreign_route_conflicts
+from .peers import oldest_claimant
 from .vxlan_plan import device_address
 
 if TYPE_CHECKING:  # wgkeys loads `cryptography`; only a WireGuard daemon needs it
@@ -49,9 +51,11 @@ class WgPeer:
     public_key: bytes
     endpoint_ip: IPAddress
     port: int
+    create_revision: int = 0  # etcd create revision of the peer's key: its age (0: unknown)
 
     @classmethod
-    def from_backend_data_untrusted(cls, public_ip: IPAddress, backend: Mapping[str, object]) -> WgPeer:
+    def from_backend_data_untrusted(cls, public_ip: IPAddress, backend: Mapping[str, object],
+                                    create_revision: int = 0) -> WgPeer:
         if backend.get("type") != "wireguard":
             raise ClusterError(f"host {public_ip}: backend type {backend.get('type')!r}, expected 'wireguard'")
         try:
@@ -61,7 +65,7 @@ class WgPeer:
             raise ClusterError(f"host {public_ip}: bad WireGuard public key or port") from None
         if len(key) != 32 or not 1 <= port <= 65535:
             raise ClusterError(f"host {public_ip}: bad WireGuard public key or port")
-        return cls(public_key=key, endpoint_ip=public_ip, port=port)
+        return cls(public_key=key, endpoint_ip=public_ip, port=port, create_revision=create_revision)
 
 
 @dataclass(frozen=True)
@@ -93,20 +97,25 @@ class DevicePlan:
 
 def screen_wg_peers(peers: Mapping[IPNetwork, WgPeer], *, own_key: bytes,
                     own_subnet: IPNetwork) -> tuple[dict[IPNetwork, WgPeer], list[str]]:
-    """Refuse peers that would hijack traffic: our own key, a key two hosts claim,
-    or a subnet overlapping ours or another peer's."""
+    """Refuse peers that would hijack traffic: our own key, a subnet overlapping ours or
+    another peer's, and a key several records claim (a disk cloned with its key): the
+    record older in etcd keeps the key, the newer ones are refused."""
     refused: dict[IPNetwork, str] = {}
-    by_key: dict[bytes, list[IPNetwork]] = {}
+    by_key: dict[bytes, dict[IPNetwork, int]] = {}
     for subnet, peer in peers.items():
-        by_key.setdefault(peer.public_key, []).append(subnet)
+        by_key.setdefault(peer.public_key, {})[subnet] = peer.create_revision
         if peer.public_key == own_key:
             refused[subnet] = "uses this host's public key"
         elif subnet.overlaps(own_subnet):
             refused[subnet] = f"overlaps this host's subnet {own_subnet}"
-    for subnets in by_key.values():
-        if len(subnets) > 1:
-            for subnet in subnets:
-                refused.setdefault(subnet, "public key claimed by several hosts")
+    for claims in by_key.values():
+        if len(claims) > 1:
+            elder = oldest_claimant(claims)
+            for subnet in claims:
+                if elder is None:
+                    refused.setdefault(subnet, "public key claimed by several hosts, none with an older record")
+                elif subnet != elder:
+                    refused.setdefault(subnet, f"public key belongs to {elder}, whose record is older (a cloned host?)")
     ordered = sorted(peers, key=lambda n: (n.version, n.network_address, n.prefixlen))
     for a, b in zip(ordered, ordered[1:]):
         if a.overlaps(b):
@@ -359,13 +368,17 @@ class WireGuardBackend:
         if self.control is None or self._own_subnet is None:
             raise KernelError("WireGuard backend used before setup()")
         accepted, refusals = screen_wg_peers(peers, own_key=self.keys.public, own_subnet=self._own_subnet)
-        for reason in refusals:
-            log.warning("WireGuard peer refused: %s", reason)
         link = self._nl.link(self.device)
         if link is None:  # the engine died and took the interface along: start over
             self.setup(self._own_subnet)
             link = self._nl.link(self.device)
             assert link is not None
+        routes = self._nl.main_routes(self._own_subnet.version)
+        taken = foreign_route_conflicts(accepted, routes, ifindex=link.index, protocol=self.protocol)
+        accepted = {subnet: peer for subnet, peer in accepted.items() if subnet not in taken}
+        refusals += [f"{subnet}: {reason}" for subnet, reason in taken.items()]
+        for reason in refusals:
+            log.warning("WireGuard peer refused: %s", reason)
         current = self.control.current()
         plan = plan_device(accepted, current, self._applied_endpoints)
         if plan:
@@ -375,8 +388,7 @@ class WireGuardBackend:
                     self._applied_endpoints[change.peer.public_key] = _endpoint_text(change.peer)
             for key in plan.remove:
                 self._applied_endpoints.pop(key, None)
-        add, delete = plan_routes(set(accepted), self._nl.main_routes(self._own_subnet.version), link.index,
-                                  self.protocol)
+        add, delete = plan_routes(set(accepted), routes, link.index, self.protocol)
         for route in delete:
             self._nl.delete_route(route)
         for dst in add:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from ipam.errors import InvalidConfig
 from overlayd.cli.output import print_json
 from overlayd.cluster.client import ClusterClient
 from overlayd.config import EtcdConfig
-from overlayd.errors import UsageError
+from overlayd.errors import ConfigError, OverlaydError, UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,8 +64,32 @@ async def _with_cluster(etcd: EtcdConfig, job: Any) -> Any:
         await cluster.aclose()
 
 
+def _warn_if_local(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    """Daemons refuse to start on a cluster network over their own networks; if this
+    machine is on one, say so now (a warning: it may not be a host of the cluster)."""
+    from pyroute2 import IPRoute
+
+    from overlayd.backend.netlink import Netlink
+    from overlayd.backend.objects import RTPROT_OVERLAYD
+    from overlayd.backend.overlap import check_cluster_network, host_networks
+
+    try:
+        with IPRoute() as ipr:
+            nl = Netlink(ipr)
+            links, addresses = nl.links(), nl.addresses()
+    except (OverlaydError, OSError):
+        return  # nothing to compare with; the daemons still check
+    # Addresses with our mark are a running daemon's, inside the cluster network by design.
+    theirs = [a for a in addresses if a.protocol != RTPROT_OVERLAYD]
+    try:
+        check_cluster_network(network, host_networks(links, theirs, ours=()))
+    except ConfigError as exc:
+        print(f"overlayctl: warning: {exc}", file=sys.stderr)
+
+
 def _init(args: argparse.Namespace) -> int:
     config = _cluster_config(args)  # validate before touching etcd
+    _warn_if_local(config.network)
 
     async def job(cluster: ClusterClient) -> bool:
         return await cluster.put_config(config, force=args.force)

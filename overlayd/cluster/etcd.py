@@ -42,7 +42,12 @@ _GRPC_OPTIONS = [
     # Notice a dead peer under a long-lived watch; etcd refuses pings more often than every 5 s.
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    # Listings come in pages of LIST_PAGE keys, but a watch response or a page of big records
+    # may still pass gRPC's default 4 MB; one oversized answer must not make etcd unreadable.
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
+# Keys per range request when listing: a page of ~1 kB records stays far below every limit.
+LIST_PAGE = 1000
 # Errors that say "this endpoint did not answer": try the next one.
 _ENDPOINT_DOWN = (exceptions.ConnectionFailedError, exceptions.ConnectionTimeoutError, exceptions.InternalServerError)
 _ENDPOINT_DOWN_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL)
@@ -270,12 +275,28 @@ class EtcdClient:
 
         return self._call(f"get {key}", get)
 
-    def get_prefix(self, prefix: str) -> Range:
-        def get_prefix(c: MultiEndpointEtcd3Client, url: str) -> Range:
-            response = c.get_prefix_response(prefix)
-            return Range(response.header.revision, tuple(_kv(kv) for kv in response.kvs))
+    def get_prefix(self, prefix: str, *, page_size: int = LIST_PAGE) -> Range:
+        """Every key under prefix as of one revision, read in pages of page_size keys.
 
-        return self._call(f"list {prefix}", get_prefix)
+        The first page fixes the revision and every later page is read as of it, so the
+        listing is one snapshot however the keys change meanwhile. If etcd compacts that
+        revision before the last page, the listing fails with ClusterError (callers retry).
+        """
+        start, end = prefix.encode(), prefix_range_end(prefix.encode())
+        revision = 0  # 0: the newest, for the first page
+        kvs: list[KeyValue] = []
+        while True:
+            request = etcdrpc.RangeRequest(key=start, range_end=end, limit=page_size, revision=revision)
+            page = self._range_page(f"list {prefix}", request)
+            revision = revision or page.header.revision
+            kvs.extend(_kv(kv) for kv in page.kvs)
+            if not page.more or not page.kvs:
+                return Range(revision, tuple(kvs))
+            start = page.kvs[-1].key + b"\0"  # the next key after the last one listed
+
+    def _range_page(self, what: str, request: etcdrpc.RangeRequest) -> etcdrpc.RangeResponse:
+        """One range request (its keys come sorted by key, etcd's default)."""
+        return self._call(what, lambda c, url: c.kvstub.Range(request, c.timeout, metadata=c.metadata))
 
     def put_if(
         self,

@@ -121,12 +121,13 @@ class HostRecord:
 
 @dataclass(frozen=True)
 class Lease:
-    """A host subnet lease as read from etcd (lease_id and mod_revision from the key's metadata)."""
+    """A host subnet lease as read from etcd (lease_id and the revisions from the key's metadata)."""
 
     subnet: IPNetwork
     record: HostRecord
     lease_id: int | None = None
     mod_revision: int = 0
+    create_revision: int = 0  # when the key was created: the older of two claims wins (0: unknown)
 
 
 # (full etcd key, record) -> the value to store; the default is HostRecord.to_json.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ipam.config import ClusterConfig
 from ipam.errors import InvalidConfig, OutOfSubnets
@@ -52,7 +52,7 @@ def lease_from_kv(
 ) -> Lease:
     """Parse one subnet key read from etcd; RecordError if it is unusable (or fails verifier)."""
     assert config.subnet_len is not None  # resolved by ClusterConfig
-    return parse_lease_untrusted(
+    lease = parse_lease_untrusted(
         kv.key,
         kv.value,
         layout=layout,
@@ -62,6 +62,7 @@ def lease_from_kv(
         mod_revision=kv.mod_revision,
         verifier=verifier,
     )
+    return replace(lease, create_revision=kv.create_revision)
 
 
 class SubnetStore:
