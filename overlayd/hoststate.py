@@ -5,7 +5,7 @@ Two files in the state dir, each replaced atomically (statefile.write_json_atomi
     host.json   {"subnet": "10.244.3.0/24", "vtep_mac": "02:..", "cluster_config": {...}}
                 the subnet this host holds, its VTEP MAC (peers' neighbour entries stay
                 valid across restarts) and the cluster config it was set up for.
-    peers.json  {"peers": [{"subnet": "10.244.7.0/24", "record": {host record}}, ...]}
+    peers.json  {"peers": [{"subnet": "10.244.7.0/24", "record": {host record}, "create_revision": 41}, ...]}
                 the peers last programmed into the kernel.
 
 Files can be damaged (disk trouble, an operator's editor, a truncation), so they are
@@ -78,7 +78,9 @@ def host_state_from_dict_untrusted(doc: Any) -> tuple[HostState, list[str]]:
 
 def peers_to_dict(peers: Mapping[IPNetwork, Lease]) -> dict[str, Any]:
     ordered = sorted(peers.items(), key=lambda item: (item[0].version, int(item[0].network_address)))
-    return {"peers": [{"subnet": str(subnet), "record": lease.record.to_dict()} for subnet, lease in ordered]}
+    # create_revision too: of two peers sharing a VTEP MAC or key, the older claim wins (backend/peers.py).
+    return {"peers": [{"subnet": str(subnet), "record": lease.record.to_dict(), "create_revision": lease.create_revision}
+                      for subnet, lease in ordered]}
 
 
 def peers_from_dict_untrusted(doc: Any, config: ClusterConfig) -> tuple[dict[IPNetwork, Lease], list[str]]:
@@ -99,13 +101,16 @@ def peers_from_dict_untrusted(doc: Any, config: ClusterConfig) -> tuple[dict[IPN
             check_subnet(subnet, config.network, config.subnet_len)
             # The same checks as for a record read from etcd.
             record = parse_host_record_untrusted(json.dumps(entry.get("record")).encode())
+            revision = entry.get("create_revision", 0)
+            if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
+                raise ValueError(f"create_revision {str(revision)[:20]!r} is not a revision")
         except (RecordError, ValueError, TypeError) as exc:
             problems.append(f"peer entry {str(entry)[:80]}: {exc}")
             continue
         if subnet in peers:
             problems.append(f"peer entry for {subnet} repeated; keeping the first")
             continue
-        peers[subnet] = Lease(subnet, record)
+        peers[subnet] = Lease(subnet, record, create_revision=revision)
     return peers, problems
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from ipaddress import ip_address, ip_network
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,19 @@ def test_corrupt_files_are_reported_not_fatal(tmp_path: Path) -> None:
     assert state == HostState() and "host.json" in problems[0]
     peers, problems = files.load_peers(CONFIG)
     assert peers == {} and "peers.json" in problems[0]
+    # Set aside for the operator, not overwritten by the next save.
+    assert sorted(p.name.split(".damaged-")[0] for p in tmp_path.glob("*.damaged-*")) == ["host.json", "peers.json"]
+    assert not (tmp_path / "host.json").exists()
+
+
+def test_saved_peers_keep_their_create_revision(tmp_path: Path) -> None:
+    """Of two peers sharing a VTEP MAC the older claim wins, also when running on saved peers."""
+    files = StateFiles(tmp_path)
+    saved = {s: replace(lease, create_revision=7 + i) for i, (s, lease) in enumerate(PEERS.items())}
+    files.save_peers(saved)
+    loaded, problems = files.load_peers(CONFIG)
+    assert problems == [] and {s: lease.create_revision for s, lease in loaded.items()} == {
+        s: lease.create_revision for s, lease in saved.items()}
 
 
 @pytest.mark.parametrize("doc, dropped", [
