@@ -175,6 +175,8 @@ class Daemon:
         mtu = self.backend.mtu
         host = await self._kernel(ensure_host_network, ipr, bridge=config.bridge_name, subnet=self.subnet, mtu=mtu)
         await self._kernel(self.backend.setup, self.subnet)
+        if self._renumber:  # the operator's order: the pods of the old subnet go with it
+            (config.state_dir / "pods.json").unlink(missing_ok=True)
         self.pods = await self._kernel(self._open_pods, host.gateway, mtu)
         for problem in self.pods.problems:
             self._damaged(problem)

@@ -157,10 +157,11 @@ def _init_network(plan: LabPlan, network_args: Sequence[str] = ()) -> None:
         raise OverlaydError(f"network init failed: {result.stderr.strip()}")
 
 
-def start_daemon(plan: LabPlan, host: LabHost) -> None:
+def start_daemon(plan: LabPlan, host: LabHost, *args: str) -> None:
+    """Start the host's daemon; `args` are extra overlayd flags (e.g. --renumber)."""
     host.dir.mkdir(parents=True, exist_ok=True)
     host.config_path.write_text(daemon_config_toml(plan, host, LAB_LEASE_TTL))
-    _spawn(_python("overlayd.daemon", "--config", str(host.config_path)), host.log_path)
+    _spawn(_python("overlayd.daemon", "--config", str(host.config_path), *args), host.log_path)
 
 
 def wait_ready(host: LabHost) -> dict[str, Any]:

@@ -207,3 +207,21 @@ def test_chaos_every_state_file_damaged_under_traffic(lab: Lab, damage: str) -> 
         assert view(lab, h1) == before, (name, damage)
         assert status(h1)["health"] == "ok", (name, damage, status(h1))
         print(f"FIGURE chaos {name} {damage}: in {inbound.result.summary()}; out {outbound.result.summary()}")
+
+
+def test_renumber_gives_up_the_subnet_and_its_pods_only_when_asked(lab: Lab) -> None:
+    """The one way to move a host: --renumber (documented). Runs last: h3 gets a new subnet."""
+    h3 = lab.host("h3")
+    before = view(lab, h3)
+    runner.stop_daemon(h3)
+    runner.start_daemon(lab.plan, h3, "--renumber")
+    report = runner.wait_ready(h3)
+    assert report["subnet"] != before.subnet and report["health"] == "ok", report
+    assert ControlClient(h3.socket).call("pod.list") == []
+    assert not set_aside_files(h3, "pods.json")  # an operator's order, not damage
+    leases = cluster_leases(lab.plan)
+    assert before.subnet not in leases and leases[report["subnet"]]["record"]["node"] == "h3"
+    assert netns_exec(h3.netns, "ip", "netns", "list").stdout.count(h3.pod_netns_prefix) == 0
+    # The next plain restart keeps the new subnet.
+    after = restart(lab, h3)
+    assert after["subnet"] == report["subnet"]
