@@ -78,7 +78,7 @@ def _one_line(result: subprocess.CompletedProcess, *fragments: str) -> None:
     assert all(f in lines[0] for f in fragments), lines[0]
 
 
-def test_commands_that_cannot_run_exit_126_or_127_with_one_line(socket_dir: Path, pod_pid: int,  # noqa: F811
+def test_commands_that_cannot_run_exit_126_or_127_with_one_line(socket_dir: Path, pod_pid: int,
                                                                tmp_path: Path) -> None:
     ok, not_executable, directory, missing, missing_path = _exec_results(
         socket_dir / "overlayd.sock", PodPlane(pod_pid),
