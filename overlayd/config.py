@@ -29,6 +29,13 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 _NETNS_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 _NODE_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 
+# Whole seconds: etcd leases have a TTL in seconds, and a TTL below 5 s cannot survive one slow renewal.
+LEASE_TTL_RANGE = (5, 86400)
+# Seconds per etcd request; over 5 minutes is no longer a timeout but a hang.
+ETCD_TIMEOUT_MAX = 300.0
+# chown(2) takes a gid_t; (gid_t)-1 means "leave unchanged", so it is no group.
+_MAX_GID = 2**32 - 2
+
 
 @dataclass(frozen=True)
 class EtcdConfig:
@@ -106,8 +113,15 @@ def _check(config: DaemonConfig) -> DaemonConfig:
         raise ConfigError(f"netns_prefix {config.netns_prefix!r} is not a valid name prefix")
     if config.mtu is not None and not 576 <= config.mtu <= 65535:
         raise ConfigError(f"mtu {config.mtu} out of range 576..65535")
-    if not 5 <= config.lease_ttl <= 86400:
-        raise ConfigError(f"lease_ttl {config.lease_ttl} out of range 5..86400 seconds")
+    low, high = LEASE_TTL_RANGE
+    if not low <= config.lease_ttl <= high:
+        raise ConfigError(f"lease_ttl {config.lease_ttl} out of range {low}..{high} seconds")
+    if config.socket_group is not None and not 0 <= config.socket_group <= _MAX_GID:
+        raise ConfigError(f"socket_group {config.socket_group} is not a group id (0..{_MAX_GID})")
+    # `not 0 < t` also catches NaN.
+    if not 0 < config.etcd.timeout <= ETCD_TIMEOUT_MAX:
+        raise ConfigError(f"etcd.timeout {config.etcd.timeout} out of range: more than 0, at most "
+                          f"{ETCD_TIMEOUT_MAX:g} seconds")
     if not config.etcd.endpoints:
         raise ConfigError("etcd.endpoints: at least one endpoint is needed")
     for endpoint in config.etcd.endpoints:
@@ -133,8 +147,8 @@ _ETCD_PATH_KEYS = {"ca_file", "cert_file", "key_file"}
 def _from_mapping(values: dict[str, Any]) -> DaemonConfig:
     """Build a config from a flat-ish mapping (TOML document merged with flags)."""
     values = dict(values)
-    etcd_values = dict(values.pop("etcd", {}) or {})
-    wg_values = dict(values.pop("wireguard", {}) or {})
+    etcd_values = _table(values.pop("etcd", None), "etcd")
+    wg_values = _table(values.pop("wireguard", None), "wireguard")
     unknown = set(wg_values) - {f.name for f in dataclasses.fields(WireGuardConfig)}
     if unknown:
         raise ConfigError(f"unknown [wireguard] keys: {', '.join(sorted(unknown))}")
@@ -163,17 +177,21 @@ def _from_mapping(values: dict[str, Any]) -> DaemonConfig:
         etcd_values["endpoints"] = tuple(endpoints)
     if "timeout" in etcd_values:
         etcd_values["timeout"] = _number(etcd_values["timeout"], "etcd.timeout")
+    if not isinstance(etcd_values.get("prefix", ""), str):
+        raise ConfigError(f"etcd.prefix: expected a string, got {etcd_values['prefix']!r}")
 
     for key in _PATH_KEYS & values.keys():
         values[key] = _as_path(values[key], key)
     if values.get("public_ip") is not None:
+        if not isinstance(values["public_ip"], str):  # ip_address(5) would be 0.0.0.5
+            raise ConfigError(f"public_ip: expected an address string, got {values['public_ip']!r}")
         try:
             values["public_ip"] = ipaddress.ip_address(values["public_ip"])
         except ValueError as exc:
             raise ConfigError(f"public_ip: {exc}") from None
     for key in ("mtu", "lease_ttl", "socket_group"):
         if values.get(key) is not None:
-            values[key] = int(_number(values[key], key))
+            values[key] = _integer(values[key], key)
     for key in ("node_name", "netns", "public_interface", "netns_prefix", "link_prefix", "bridge_name", "log_level",
                 "metrics_address"):
         if values.get(key) is not None and not isinstance(values[key], str):
@@ -181,6 +199,22 @@ def _from_mapping(values: dict[str, Any]) -> DaemonConfig:
     values.setdefault("node_name", socket.gethostname().split(".")[0].lower())
     return _check(DaemonConfig(etcd=EtcdConfig(**etcd_values), wireguard=WireGuardConfig(**wg_values),
                                 trust=trust, **values))
+
+
+def _table(value: Any, name: str) -> dict[str, Any]:
+    """A [name] table of the TOML file (merged with flags); None when absent."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table, got {value!r}")
+    return dict(value)
+
+
+def _integer(value: Any, key: str) -> int:
+    # Flags arrive as int already (argparse type=int); TOML gives int or float, and 30.7 is a typo, not 30.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+    return value
 
 
 def _number(value: Any, key: str) -> float:
@@ -246,7 +280,8 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
             continue
         section, dot, key = dest.partition(".")
         if dot:
-            values.setdefault(section, {})[key] = value
+            values[section] = _table(values.get(section), section)
+            values[section][key] = value
         else:
             values[dest] = value
     return _from_mapping(values)

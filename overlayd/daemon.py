@@ -63,7 +63,6 @@ from overlayd.errors import ClusterError, ConfigError, ConflictError, NotFoundEr
 from overlayd.health import HealthModel, LoggingReporter
 from overlayd.metrics import (CountingReporter, DaemonMetrics, HandshakeTracker, drops_from_engine_counters,
                               parse_listen_address, serve_metrics)
-from overlayd.metrics.daemon import DROP_MALFORMED
 from overlayd.trust.config import HostTrust, load_host_trust
 from overlayd.hoststate import HostState, StateFiles
 from overlayd.netns import enter_named_netns
@@ -339,7 +338,7 @@ class Daemon:
     def _take_batch(self, batch: WatchBatch, *, hold_missing: bool) -> None:
         for reason in batch.rejected:
             self.health.note(f"skipped etcd record: {reason}")
-        self.metrics.dropped_records.inc(len(batch.rejected), reason=DROP_MALFORMED)
+        self.metrics.count_dropped(batch.rejected)
         self.metrics.leases.set(len(batch.peers) + 1)
         if hold_missing:
             missing = {s: lease for s, lease in self.peer_leases.items() if s not in batch.peers}

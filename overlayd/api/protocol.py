@@ -59,6 +59,8 @@ def decode_request_untrusted(line: bytes) -> tuple[str, dict[str, Any]]:
         message = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"request is not valid JSON: {exc}") from None
+    except RecursionError:  # [[[[...]]]] fits in the size limit but not on the stack
+        raise UsageError("request is nested too deeply") from None
     if not isinstance(message, dict):
         raise UsageError("request must be a JSON object")
     cmd = message.get("cmd")
@@ -80,7 +82,7 @@ def decode_reply(line: bytes) -> Any:
     """Return the result, or raise the OverlaydError subclass the server sent."""
     try:
         message = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise OverlaydError(f"daemon sent an unreadable reply: {exc}") from None
     if not isinstance(message, dict) or "ok" not in message:
         raise OverlaydError("daemon sent a reply without 'ok'")

@@ -2,11 +2,12 @@
 
 Mode 0660 and a peer-credential check keep it to root (and an optional group).
 Every failure is answered with one clear error line; nothing a client sends can
-take the server down.
+take the server down, and neither can running out of file descriptors.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -22,13 +23,37 @@ from overlayd.errors import OverlaydError, UsageError
 log = logging.getLogger(__name__)
 
 _SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13; not in Python 3.11's socket module
+_NGROUPS_MAX = 65536
 _REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request line
+# accept() failing for lack of descriptors or memory: the connection stays queued, so wait a
+# little (a busy loop would not free anything) and try again.
+_ACCEPT_STARVED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_BACKOFF = 0.1
 
 
 def peer_uid(sock: socket.socket | trio.socket.SocketType) -> int:
+    return peer_credentials(sock)[0]
+
+
+def peer_credentials(sock: socket.socket | trio.socket.SocketType) -> tuple[int, int]:
+    """The peer's (uid, gid) as of its connect()."""
     creds = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+    _pid, uid, gid = struct.unpack("3i", creds)
+    return uid, gid
+
+
+def peer_groups(sock: socket.socket | trio.socket.SocketType) -> frozenset[int]:
+    """The peer's supplementary groups as of its connect() (no /proc lookup, so no pid reuse race)."""
+    for count in (64, _NGROUPS_MAX):
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 4 * count)
+        except OSError as exc:
+            if exc.errno == errno.ERANGE:  # more groups than fit: ask again with room for all
+                continue
+            raise
+        return frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
+    return frozenset()
 
 
 async def _read_line(stream: trio.SocketStream) -> bytes:
@@ -51,6 +76,7 @@ class ControlServer:
         self.allowed_uids = allowed_uids | {os.getuid()}
         self.group = group
         self.refused = 0
+        self.accept_failures = 0  # accept() calls that failed for lack of descriptors or memory
         self._inode: int | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -59,7 +85,7 @@ class ControlServer:
             task_status.started()
             async with trio.open_nursery() as nursery:
                 while True:
-                    sock, _ = await listener.accept()
+                    sock = await self._accept(listener)
                     nursery.start_soon(self._handle, trio.SocketStream(sock))
         finally:
             listener.close()
@@ -69,6 +95,32 @@ class ControlServer:
                     self.path.unlink()
             except FileNotFoundError:
                 pass
+
+    async def _accept(self, listener: trio.socket.SocketType) -> trio.socket.SocketType:
+        """The next connection; waits out a shortage of descriptors, logging once per shortage."""
+        starved_since = self.accept_failures
+        while True:
+            try:
+                sock, _ = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_STARVED:
+                    raise
+                if self.accept_failures == starved_since:
+                    log.warning("control socket: cannot accept connections (%s: out of file descriptors or "
+                                "memory); retrying every %gs", os.strerror(exc.errno), _ACCEPT_BACKOFF)
+                self.accept_failures += 1
+                await trio.sleep(_ACCEPT_BACKOFF)
+                continue
+            if self.accept_failures != starved_since:
+                log.info("control socket: accepting again after %d failed attempts",
+                         self.accept_failures - starved_since)
+            return sock
+
+    def _allowed(self, sock: trio.socket.SocketType) -> bool:
+        uid, gid = peer_credentials(sock)
+        if uid in self.allowed_uids:
+            return True
+        return self.group is not None and (gid == self.group or self.group in peer_groups(sock))
 
     def _bind(self) -> trio.socket.SocketType:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,8 +142,8 @@ class ControlServer:
     async def _handle(self, stream: trio.SocketStream) -> None:
         async with stream:
             try:
-                uid = peer_uid(stream.socket)
-                if uid not in self.allowed_uids:
+                if not self._allowed(stream.socket):
+                    uid = peer_uid(stream.socket)
                     self.refused += 1
                     log.warning("control socket: refused request from uid %d", uid)
                     raise UsageError(f"uid {uid} may not use this socket")

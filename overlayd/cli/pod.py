@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from overlayd.api.client import ControlClient
 from overlayd.cli.output import print_fields, print_json, print_table
 from overlayd.errors import UsageError
-from overlayd.pods.exec import enter_pod_namespaces
+from overlayd.pods.exec import ExecFailed, enter_pod_namespaces, exec_command
 from overlayd.pods.names import validate_pod_name
 
 _POD_COLUMNS = [("name", "NAME"), ("ip", "IP"), ("node", "HOST"), ("labels", "LABELS"),
@@ -87,7 +86,7 @@ def _exec(args: argparse.Namespace) -> int:
     enter_pod_namespaces(namespaces["net"], namespaces["uts"], namespaces["ipc"])
     sys.stdout.flush()
     try:
-        os.execvp(cmd[0], cmd)
-    except FileNotFoundError:
-        raise UsageError(f"pod exec: command not found: {cmd[0]}") from None
-    return 127
+        exec_command(cmd)
+    except ExecFailed as exc:  # a shell's exit codes, so scripts can tell "not found" from "failed"
+        print(f"overlayctl: error: pod exec: {exc}", file=sys.stderr)
+        return exc.exit_code

@@ -7,8 +7,36 @@ from ipaddress import IPv4Network, IPv6Network
 from overlayd.errors import ClusterError, ConflictError
 
 
+# RecordError.reason: why an entry was skipped, from a fixed set (a metric label, never etcd data).
+MALFORMED = "malformed"  # the key or value does not parse
+BAD_SUBNET = "bad_subnet"  # a subnet that is not one of the cluster's host subnets
+BAD_ENDPOINT = "bad_endpoint"  # public_ip is no address a peer could send to (loopback, broadcast...)
+
+
+class Rejection(str):
+    """The text of a RecordError that also knows its reason: code that keeps only str(exc),
+    such as a listing's `rejected`, keeps the reason with it."""
+
+    reason: str
+
+    def __new__(cls, text: str, reason: str) -> Rejection:
+        rejection = super().__new__(cls, text)
+        rejection.reason = reason
+        return rejection
+
+
 class RecordError(ClusterError):
-    """A key or value read from etcd is malformed; callers count it and skip the entry."""
+    """A key or value read from etcd is unusable; callers count it (by `reason`) and skip the entry."""
+
+    reason: str = MALFORMED
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+    def __str__(self) -> Rejection:
+        return Rejection(super().__str__(), str(self.reason))
 
 
 class LeaseLost(ClusterError):

@@ -22,7 +22,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from types import MappingProxyType
 from typing import Any
 
-from overlayd.cluster.errors import RecordError
+from overlayd.cluster.errors import BAD_ENDPOINT, BAD_SUBNET, RecordError
 from overlayd.cluster.keys import IPNetwork, KeyLayout
 
 IPAddress = IPv4Address | IPv6Address
@@ -88,6 +88,15 @@ def _check_backend(backend: Mapping[str, str]) -> None:
         raise RecordError(f"backend.type {backend_type!r} missing or not a backend name")
 
 
+def _check_endpoint(address: IPAddress) -> None:
+    """Refuse addresses peers must never send underlay packets to. Private, CGNAT and IPv4
+    link-local addresses are real underlays; IPv6 link-local is not (it needs a zone)."""
+    # is_reserved covers IPv4 240/4 (with 255.255.255.255) and, for IPv6, ::/8 (IPv4-mapped too).
+    if (address.is_unspecified or address.is_loopback or address.is_multicast or address.is_reserved
+            or (address.version == 6 and address.is_link_local)):
+        raise RecordError(f"public_ip {address} is not a unicast address peers can reach", reason=BAD_ENDPOINT)
+
+
 @dataclass(frozen=True)
 class HostRecord:
     """What peers need to reach a host: its name, underlay address and backend data."""
@@ -102,8 +111,7 @@ class HostRecord:
             raise RecordError(f"node {str(self.node)[:80]!r} is not a valid host name")
         if not isinstance(self.public_ip, (IPv4Address, IPv6Address)):
             raise RecordError(f"public_ip {self.public_ip!r} is not an IP address")
-        if self.public_ip.is_unspecified or self.public_ip.is_multicast:
-            raise RecordError(f"public_ip {self.public_ip} is not a unicast address")
+        _check_endpoint(self.public_ip)
         if not isinstance(self.backend, Mapping):
             raise RecordError(f"backend must be a mapping, got {type(self.backend).__name__}")
         _check_backend(self.backend)
@@ -183,7 +191,8 @@ def check_subnet(subnet: IPNetwork, network: IPNetwork, subnet_len: int) -> None
     """RecordError unless subnet is one of the cluster's host subnets."""
     same_family = subnet.version == network.version
     if not same_family or subnet.prefixlen != subnet_len or not subnet.subnet_of(network):  # type: ignore[arg-type]
-        raise RecordError(f"subnet {subnet} is not a /{subnet_len} inside the cluster network {network}")
+        raise RecordError(f"subnet {subnet} is not a /{subnet_len} inside the cluster network {network}",
+                          reason=BAD_SUBNET)
 
 
 def parse_lease_untrusted(
@@ -204,7 +213,7 @@ def parse_lease_untrusted(
     try:
         record = parse_host_record_untrusted(value)
     except RecordError as exc:
-        raise RecordError(f"{subnet}: {exc}") from None
+        raise RecordError(f"{subnet}: {exc}", reason=exc.reason) from None
     lease = Lease(subnet=subnet, record=record, lease_id=lease_id, mod_revision=mod_revision)
     # The key parsed above, so it is ASCII and canonical.
     return verifier(key.decode("ascii"), value, lease) if verifier else lease

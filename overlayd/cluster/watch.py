@@ -41,7 +41,7 @@ class WatchBatch:
     peers: Mapping[IPNetwork, Lease]  # read-only snapshot, own subnet excluded
     revision: int  # etcd revision the peer set reflects
     resync: bool  # True: built from a full listing (converge to `peers`, e.g. drop stale routes)
-    rejected: tuple[str, ...] = ()  # malformed entries skipped, one reason each
+    rejected: tuple[str, ...] = ()  # entries skipped, one message each (a Rejection: with .reason when known)
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def decode_chunk(
         try:
             subnet = layout.subnet_of_key_untrusted(event.kv.key)
         except RecordError as exc:
-            rejected.append(str(exc))
+            rejected.append(str(exc))  # a Rejection, keeping exc.reason
             continue
         if event.kind == "delete":
             events.append(LeaseDeleted(subnet))

@@ -3,8 +3,13 @@
 `up` builds the underlay and the hosts (topology.py), starts etcd on the
 underlay and one overlayd per host (each inside its host namespace, with its
 own dirs, socket and name prefixes), adds a pod per host and checks every pod
-pair over ICMP and TCP. `down` finds everything by the lab's name and
-directory, so it works after a failed `up` and running it twice is harmless.
+pair over ICMP and TCP. `down` finds everything through the lab's directory,
+so it works after a failed `up` and running it twice is harmless.
+
+Namespaces are ours by record, never by name alone (DESIGN.md): `build` notes
+each one in the lab dir before creating it, and a pod's namespace is ours when
+its daemon made the pod's directory under the lab dir. Anything else that
+merely starts with the lab's name is left alone.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from overlayd.lab.plan import (
     LabHost,
     LabPlan,
     daemon_config_toml,
+    make_plan,
 )
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,8 @@ _DAEMON_READY_TIMEOUT = 30.0
 _MATRIX_TIMEOUT = 30.0
 
 Matrix = dict[str, dict[str, dict[str, Any]]]
+
+_NETNS_MANIFEST = "namespaces"  # in the lab dir: one namespace the lab created per line
 
 
 def _python(*args: str) -> list[str]:
@@ -79,8 +87,10 @@ def build(plan: LabPlan, network_args: Sequence[str] = ()) -> None:
     (network_args go to `overlayctl network init`, e.g. a small --cidr)."""
     plan.dir.mkdir(parents=True)
     _write_state(plan)
+    _claim_netns(plan, plan.underlay_netns)
     topology.create_underlay(plan)
     for host in plan.hosts:
+        _claim_netns(plan, host.netns)
         topology.create_host(plan, host)
     start_etcd(plan)
     _init_network(plan, network_args)
@@ -89,6 +99,15 @@ def build(plan: LabPlan, network_args: Sequence[str] = ()) -> None:
 def _write_state(plan: LabPlan) -> None:
     state = {"name": plan.name, "backend": plan.backend, "hosts": len(plan.hosts)}
     plan.state_path.write_text(json.dumps(state) + "\n")
+
+
+def _claim_netns(plan: LabPlan, name: str) -> None:
+    """Record a namespace as the lab's before creating it (so a crash midway cannot leak it);
+    one that exists already is someone else's, and stays theirs."""
+    if topology.netns_exists(name):
+        raise ConflictError(f"namespace {name} exists already and is not lab {plan.name!r}'s")
+    with (plan.dir / _NETNS_MANIFEST).open("a") as manifest:
+        manifest.write(name + "\n")
 
 
 def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -239,13 +258,37 @@ def _check_matrix(plan: LabPlan, pods: list[dict[str, Any]], *, wait: bool) -> M
 def down(name: str, base_dir: Path) -> dict[str, Any]:
     lab_dir = base_dir / name
     killed = _kill_lab_processes(lab_dir)
-    namespaces = topology.lab_netns_names(name)
+    # Pods first: they are the daemons' (gone now), made inside the host namespaces' world.
+    namespaces = [ns for ns in _pod_netns(name, lab_dir) + _recorded_netns(lab_dir) if topology.netns_exists(ns)]
     for ns in namespaces:
         topology.delete_netns(ns)
     unmounted = _unmount_under(lab_dir)
     shutil.rmtree(lab_dir, ignore_errors=True)
     return {"name": name, "processes_stopped": killed, "namespaces_removed": namespaces,
             "mounts_removed": unmounted}
+
+
+def _recorded_netns(lab_dir: Path) -> list[str]:
+    try:
+        return [line for line in (lab_dir / _NETNS_MANIFEST).read_text().splitlines() if line]
+    except FileNotFoundError:
+        return []
+
+
+def _pod_netns(name: str, lab_dir: Path) -> list[str]:
+    """Namespaces of the pods the lab's daemons made: each pod has a directory in its host's
+    pod run dir (made before its namespace) and a namespace named by the host's prefix."""
+    try:
+        state = json.loads((lab_dir / "lab.json").read_text())
+        plan = make_plan(name, state["hosts"], state["backend"], lab_dir.parent)
+    except (OSError, ValueError, KeyError, TypeError, OverlaydError):
+        return []  # no record of the hosts: their daemons never ran
+    names = []
+    for host in plan.hosts:
+        pods_dir = host.dir / "run" / "pods"  # the daemon's pod_run_dir (run_dir in daemon_config_toml)
+        if pods_dir.is_dir():
+            names += [host.pod_netns_prefix + p.name for p in sorted(pods_dir.iterdir()) if p.is_dir()]
+    return names
 
 
 def daemon_pid(host: LabHost) -> int | None:

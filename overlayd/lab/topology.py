@@ -70,10 +70,3 @@ def create_host(plan: LabPlan, host: LabHost) -> None:
 def delete_netns(name: str) -> None:
     if netns_exists(name):
         ip("netns", "del", name, check=False)
-
-
-def lab_netns_names(lab_name: str) -> list[str]:
-    """Every namespace whose name belongs to this lab (hosts, underlay, pods)."""
-    if not NETNS_DIR.is_dir():
-        return []
-    return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(f"{lab_name}-"))

@@ -25,11 +25,17 @@ RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 EVENT_TO_KERNEL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 # overlayd_dropped_records_total{reason}
-DROP_MALFORMED = "malformed"  # key or value did not parse (WatchBatch.rejected)
+# Skipped while reading etcd (WatchBatch.rejected), by the RecordError's reason (overlayd.cluster.errors):
+DROP_MALFORMED = "malformed"  # key or value did not parse; also any reason not listed here
+DROP_BAD_SUBNET = "bad_subnet"  # not one of the cluster's host subnets
+DROP_BAD_ENDPOINT = "bad_endpoint"  # public_ip is loopback, broadcast, multicast...
+# ... or refused by the trust anchor, by overlayd.trust.errors.RejectReason (restated: no import of trust here).
+DROP_UNVERIFIED = ("unsigned", "bad_cert", "untrusted_cert", "cert_not_yet_valid", "cert_expired",
+                   "node_mismatch", "bad_signature")
 DROP_BACKEND_MISMATCH = "backend_mismatch"  # record fine, but its backend data does not fit our backend
 DROP_CONFLICT = "conflict"  # refused by peer screening: overlap, our IP/MAC/key, MAC shared by hosts
-DROP_UNVERIFIED = "unverified"  # signature did not verify against the cluster trust anchor
-DROP_REASONS = (DROP_MALFORMED, DROP_BACKEND_MISMATCH, DROP_CONFLICT, DROP_UNVERIFIED)
+DROP_REASONS = (DROP_MALFORMED, DROP_BAD_SUBNET, DROP_BAD_ENDPOINT, *DROP_UNVERIFIED, DROP_BACKEND_MISMATCH,
+                DROP_CONFLICT)
 
 # overlayd_control_refusals_total{reason}
 REFUSED_UID = "uid"  # SO_PEERCRED uid not allowed
@@ -82,6 +88,12 @@ class DaemonMetrics:
             self.reconcile_runs.inc(0, result=result)
         self._wireguard_drops: WireGuardDrops | None = None
         r.add_collector(self._collect_wireguard)
+
+    def count_dropped(self, rejected: Iterable[str]) -> None:
+        """Count skipped etcd entries (WatchBatch.rejected) by the reason each carries."""
+        for text in rejected:
+            reason = getattr(text, "reason", DROP_MALFORMED)  # a cluster.errors.Rejection, or plain text
+            self.dropped_records.inc(reason=reason if reason in DROP_REASONS else DROP_MALFORMED)
 
     def set_wireguard_drops_source(self, source: WireGuardDrops | None) -> None:
         """source() returns the WireGuard engine's drop counts by reason (Device.drops), or None

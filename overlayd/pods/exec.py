@@ -3,16 +3,42 @@
 `overlayctl pod exec` asks the daemon for the namespace paths and calls
 enter_pod_namespaces(); `python -m overlayd.pods.exec NET UTS IPC -- CMD...`
 does the same without a daemon (tests, debugging). Needs root.
+
+A command that cannot run exits like a shell would: 127 when it is not found,
+126 when it is found but cannot be executed, with one line saying why.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import NoReturn
 
 from overlayd.errors import KernelError, OverlaydError, UsageError
 from overlayd.pods import nsutil
+
+
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+
+class ExecFailed(OverlaydError):
+    """The command could not be started; exit_code is what a shell would return for it."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        self.exit_code = exit_code
+        super().__init__(message)
+
+
+def exec_command(cmd: list[str]) -> NoReturn:
+    """Replace this process with cmd (searched in PATH); ExecFailed if it cannot run."""
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise ExecFailed(f"command not found: {cmd[0]}", EXIT_NOT_FOUND) from None
+        raise ExecFailed(f"cannot execute {cmd[0]}: {exc.strerror}", EXIT_CANNOT_EXECUTE) from None
 
 
 def enter_pod_namespaces(net_path: str, uts_path: str, ipc_path: str) -> None:
@@ -43,13 +69,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
         if len(args) < 5 or args[3] != "--":
             raise UsageError("usage: python -m overlayd.pods.exec NET UTS IPC -- CMD [ARGS...]")
         enter_pod_namespaces(args[0], args[1], args[2])
-        os.execvp(args[4], args[4:])
+        exec_command(args[4:])
+    except ExecFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except OverlaydError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2 if isinstance(exc, UsageError) else 1)
-    except FileNotFoundError:
-        print(f"error: command not found: {args[4]}", file=sys.stderr)
-        sys.exit(127)
 
 
 if __name__ == "__main__":
