@@ -196,7 +196,7 @@ class SubnetStore:
             # but its answer was lost (the client moved on to the next endpoint).
             if result.current is not None and (result.succeeded or result.current.lease_id == lease_id):
                 log.info("claimed subnet %s for %s (lease %x)", subnet, record.node, lease_id)
-                return Lease(subnet, record, lease_id, result.current.mod_revision)
+                return Lease(subnet, record, lease_id, result.current.mod_revision, result.current.create_revision)
             log.info("lost the race for subnet %s; choosing again", subnet)
         raise ClusterError(f"no subnet claimed after {_MAX_CLAIM_ATTEMPTS} attempts (heavy contention)")
 
@@ -224,7 +224,7 @@ class SubnetStore:
             result = self.etcd.put_if(key, self._value(key, record), mod_revision=0, lease_id=lease_id)
             if result.current is not None and (result.succeeded or result.current.lease_id == lease_id):
                 log.info("claimed subnet %s again for %s (lease %x)", subnet, record.node, lease_id)
-                return Lease(subnet, record, lease_id, result.current.mod_revision)
+                return Lease(subnet, record, lease_id, result.current.mod_revision, result.current.create_revision)
             # Another host took it between our read and our write.
             raise SubnetTaken(subnet, self._holder(result.current) if result.current else None)
         except Exception:
@@ -284,7 +284,7 @@ class SubnetStore:
             # The old lease now holds nothing; revoking it makes a stale twin daemon notice.
             self._revoke_quietly(kv.lease_id)
         log.info("took over subnet %s for %s (lease %x)", subnet, record.node, lease_id)
-        return Lease(subnet, record, lease_id, result.current.mod_revision)
+        return Lease(subnet, record, lease_id, result.current.mod_revision, result.current.create_revision)
 
     def renew(self, lease: Lease) -> int:
         """Keep the lease alive; returns its TTL. Raises LeaseLost if the lease is gone, or if
