@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from overlayd.errors import KernelError
 
 from .addresses import converge_addresses
-from .mac import random_local_mac
+from .mac import gateway_mac
 from .netlink import Netlink
 from .objects import RTPROT_OVERLAYD, IPInterface, IPNetwork, Link
 
@@ -53,8 +52,9 @@ def ensure_host_network(
     namespace of the thread that opens it, so call this from a thread in the host's netns.
     """
     nl = Netlink(ipr)
-    link = ensure_bridge(nl, bridge, mtu, ipv6=subnet.version == 6, sysctl_dir=sysctl_dir)
     gateway = gateway_of(subnet)
+    link = ensure_bridge(nl, bridge, mtu, mac=gateway_mac(gateway.ip), ipv6=subnet.version == 6,
+                         sysctl_dir=sysctl_dir)
     plan = converge_addresses(nl, link.index, {gateway}, protocol)
     for address in plan.remove:
         log.info("removed stale address %s from %s", address.interface, bridge)
@@ -64,16 +64,17 @@ def ensure_host_network(
     return HostNetwork(bridge=bridge, ifindex=link.index, gateway=gateway, mtu=mtu)
 
 
-def ensure_bridge(nl: Netlink, name: str, mtu: int, *, ipv6: bool, sysctl_dir: Path = PROC_SYS) -> Link:
+def ensure_bridge(nl: Netlink, name: str, mtu: int, *, mac: str, ipv6: bool, sysctl_dir: Path = PROC_SYS) -> Link:
     link = nl.link(name)
     if link is not None and link.kind != "bridge":
         log.warning("link %s is a %s, not a bridge: recreating it", name, link.kind or "physical link")
         nl.delete_link(link)
         link = None
     if link is None:
-        # A MAC of its own, set explicitly: otherwise the bridge takes the lowest port MAC and
-        # changes it whenever that pod goes, breaking every pod's cached gateway entry.
-        link = nl.create_link(name, "bridge", address=random_local_mac(random.SystemRandom()), mtu=mtu)
+        # The MAC is set explicitly: otherwise the bridge takes the lowest port MAC and changes it
+        # whenever that pod goes, breaking every pod's cached gateway entry. A live bridge keeps
+        # whatever MAC it has, for the same reason.
+        link = nl.create_link(name, "bridge", address=mac, mtu=mtu)
         log.info("created bridge %s", name)
     if ipv6:
         # Before the link comes up: without DAD on its link-local address the bridge can send

@@ -1,7 +1,8 @@
-"""Ethernet MAC addresses: validation of untrusted text and random local addresses."""
+"""Ethernet MAC addresses: validation of untrusted text, random and derived local addresses."""
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import re
 
@@ -34,3 +35,10 @@ def random_local_mac(rng: random.Random) -> str:
     octets = bytearray(rng.getrandbits(8) for _ in range(6))
     octets[0] = (octets[0] & 0xFC) | 0x02  # clear multicast bit, set "locally administered"
     return ":".join(f"{b:02x}" for b in octets)
+
+
+def gateway_mac(gateway: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The pod bridge's MAC, derived from its gateway address: 0a:58 and the address's last
+    four bytes (OVN-Kubernetes' convention). A bridge recreated for the same subnet gets the
+    same MAC, so the gateway entries pods have cached stay right and their traffic goes on."""
+    return ":".join(f"{b:02x}" for b in (0x0A, 0x58, *gateway.packed[-4:]))

@@ -1,10 +1,11 @@
 import random
+from ipaddress import ip_address
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from overlayd.backend.mac import parse_mac_untrusted, random_local_mac
+from overlayd.backend.mac import gateway_mac, parse_mac_untrusted, random_local_mac
 from overlayd.errors import ConfigError
 
 
@@ -34,3 +35,9 @@ def test_random_local_mac_is_a_valid_locally_administered_unicast(seed: int) -> 
 def test_random_local_mac_is_deterministic_per_rng_and_varies() -> None:
     assert random_local_mac(random.Random(7)) == random_local_mac(random.Random(7))
     assert len({random_local_mac(random.Random(i)) for i in range(50)}) == 50
+
+
+def test_gateway_mac_is_a_local_unicast_address_named_after_the_gateway() -> None:
+    assert gateway_mac(ip_address("10.244.3.1")) == "0a:58:0a:f4:03:01"
+    assert gateway_mac(ip_address("fd00::a:1")) == "0a:58:00:0a:00:01"
+    assert parse_mac_untrusted(gateway_mac(ip_address("10.244.3.1")))  # unicast, so a valid MAC
