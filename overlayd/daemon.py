@@ -339,6 +339,12 @@ class Daemon:
         for reason in batch.rejected:
             self.health.note(f"skipped etcd record: {reason}")
         self.metrics.count_dropped(batch.rejected)
+        if batch.refused:  # never "ok" while etcd holds a record we refuse
+            first_key = min(batch.refused)
+            self.reporter.fail("records", f"{len(batch.refused)} etcd record(s) refused, e.g. "
+                                          f"{batch.refused[first_key]}")
+        else:
+            self.reporter.recover("records")
         self.metrics.leases.set(len(batch.peers) + 1)
         if hold_missing:
             missing = {s: lease for s, lease in self.peer_leases.items() if s not in batch.peers}

@@ -138,8 +138,10 @@ class Lease:
     create_revision: int = 0  # when the key was created: the older of two claims wins (0: unknown)
 
 
-# (full etcd key, record) -> the value to store; the default is HostRecord.to_json.
-RecordEncoder = Callable[[str, HostRecord], bytes]
+# (full etcd key, record, etcd lease id it is written under) -> the value to store;
+# the default is HostRecord.to_json. Deterministic: the same arguments give the same bytes
+# (the store compares its key's value with what it wrote).
+RecordEncoder = Callable[[str, HostRecord, int], bytes]
 # (full etcd key, raw value, lease parsed from it) -> the lease, or RecordError.
 LeaseVerifier = Callable[[str, bytes, Lease], Lease]
 

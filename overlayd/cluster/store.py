@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 from ipam.config import ClusterConfig
 from ipam.errors import InvalidConfig, OutOfSubnets
@@ -45,6 +47,12 @@ class Listing:
     leases: tuple[Lease, ...]  # the usable ones, by subnet
     taken: frozenset[IPNetwork]  # every subnet that has a key, usable record or not
     rejected: tuple[str, ...]  # why each skipped entry was skipped
+    refused: Mapping[str, str]  # key -> why, for the keys among them that hold a refused record
+
+
+def key_text(key: bytes) -> str:
+    """An etcd key for messages and maps (keys are untrusted bytes)."""
+    return key.decode("utf-8", "replace")
 
 
 def lease_from_kv(
@@ -134,14 +142,16 @@ class SubnetStore:
 
     def list_leases(self, config: ClusterConfig) -> Listing:
         listed = self.etcd.get_prefix(self.layout.subnets)
-        leases, taken, rejected = [], set(), []
+        leases, taken, rejected, refused = [], set(), [], {}
         for kv in listed.kvs:
             try:
                 taken.add(self.layout.subnet_of_key_untrusted(kv.key))
                 leases.append(lease_from_kv(self.layout, config, kv, self.verifier))
             except RecordError as exc:
                 rejected.append(str(exc))
-        return Listing(listed.revision, tuple(leases), frozenset(taken), tuple(rejected))
+                refused[key_text(kv.key)] = str(exc)
+        return Listing(listed.revision, tuple(leases), frozenset(taken), tuple(rejected),
+                       MappingProxyType(refused))
 
     def list_cooling(self) -> frozenset[IPNetwork]:
         cooling = set()
@@ -174,8 +184,8 @@ class SubnetStore:
             self._revoke_quietly(lease_id)  # deletes whatever the failed attempt may have written
             raise
 
-    def _value(self, key: str, record: HostRecord) -> bytes:
-        return self.encoder(key, record) if self.encoder else record.to_json()
+    def _value(self, key: str, record: HostRecord, lease_id: int) -> bytes:
+        return self.encoder(key, record, lease_id) if self.encoder else record.to_json()
 
     def _claim(self, config: ClusterConfig, record: HostRecord, lease_id: int, previous: IPNetwork | None) -> Lease:
         for _ in range(_MAX_CLAIM_ATTEMPTS):
@@ -191,7 +201,7 @@ class SubnetStore:
             except OutOfSubnets as exc:
                 raise ConflictError(str(exc)) from None
             key = self.layout.subnet_key(subnet)
-            result = self.etcd.put_if(key, self._value(key, record), mod_revision=0, lease_id=lease_id)
+            result = self.etcd.put_if(key, self._value(key, record, lease_id), mod_revision=0, lease_id=lease_id)
             # A key already on our lease means an earlier try of this very transaction was applied
             # but its answer was lost (the client moved on to the next endpoint).
             if result.current is not None and (result.succeeded or result.current.lease_id == lease_id):
@@ -221,7 +231,7 @@ class SubnetStore:
                 lease = self._take_over(subnet, record, lease_id)
                 if lease is not None:
                     return lease
-            result = self.etcd.put_if(key, self._value(key, record), mod_revision=0, lease_id=lease_id)
+            result = self.etcd.put_if(key, self._value(key, record, lease_id), mod_revision=0, lease_id=lease_id)
             if result.current is not None and (result.succeeded or result.current.lease_id == lease_id):
                 log.info("claimed subnet %s again for %s (lease %x)", subnet, record.node, lease_id)
                 return Lease(subnet, record, lease_id, result.current.mod_revision, result.current.create_revision)
@@ -271,13 +281,11 @@ class SubnetStore:
             return None
         try:
             holder = parse_host_record_untrusted(kv.value)
-            if self.verifier is not None:  # a key whose record does not verify is never ours to overwrite
-                self.verifier(key, kv.value, Lease(subnet, holder))
         except RecordError:
             return None
-        if holder.node != record.node:
+        if not self._is_ours(key, kv, subnet, holder, record):
             return None
-        result = self.etcd.put_if(key, self._value(key, record), mod_revision=kv.mod_revision, lease_id=lease_id)
+        result = self.etcd.put_if(key, self._value(key, record, lease_id), mod_revision=kv.mod_revision, lease_id=lease_id)
         if not result.succeeded or result.current is None:
             return None
         if kv.lease_id and kv.lease_id != lease_id:
@@ -286,15 +294,38 @@ class SubnetStore:
         log.info("took over subnet %s for %s (lease %x)", subnet, record.node, lease_id)
         return Lease(subnet, record, lease_id, result.current.mod_revision, result.current.create_revision)
 
+    def _is_ours(self, key: str, kv: KeyValue, subnet: IPNetwork, holder: HostRecord, record: HostRecord) -> bool:
+        """Whether a key's record is this host's own: by node name and public IP whatever its
+        signature says (our certificate expired and was renewed, trust was switched on, the CA
+        rotated: the key is still ours, and is signed anew when taken over); by node name alone
+        when it verifies (this host's public IP changed)."""
+        if holder.node != record.node:
+            return False
+        if holder.public_ip == record.public_ip or self.verifier is None:
+            return True
+        try:
+            self.verifier(key, kv.value, Lease(subnet, holder, kv.lease_id or None))
+        except RecordError:
+            return False  # our name at another address, unverified: maybe forged, never overwritten
+        return True
+
     def renew(self, lease: Lease) -> int:
         """Keep the lease alive; returns its TTL. Raises LeaseLost if the lease is gone, or if
         our key was deleted or moved to another lease (a live lease alone holds nothing)."""
         if lease.lease_id is None:
             raise ClusterError(f"lease for {lease.subnet} has no etcd lease id")
         ttl = self.etcd.keepalive(lease.lease_id)
-        kv = self.etcd.get(self.layout.subnet_key(lease.subnet))
+        key = self.layout.subnet_key(lease.subnet)
+        kv = self.etcd.get(key)
         if kv is None or kv.lease_id != lease.lease_id:
             raise LeaseLost(lease.lease_id, f"no longer holds the key of subnet {lease.subnet}")
+        ours = self._value(key, lease.record, lease.lease_id)
+        if kv.value != ours:
+            # Someone wrote another value under our key and lease (an old record replayed, a
+            # hand edit): peers would act on it. Write ours back; a lost race is seen next time.
+            result = self.etcd.put_if(key, ours, mod_revision=kv.mod_revision, lease_id=lease.lease_id)
+            log.warning("the record under %s was not the one this host wrote; %s", key,
+                        "written back" if result.succeeded else "it changed again, checking at the next renewal")
         return ttl
 
     def release(self, lease: Lease) -> None:

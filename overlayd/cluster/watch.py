@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NoReturn
 
@@ -23,7 +23,7 @@ from overlayd.cluster.errors import RecordError, WatchCompacted
 from overlayd.cluster.etcd import WatchChunk
 from overlayd.cluster.keys import IPNetwork, KeyLayout
 from overlayd.cluster.records import Lease, LeaseVerifier
-from overlayd.cluster.store import Listing, SubnetStore, lease_from_kv
+from overlayd.cluster.store import Listing, SubnetStore, key_text, lease_from_kv
 from overlayd.errors import ClusterError
 from overlayd.health import LoggingReporter, Reporter
 
@@ -42,6 +42,9 @@ class WatchBatch:
     revision: int  # etcd revision the peer set reflects
     resync: bool  # True: built from a full listing (converge to `peers`, e.g. drop stale routes)
     rejected: tuple[str, ...] = ()  # entries skipped, one message each (a Rejection: with .reason when known)
+    # Every key that holds a refused record now (key -> why), not only those this batch saw:
+    # health stays degraded while any is there.
+    refused: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class DecodedChunk:
     events: tuple[KeyEvent, ...]
     deleted: tuple[IPNetwork, ...]
     rejected: tuple[str, ...]
+    refused: Mapping[str, str]  # key -> why, for puts refused
+    cleared: tuple[str, ...]  # keys deleted, or put with a usable record
 
 
 def decode_chunk(
@@ -57,23 +62,32 @@ def decode_chunk(
     """Turn etcd watch events into key events; a put we cannot parse counts as a deletion,
     as a re-list would skip it too."""
     events: list[KeyEvent] = []
-    deleted, rejected = [], []
+    deleted, rejected, cleared = [], [], []
+    refused: dict[str, str] = {}
     for event in chunk.events:
+        key = key_text(event.kv.key)
         try:
             subnet = layout.subnet_of_key_untrusted(event.kv.key)
         except RecordError as exc:
             rejected.append(str(exc))  # a Rejection, keeping exc.reason
+            if event.kind == "delete":
+                cleared.append(key)
+            else:
+                refused[key] = str(exc)
             continue
         if event.kind == "delete":
             events.append(LeaseDeleted(subnet))
             deleted.append(subnet)
+            cleared.append(key)
             continue
         try:
             events.append(LeasePut(lease_from_kv(layout, config, event.kv, verifier)))
+            cleared.append(key)
         except RecordError as exc:
             rejected.append(str(exc))
+            refused[key] = str(exc)
             events.append(LeaseDeleted(subnet))
-    return DecodedChunk(tuple(events), tuple(deleted), tuple(rejected))
+    return DecodedChunk(tuple(events), tuple(deleted), tuple(rejected), refused, tuple(cleared))
 
 
 class LeaseFollower:
@@ -88,6 +102,7 @@ class LeaseFollower:
         self._store = store
         self._config = config
         self._watcher = LeaseWatcher(own_subnet)
+        self._refused: dict[str, str] = {}  # keys holding a refused record now -> why
         self._backoff = MIN_BACKOFF
         self._report = reporter or LoggingReporter(log)
 
@@ -142,7 +157,11 @@ class LeaseFollower:
                 chunk = await trio.to_thread.run_sync(stream.next_chunk, abandon_on_cancel=True)
                 decoded = decode_chunk(self._store.layout, self._config, chunk, self._store.verifier)
                 events = self._watcher.update(decoded.events)
-                if events or decoded.rejected:
+                refused_before = len(self._refused)
+                for key in decoded.cleared:
+                    self._refused.pop(key, None)
+                self._refused.update(decoded.refused)
+                if events or decoded.rejected or len(self._refused) != refused_before:
                     await send_channel.send(self._batch(events, chunk.revision, False, decoded.rejected))
                 await self._cool_down(decoded.deleted)
         finally:
@@ -151,13 +170,15 @@ class LeaseFollower:
     def _resync(self, listing: Listing) -> tuple[WatchBatch, set[IPNetwork]]:
         """Reset the watcher to a listing; also returns the subnets whose keys vanished."""
         events = self._watcher.reset(listing.leases)
+        self._refused = dict(listing.refused)
         freed = {e.lease.subnet for e in events if isinstance(e, HostRemoved)} - listing.taken
         return self._batch(events, listing.revision, True, listing.rejected), freed
 
     def _batch(self, events: list[HostEvent], revision: int, resync: bool, rejected: tuple[str, ...]) -> WatchBatch:
         for reason in rejected:
             log.warning("skipping subnet lease entry: %s", reason)
-        return WatchBatch(tuple(events), MappingProxyType(dict(self._watcher.leases)), revision, resync, rejected)
+        return WatchBatch(tuple(events), MappingProxyType(dict(self._watcher.leases)), revision, resync, rejected,
+                          MappingProxyType(dict(self._refused)))
 
     async def _list_until_ok(self) -> Listing:
         while True:

@@ -35,6 +35,8 @@ class RejectReason(StrEnum):
     CERT_NOT_YET_VALID = "cert_not_yet_valid"
     CERT_EXPIRED = "cert_expired"
     NODE_MISMATCH = "node_mismatch"  # the certificate names another host than the record
+    NO_LEASE = "no_lease"  # stored under no etcd lease: it would never expire
+    REPLAYED = "replayed"  # signed for another etcd lease than the one it is stored under
     BAD_SIGNATURE = "bad_signature"  # the record's signature is malformed or does not match
 
 

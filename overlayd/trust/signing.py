@@ -3,18 +3,24 @@
 A signed record is the plain record plus two fields:
 
     {"node": "host-1", "public_ip": "198.18.0.11", "backend": {...},
+     "lease": "<etcd lease id the key is written under, lower-case hex>",
      "cert": {<the host certificate, see certs.py>},
      "sig": "<base64, 64 bytes>"}
 
 "sig" is the host key's Ed25519 signature over RECORD_DOMAIN + the canonical JSON of
 
     {"key": "<full etcd key, e.g. /overlayd/network/subnets/10.244.3.0-24>",
-     "node": ..., "public_ip": ..., "backend": {...}}
+     "lease": ..., "node": ..., "public_ip": ..., "backend": {...}}
 
 so a signed record cannot be replayed under another subnet (or another cluster prefix),
-and no field a peer acts on can change. Readers that know nothing of trust ignore the two
+and no field a peer acts on can change. The lease binds it to one claim: every restart
+or reclaim takes a new etcd lease, so an old record written back (under the host's new
+lease, or under none) no longer matches the lease it is stored under and is refused
+(`replayed`, `no_lease`); the host itself notices its key no longer holds what it wrote
+and writes it back (SubnetStore.renew). Readers that know nothing of trust ignore the
 extra fields. A RecordVerifier accepts a record only if its certificate is well-formed,
-signed by a trust anchor, valid now, names the record's node, and the signature matches.
+signed by a trust anchor, valid now, names the record's node, the record sits under the
+lease it was signed for, and the signature matches.
 """
 
 from __future__ import annotations
@@ -42,12 +48,16 @@ from overlayd.trust.certs import (
 from overlayd.trust.errors import CertificateError, RecordRejected, RejectReason, UntrustedCertificate
 from overlayd.trust.keyfiles import raw_public
 
-RECORD_DOMAIN = b"overlayd host record v1\n"
+RECORD_DOMAIN = b"overlayd host record v2\n"  # v2: bound to the etcd lease
 
 
-def record_signed_bytes(key: str, record: HostRecord) -> bytes:
-    """What a host signs for `record` stored under `key`."""
-    return RECORD_DOMAIN + canonical_json({"key": key, **record.to_dict()})
+def lease_text(lease_id: int) -> str:
+    return f"{lease_id:x}"
+
+
+def record_signed_bytes(key: str, record: HostRecord, lease_id: int) -> bytes:
+    """What a host signs for `record` stored under `key` on etcd lease `lease_id`."""
+    return RECORD_DOMAIN + canonical_json({"key": key, "lease": lease_text(lease_id), **record.to_dict()})
 
 
 class RecordSigner:
@@ -62,11 +72,12 @@ class RecordSigner:
     def __repr__(self) -> str:  # never the private key
         return f"RecordSigner(node={self.cert.node!r}, serial={self.cert.serial})"
 
-    def __call__(self, key: str, record: HostRecord) -> bytes:
+    def __call__(self, key: str, record: HostRecord, lease_id: int) -> bytes:
         if record.node != self.cert.node:
             raise ConfigError(f"the host certificate is for {self.cert.node!r}, not for node {record.node!r}")
-        signature = self._key.sign(record_signed_bytes(key, record))
-        doc = {**record.to_dict(), "cert": self.cert.to_dict(), "sig": base64.b64encode(signature).decode()}
+        signature = self._key.sign(record_signed_bytes(key, record, lease_id))  # Ed25519: deterministic
+        doc = {**record.to_dict(), "lease": lease_text(lease_id), "cert": self.cert.to_dict(),
+               "sig": base64.b64encode(signature).decode()}
         value = canonical_json(doc)
         if len(value) > MAX_RECORD_BYTES:  # peers would refuse it: fail here, loudly
             raise RecordError(f"signed record is {len(value)} bytes (at most {MAX_RECORD_BYTES})")
@@ -116,8 +127,16 @@ class RecordVerifier:
             raise reject(RejectReason.CERT_EXPIRED, f"certificate expired at {format_time(cert.not_after)}")
         if cert.node != record.node:
             raise reject(RejectReason.NODE_MISMATCH, f"certificate is for {cert.node!r}")
+        # A record on no lease never expires: whoever wrote it, it is never a peer.
+        if not lease.lease_id:
+            raise reject(RejectReason.NO_LEASE, "stored under no etcd lease")
+        if doc.get("lease") != lease_text(lease.lease_id):
+            signed_for = doc.get("lease")
+            raise reject(RejectReason.REPLAYED, f"signed for etcd lease {str(signed_for)[:20]!r}, stored under "
+                                                f"lease {lease_text(lease.lease_id)}")
         try:
             signature = b64_untrusted(doc["sig"], SIGNATURE_BYTES, "sig")
-            Ed25519PublicKey.from_public_bytes(cert.public_key).verify(signature, record_signed_bytes(key, record))
+            Ed25519PublicKey.from_public_bytes(cert.public_key).verify(
+                signature, record_signed_bytes(key, record, lease.lease_id))
         except (CertificateError, InvalidSignature, ValueError):
             raise reject(RejectReason.BAD_SIGNATURE, f"signature does not match {key} and the record") from None

@@ -55,8 +55,9 @@ def identity(node: str, *, ca: Ed25519PrivateKey = CA, valid: tuple[int, int] = 
 
 
 
-def etcdctl_put(server: EtcdProcess, key: str, value: bytes) -> None:
-    subprocess.run(["etcdctl", f"--endpoints={server.endpoint}", "put", key, value.decode()],
+def etcdctl_put(server: EtcdProcess, key: str, value: bytes, *, lease: int = 0) -> None:
+    on_lease = [f"--lease={lease:x}"] if lease else []
+    subprocess.run(["etcdctl", f"--endpoints={server.endpoint}", "put", *on_lease, key, value.decode()],
                    check=True, capture_output=True, timeout=30, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
 
 
@@ -84,22 +85,28 @@ def test_listing_with_anchor_returns_only_verified_hosts(
         stored = json.loads(raw.get(layout.subnet_key(lease_1.subnet))[0])
         assert stored["cert"]["node"] == "host-1" and "sig" in stored
 
-        # The attacker's writes, each aimed at one check.
+        # The attacker's writes, each aimed at one check, on an etcd lease of the attacker's.
+        lease = raw.lease(300)
         forged = {
             "10.244.200.0/24": record("evil", 66).to_json(),  # unsigned
-            "10.244.201.0/24": raw.get(layout.subnet_key(lease_1.subnet))[0],  # host-1's record replayed
-            "10.244.202.0/24": json.dumps({  # host-1's signature, attacker's address
-                **json.loads(signer_1(key_of("10.244.202.0/24"), record("host-1", 11))), "public_ip": "198.18.0.66",
+            "10.244.201.0/24": json.dumps({  # host-1's signature, attacker's address
+                **json.loads(signer_1(key_of("10.244.201.0/24"), record("host-1", 11), lease.id)),
+                "public_ip": "198.18.0.66",
             }).encode(),
-            "10.244.203.0/24": identity("evil", ca=ROGUE_CA)(key_of("10.244.203.0/24"), record("evil", 66)),
-            "10.244.204.0/24": identity("old", valid=(-7200, -3600))(key_of("10.244.204.0/24"), record("old", 67)),
+            "10.244.202.0/24": signer_1(key_of("10.244.202.0/24"), record("host-1", 11), lease_1.lease_id),  # replayed
+            "10.244.203.0/24": identity("evil", ca=ROGUE_CA)(key_of("10.244.203.0/24"), record("evil", 66), lease.id),
+            "10.244.204.0/24": identity("old", valid=(-7200, -3600))(key_of("10.244.204.0/24"), record("old", 67),
+                                                                     lease.id),
             "10.244.205.0/24": json.dumps({  # host-2 (certified) signs a record claiming to be host-1
-                **json.loads(identity("host-2")(key_of("10.244.205.0/24"), record("host-2", 12))),
+                **json.loads(identity("host-2")(key_of("10.244.205.0/24"), record("host-2", 12), lease.id)),
                 "node": "host-1",
             }).encode(),
         }
         for subnet, value in forged.items():
-            raw.put(key_of(subnet), value)
+            raw.put(key_of(subnet), value, lease=lease)
+        # A validly signed record on no lease at all: it would never expire.
+        forged["10.244.206.0/24"] = signer_1(key_of("10.244.206.0/24"), record("host-1", 11), lease.id)
+        raw.put(key_of("10.244.206.0/24"), forged["10.244.206.0/24"])
 
         observer = RecordVerifier(ANCHOR)
         async with connected(etcd_server, etcd_prefix, verifier=observer) as cluster:
@@ -107,18 +114,21 @@ def test_listing_with_anchor_returns_only_verified_hosts(
         assert [(l.subnet, l.record.node) for l in listing.leases] == [(lease_1.subnet, "host-1")]
         assert listing.taken == {lease_1.subnet, *map(ipaddress.ip_network, forged)}
         assert observer.rejected == {
-            RejectReason.UNSIGNED: 1, RejectReason.BAD_SIGNATURE: 2, RejectReason.UNTRUSTED_CERT: 1,
-            RejectReason.CERT_EXPIRED: 1, RejectReason.NODE_MISMATCH: 1,
+            RejectReason.UNSIGNED: 1, RejectReason.BAD_SIGNATURE: 1, RejectReason.REPLAYED: 1,
+            RejectReason.UNTRUSTED_CERT: 1, RejectReason.CERT_EXPIRED: 1, RejectReason.NODE_MISMATCH: 1,
+            RejectReason.NO_LEASE: 1,
         }
+        assert set(listing.refused) == {key_of(subnet) for subnet in forged}
         reasons = "\n".join(listing.rejected)
         for subnet, reason in [("10.244.200.0/24", "unsigned"), ("10.244.201.0/24", "bad_signature"),
-                               ("10.244.202.0/24", "bad_signature"), ("10.244.203.0/24", "untrusted_cert"),
-                               ("10.244.204.0/24", "cert_expired"), ("10.244.205.0/24", "node_mismatch")]:
+                               ("10.244.202.0/24", "replayed"), ("10.244.203.0/24", "untrusted_cert"),
+                               ("10.244.204.0/24", "cert_expired"), ("10.244.205.0/24", "node_mismatch"),
+                               ("10.244.206.0/24", "no_lease")]:
             assert f"{subnet}: record of" in reasons and f"({reason})" in reasons
 
         # Without the anchor, the same cluster shows every forged entry as a host (the old behaviour).
         async with connected(etcd_server, etcd_prefix) as plain:
-            assert len((await plain.list_leases(CONFIG)).leases) == 7
+            assert len((await plain.list_leases(CONFIG)).leases) == 8
 
     trio.run(main)
 
@@ -152,9 +162,11 @@ def test_watch_with_anchor_ignores_forged_puts_and_follows_signed_hosts(
 
                 # Re-pointing host-2's subnet at the attacker's address drops the peer; it never
                 # redirects its traffic.
-                tampered = json.loads(signer_2(layout.subnet_key(lease_2.subnet), record("host-2", 12)))
+                assert lease_2.lease_id is not None
+                tampered = json.loads(signer_2(layout.subnet_key(lease_2.subnet), record("host-2", 12),
+                                               lease_2.lease_id))
                 etcdctl_put(etcd_server, layout.subnet_key(lease_2.subnet),
-                            json.dumps({**tampered, "public_ip": "198.18.0.66"}).encode())
+                            json.dumps({**tampered, "public_ip": "198.18.0.66"}).encode(), lease=lease_2.lease_id)
                 batch = await receive(batches)
                 assert [type(e) for e in batch.events] == [HostRemoved] and not batch.peers
                 assert "(bad_signature)" in batch.rejected[0]

@@ -36,6 +36,7 @@ CONFIG = ClusterConfig(network=ip_network("10.244.0.0/16"), subnet_len=24)
 SUBNET = ip_network("10.244.3.0/24")
 KEY = LAYOUT.subnet_key(SUBNET)
 WG = base64.b64encode(bytes(range(32))).decode()
+LEASE = 77  # the etcd lease a record is written under
 RECORD_1 = HostRecord("host-1", ip_address("198.18.0.11"), {"type": "wireguard", "public_key": WG, "port": "51820"})
 
 
@@ -51,23 +52,23 @@ def verifier(now: float = NOW) -> RecordVerifier:
     return RecordVerifier(TrustAnchor.from_public_keys([CA.public_key()]), clock=lambda: now)
 
 
-def parse(value: bytes, key: str = KEY, check: RecordVerifier | None = None) -> Lease:
+def parse(value: bytes, key: str = KEY, check: RecordVerifier | None = None, lease_id: int | None = LEASE) -> Lease:
     return parse_lease_untrusted(key.encode(), value, layout=LAYOUT, network=CONFIG.network, subnet_len=24,
-                                 verifier=check)
+                                 lease_id=lease_id, verifier=check)
 
 
 def signed_doc(signer: RecordSigner = SIGNER_1, record: HostRecord = RECORD_1, key: str = KEY) -> dict[str, Any]:
-    return json.loads(signer(key, record))
+    return json.loads(signer(key, record, LEASE))
 
 
 def encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc).encode()
 
 
-def rejected(value: bytes, key: str = KEY, now: float = NOW) -> RecordRejected:
+def rejected(value: bytes, key: str = KEY, now: float = NOW, lease_id: int | None = LEASE) -> RecordRejected:
     check = verifier(now)
     with pytest.raises(RecordRejected) as info:
-        parse(value, key, check)
+        parse(value, key, check, lease_id)
     assert check.rejected == {info.value.reason: 1}  # counted, once, under its reason
     assert str(info.value.reason) in str(info.value)  # and the log line says why
     return info.value
@@ -78,23 +79,24 @@ def rejected(value: bytes, key: str = KEY, now: float = NOW) -> RecordRejected:
 
 def test_signed_record_verifies_and_equals_the_plain_record() -> None:
     check = verifier()
-    lease = parse(SIGNER_1(KEY, RECORD_1), check=check)
+    lease = parse(SIGNER_1(KEY, RECORD_1, LEASE), check=check)
     assert lease.record == RECORD_1 and lease.subnet == SUBNET
     assert not check.rejected
 
 
 def test_without_an_anchor_signed_and_unsigned_records_parse_as_before() -> None:
-    assert parse(SIGNER_1(KEY, RECORD_1)).record == RECORD_1
+    assert parse(SIGNER_1(KEY, RECORD_1, LEASE)).record == RECORD_1
     assert parse(RECORD_1.to_json()).record == RECORD_1
 
 
 def test_signed_value_layout() -> None:
     doc = signed_doc()
-    assert set(doc) == {"node", "public_ip", "backend", "cert", "sig"}
+    assert set(doc) == {"node", "public_ip", "backend", "lease", "cert", "sig"}
+    assert doc["lease"] == "4d"  # 77, in hex as etcdctl prints lease ids
     assert doc["cert"]["node"] == "host-1" and len(base64.b64decode(doc["sig"])) == 64
-    assert SIGNER_1(KEY, RECORD_1) == SIGNER_1(KEY, RECORD_1)  # Ed25519 is deterministic
-    assert record_signed_bytes(KEY, RECORD_1).startswith(b"overlayd host record v1\n")
-    assert b'"key":"/t/network/subnets/10.244.3.0-24"' in record_signed_bytes(KEY, RECORD_1)
+    assert SIGNER_1(KEY, RECORD_1, LEASE) == SIGNER_1(KEY, RECORD_1, LEASE)  # Ed25519 is deterministic
+    assert record_signed_bytes(KEY, RECORD_1, LEASE).startswith(b"overlayd host record v2\n")
+    assert b'"key":"/t/network/subnets/10.244.3.0-24"' in record_signed_bytes(KEY, RECORD_1, LEASE)
 
 
 # -- every tamper case -------------------------------------------------------------------
@@ -116,18 +118,31 @@ def test_changed_backend_data_is_rejected(backend: dict[str, str]) -> None:
 
 def test_record_moved_to_another_subnet_is_rejected() -> None:
     other = LAYOUT.subnet_key(ip_network("10.244.4.0/24"))
-    assert rejected(SIGNER_1(KEY, RECORD_1), key=other).reason == RejectReason.BAD_SIGNATURE
+    assert rejected(SIGNER_1(KEY, RECORD_1, LEASE), key=other).reason == RejectReason.BAD_SIGNATURE
+
+
+def test_record_replayed_under_another_lease_is_rejected() -> None:
+    # A saved record written back after the host restarted (new lease), under the new lease.
+    assert rejected(SIGNER_1(KEY, RECORD_1, LEASE), lease_id=LEASE + 1).reason == RejectReason.REPLAYED
+    # ... with its "lease" field edited to match: the signature no longer does.
+    doc = {**signed_doc(), "lease": f"{LEASE + 1:x}"}
+    assert rejected(encode(doc), lease_id=LEASE + 1).reason == RejectReason.BAD_SIGNATURE
+
+
+@pytest.mark.parametrize("lease_id", [None, 0])
+def test_record_on_no_lease_is_rejected(lease_id: int | None) -> None:
+    assert rejected(SIGNER_1(KEY, RECORD_1, LEASE), lease_id=lease_id).reason == RejectReason.NO_LEASE
 
 
 def test_record_replayed_from_another_cluster_prefix_is_rejected() -> None:
     elsewhere = KeyLayout("/other/network").subnet_key(SUBNET)
-    assert rejected(SIGNER_1(elsewhere, RECORD_1)).reason == RejectReason.BAD_SIGNATURE
+    assert rejected(SIGNER_1(elsewhere, RECORD_1, LEASE)).reason == RejectReason.BAD_SIGNATURE
 
 
 def test_record_signed_with_another_nodes_cert_is_rejected() -> None:
     # host-2 (a real, certified host) signs a record that claims to be host-1.
     doc = {**RECORD_1.to_dict(), "cert": SIGNER_2.cert.to_dict(),
-           "sig": base64.b64encode(KEY_2.sign(record_signed_bytes(KEY, RECORD_1))).decode()}
+           "sig": base64.b64encode(KEY_2.sign(record_signed_bytes(KEY, RECORD_1, LEASE))).decode()}
     assert rejected(encode(doc)).reason == RejectReason.NODE_MISMATCH
 
 
@@ -140,7 +155,7 @@ def test_renamed_record_is_rejected() -> None:
 
 
 def test_expired_and_not_yet_valid_certs_are_rejected() -> None:
-    value = SIGNER_1(KEY, RECORD_1)
+    value = SIGNER_1(KEY, RECORD_1, LEASE)
     assert rejected(value, now=T0 + 86400).reason == RejectReason.CERT_EXPIRED
     assert rejected(value, now=T0 - 1).reason == RejectReason.CERT_NOT_YET_VALID
     assert parse(value, check=verifier(T0)).record == RECORD_1  # not_before is inclusive
@@ -148,7 +163,7 @@ def test_expired_and_not_yet_valid_certs_are_rejected() -> None:
 
 def test_cert_from_another_ca_is_rejected() -> None:
     rogue = RecordSigner(KEY_1, cert_for("host-1", KEY_1, ca=OTHER_CA))
-    assert rejected(rogue(KEY, RECORD_1)).reason == RejectReason.UNTRUSTED_CERT
+    assert rejected(rogue(KEY, RECORD_1, LEASE)).reason == RejectReason.UNTRUSTED_CERT
 
 
 def test_tampered_cert_is_rejected() -> None:
@@ -156,7 +171,7 @@ def test_tampered_cert_is_rejected() -> None:
     attacker = Ed25519PrivateKey.from_private_bytes(bytes([9]) * 32)
     cert = {**SIGNER_1.cert.to_dict(), "public_key": base64.b64encode(raw_public(attacker.public_key())).decode()}
     doc = {**RECORD_1.to_dict(), "cert": cert,
-           "sig": base64.b64encode(attacker.sign(record_signed_bytes(KEY, RECORD_1))).decode()}
+           "sig": base64.b64encode(attacker.sign(record_signed_bytes(KEY, RECORD_1, LEASE))).decode()}
     assert rejected(encode(doc)).reason == RejectReason.UNTRUSTED_CERT
 
 
@@ -193,7 +208,7 @@ def test_no_other_address_verifies(address: object) -> None:
         parse(value, check=verifier())
 
 
-@given(st.sampled_from(["node", "public_ip", "backend", "cert", "sig"]),
+@given(st.sampled_from(["node", "public_ip", "backend", "lease", "cert", "sig"]),
        st.none() | st.integers() | st.text(max_size=60) | st.dictionaries(st.text(max_size=8), st.text(max_size=8)))
 def test_any_changed_field_is_rejected(field: str, value: object) -> None:
     doc = signed_doc()
@@ -209,7 +224,7 @@ def test_any_changed_field_is_rejected(field: str, value: object) -> None:
 def test_watch_decoding_drops_forged_puts_and_keeps_signed_ones() -> None:
     forged_key = LAYOUT.subnet_key(ip_network("10.244.9.0/24"))
     chunk = WatchChunk(9, (
-        WatchEvent("put", KeyValue(KEY.encode(), SIGNER_1(KEY, RECORD_1), 5, 5, 77)),
+        WatchEvent("put", KeyValue(KEY.encode(), SIGNER_1(KEY, RECORD_1, LEASE), 5, 5, 77)),
         WatchEvent("put", KeyValue(forged_key.encode(), RECORD_1.to_json(), 9, 9, 78)),
     ))
     check = verifier()
@@ -220,6 +235,7 @@ def test_watch_decoding_drops_forged_puts_and_keeps_signed_ones() -> None:
     (reason,) = decoded.rejected
     assert "10.244.9.0/24" in reason and "unsigned" in reason
     assert check.rejected == {RejectReason.UNSIGNED: 1}
+    assert list(decoded.refused) == [forged_key] and decoded.cleared == (KEY,)  # for health: what is refused now
     # Without a verifier both are leases, as before.
     assert [type(e) for e in decode_chunk(LAYOUT, CONFIG, chunk).events] == [LeasePut, LeasePut]
 
@@ -235,13 +251,13 @@ def test_signer_refuses_a_key_that_is_not_the_certified_one() -> None:
 def test_signer_refuses_to_sign_for_another_node() -> None:
     record_2 = HostRecord("host-2", ip_address("198.18.0.12"), {"type": "vxlan", "vtep_mac": "02:00:00:00:00:02"})
     with pytest.raises(ConfigError, match="not for node 'host-2'"):
-        SIGNER_1(KEY, record_2)
+        SIGNER_1(KEY, record_2, LEASE)
 
 
 def test_signer_refuses_records_peers_would_refuse_as_too_big() -> None:
     backend = {"type": "vxlan", **{f"f{i}": "x" * 250 for i in range(15)}}
     with pytest.raises(RecordError, match="bytes"):
-        SIGNER_1(KEY, HostRecord("host-1", ip_address("198.18.0.11"), backend))
+        SIGNER_1(KEY, HostRecord("host-1", ip_address("198.18.0.11"), backend), LEASE)
 
 
 def test_signer_repr_keeps_the_key_out() -> None:
