@@ -112,7 +112,9 @@ class ClusterClient:
     async def get_config(self) -> ClusterConfig:
         return await self._run(self.store.get_config)
 
-    async def put_config(self, config: ClusterConfig, *, force: bool = False, signer: ConfigSigner | None = None) -> bool:
+    async def put_config(
+        self, config: ClusterConfig, *, force: bool = False, signer: ConfigSigner | None = None
+    ) -> bool:
         """True if written, False if identical; ConflictError if different while leases exist (unless force)."""
         return await self._run(self.store.put_config, config, force=force, signer=signer)
 

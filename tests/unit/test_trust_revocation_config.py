@@ -189,7 +189,8 @@ def test_screen_drops_expired_and_revoked_peers_once_each(tmp_path: Path) -> Non
     subnet = ipaddress.ip_network("10.244.2.0/24")
     record = leases[subnet].record
     with pytest.raises(RecordRejected, match=r"\(revoked\)"):
-        guard.verifier(layout.subnet_key(subnet), signers["gone"](layout.subnet_key(subnet), record), Lease(subnet, record))
+        key = layout.subnet_key(subnet)
+        guard.verifier(key, signers["gone"](key, record), Lease(subnet, record))
 
     now[0] = 6000.0
     assert "expired" in (guard.own_problem() or "")
