@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 from pyroute2 import IPRoute
@@ -55,7 +55,7 @@ from overlayd.cluster.client import ClusterClient
 from overlayd.cluster.errors import SubnetTaken
 from overlayd.cluster.grace import PeerGrace
 from overlayd.cluster.keeper import LeaseKeeper
-from overlayd.cluster.keys import IPNetwork
+from overlayd.cluster.keys import IPNetwork, KeyLayout
 from overlayd.cluster.records import HostRecord, Lease
 from overlayd.cluster.watch import WatchBatch
 from overlayd.config import DaemonConfig, add_daemon_arguments, config_from_args
@@ -64,6 +64,7 @@ from overlayd.health import HealthModel, LoggingReporter
 from overlayd.metrics import (CountingReporter, DaemonMetrics, HandshakeTracker, drops_from_engine_counters,
                               parse_listen_address, serve_metrics)
 from overlayd.trust.config import HostTrust, load_host_trust
+from overlayd.trust.errors import UntrustedConfig
 from overlayd.hoststate import HostState, StateFiles
 from overlayd.netns import enter_named_netns
 from overlayd.pods.config import PodNetworkConfig
@@ -71,6 +72,9 @@ from overlayd.pods.manager import PodManager
 from overlayd.pods.service import PodService
 from overlayd.pods.store import PodStore
 from overlayd.statefile import StateError
+
+if TYPE_CHECKING:
+    from overlayd.trust.guard import TrustGuard  # imported only with trust on: it loads `cryptography`
 
 log = logging.getLogger("overlayd")
 T = TypeVar("T")
@@ -100,6 +104,7 @@ class Daemon:
         self.reporter = CountingReporter(LoggingReporter(log, self.health, loud=("subnet",)), self.metrics)
         self._handshakes = HandshakeTracker()
         self.trust: HostTrust | None = None
+        self.guard: TrustGuard | None = None  # with a trust anchor: re-checks, revocations, signed config
         self.cluster: ClusterClient | None = None
         self.cluster_config: ClusterConfig | None = None
         self.subnet: IPNetwork | None = None
@@ -150,11 +155,17 @@ class Daemon:
                                            interface=config.public_interface)
         # Files only, so it works while etcd is down; ConfigError if key, cert and anchor disagree.
         self.trust = load_host_trust(config.trust, node=config.node_name, state_dir=config.state_dir)
-        self.cluster = ClusterClient.open(config.etcd, lease_ttl=config.lease_ttl,
-                                          encoder=self.trust.signer, verifier=self.trust.verifier)
+        self.guard = self._make_guard(self.trust)
+        self.cluster = ClusterClient.open(
+            config.etcd, lease_ttl=config.lease_ttl, encoder=self.trust.signer,
+            verifier=self.guard.verifier if self.guard else self.trust.verifier,
+            config_verifier=self.guard.config_verifier if self.guard else None)
         state = await self._recall_from_kernel(ipr, state)
         online = await self._read_cluster_config(state)
         assert self.cluster_config is not None
+        if online and self.guard is not None:  # before the first listing, so revoked hosts never count
+            await self._refresh_revocations()
+            self._check_own_certificate()
         # Before any lease: a cluster network over our own networks would cut this host off.
         await self._kernel(check_cluster_network_on_host, ipr, self.cluster_config.network,
                            ours=(config.bridge_name, config.vxlan_device, config.wireguard_device))
@@ -242,6 +253,16 @@ class Daemon:
         while True:
             try:
                 cluster_config = await self.cluster.get_config()
+            except UntrustedConfig as exc:
+                # Someone with etcd access, not the CA: never renumber or re-tunnel for it.
+                if state.cluster_config is not None:
+                    self.reporter.fail("signed_config", f"{exc}: refused; running on this host's saved cluster config")
+                    self.cluster_config = state.cluster_config
+                    return True
+                self.reporter.fail("signed_config", f"{exc}: refused; waiting for a config signed by the cluster CA")
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, START_BACKOFF[1])
+                continue
             except (ClusterError, NotFoundError, ConfigError) as exc:
                 if state.subnet is not None and state.cluster_config is not None:
                     self.reporter.fail("lease", f"etcd: {exc}; running on this host's saved state until it is back")
@@ -252,6 +273,7 @@ class Daemon:
                 backoff = min(backoff * 2, START_BACKOFF[1])
                 continue
             self.reporter.recover("config")
+            self.reporter.recover("signed_config")
             if state.cluster_config is not None and cluster_config != state.cluster_config:
                 log.warning("the cluster config changed since this host last ran: %s", cluster_config.to_json())
             self.cluster_config = cluster_config
@@ -352,7 +374,7 @@ class Daemon:
                 log.info("peers missing after an outage, kept for %gs unless they come back: %s", PEER_GRACE,
                          ", ".join(f"{lease.record.node} ({s})" for s, lease in missing.items()))
             self.grace.hold(missing, trio.current_time())
-        self._known = batch.peers
+        self._known = self._screen(batch.peers)
 
     async def _follow_peers(self, batches: trio.MemoryReceiveChannel[WatchBatch]) -> None:
         """Converge to every batch; the first listing after a broken watch holds missing peers."""
@@ -442,6 +464,76 @@ class Daemon:
             drops = drops_from_engine_counters(counters) if counters is not None else None
             await trio.sleep(WIREGUARD_POLL)
 
+    # --- trust re-checks (overlayd/trust/guard.py) ---------------------------
+
+    def _make_guard(self, trust: HostTrust) -> TrustGuard | None:
+        if trust.signer is None or trust.verifier is None:
+            return None
+        from overlayd.trust.guard import TrustGuard
+
+        guard = TrustGuard(trust.signer, trust.verifier, KeyLayout(self.config.etcd.prefix), self.config.state_dir)
+        problem = guard.revocations.load_saved()
+        if problem is not None:
+            self._damaged(problem)
+        return guard
+
+    def _screen(self, peers: Mapping[IPNetwork, Lease]) -> Mapping[IPNetwork, Lease]:
+        """The peers whose certificates still hold; the others are dropped, counted once with their reason."""
+        if self.guard is None:
+            return peers
+        kept, dropped = self.guard.screen(peers)
+        for reason in dropped:
+            self._note(str(reason))
+        self.metrics.count_dropped(dropped)
+        return kept
+
+    async def _refresh_revocations(self) -> None:
+        assert self.guard is not None and self.cluster is not None
+        try:
+            kv = await self.cluster.read_key(self.guard.revocations.key)
+        except ClusterError:
+            return  # etcd trouble: the watch reports it; the list we have stays in force
+        changed, problem = self.guard.refresh(kv.value if kv is not None else None)
+        if problem is not None:
+            self._note(problem)
+        if changed:
+            current = self.guard.revocations.current
+            assert current is not None
+            log.warning("revocation list generation %d in force: %d revoked certificate(s)", current.generation,
+                        len(current.serials))
+
+    def _check_own_certificate(self) -> None:
+        assert self.guard is not None
+        problem = self.guard.own_problem()
+        if problem is not None:
+            self.reporter.fail("trust", problem)
+        else:
+            self.reporter.recover("trust")
+
+    async def _check_config(self) -> None:
+        """Is the config in etcd (still) one the CA signed? Applied only at the next start either way."""
+        assert self.cluster is not None
+        try:
+            await self.cluster.get_config()
+        except UntrustedConfig as exc:
+            self.reporter.fail("signed_config", f"{exc}: refused; running on the cluster config this host has")
+            return
+        except (ClusterError, NotFoundError, ConfigError):
+            return  # not a trust matter, and never a reason to change anything while running
+        self.reporter.recover("signed_config")
+
+    async def _recheck_trust(self) -> None:
+        """Certificates run out and get revoked without any etcd event on the records carrying them."""
+        while True:
+            await trio.sleep(self.config.trust.recheck_interval)
+            await self._refresh_revocations()
+            await self._check_config()
+            self._check_own_certificate()
+            kept = self._screen(self._known)
+            if len(kept) != len(self._known):
+                self._known = kept
+                await self._converge()
+
     async def _resync_periodically(self) -> None:
         while True:
             await trio.sleep(RESYNC_INTERVAL)
@@ -479,6 +571,8 @@ class Daemon:
                 nursery.start_soon(self._follow_peers, batch_recv)
                 nursery.start_soon(self._resync_periodically)
                 nursery.start_soon(self._follow_wireguard)
+                if self.guard is not None:
+                    nursery.start_soon(self._recheck_trust)
                 self.health.set_ready()
                 self.metrics.ready.set(1)
                 sdnotify.notify("READY=1")
@@ -523,7 +617,7 @@ class Daemon:
             "peers_in_grace": len(self.grace.held),
             "refused_peers": self.refused_peers,
             "pods": len(self.pods.list()) if self.pods else 0,
-            "trust": self.trust.status() if self.trust else None,
+            "trust": (self.trust.status() | (self.guard.status() if self.guard else {})) if self.trust else None,
             "uptime_s": round(time.monotonic() - self._started, 1),
         }
 

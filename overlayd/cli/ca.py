@@ -1,13 +1,15 @@
-"""overlayctl ca init | host-key | sign-host | show: the cluster trust anchor (overlayd/trust).
+"""overlayctl ca init | host-key | sign-host | show | revoke: the cluster trust anchor (overlayd/trust).
 
     overlayctl ca init --dir /root/overlayd-ca           # ca.key (0600) + ca.pub (the trust anchor)
     overlayctl ca host-key --out /var/lib/overlayd/host.key   # on each host: prints its public key
     overlayctl ca sign-host --ca-dir /root/overlayd-ca --node host-1 \\
-        --host-key-pub host-1.pub --out host-1.cert [--days 365]
+        --host-key-pub host-1.pub --out host-1.cert [--days 365 | --valid-seconds 600]
     overlayctl ca show --cert host-1.cert [--ca-file ca.pub]
+    overlayctl ca revoke --ca-dir /root/overlayd-ca (--serial S | --cert host-1.cert)... [--etcd-...]
 
-These work on files only; no daemon or etcd is involved. The CA key stays on the machine
-that signs; hosts get ca.pub and their own certificate.
+All but revoke work on files only. revoke adds serials to the CA-signed revocation list in
+etcd (revocation.py). The CA key stays on the machine that signs; hosts get ca.pub and their
+own certificate.
 """
 
 from __future__ import annotations
@@ -16,18 +18,23 @@ import argparse
 import time
 from pathlib import Path
 
+import trio
+
+from overlayd.cli.network import add_etcd_arguments, etcd_config, with_cluster
 from overlayd.cli.output import print_fields, print_json
+from overlayd.cluster.client import ClusterClient
 from overlayd.cluster.records import is_node_name
-from overlayd.errors import ConfigError, UsageError
+from overlayd.errors import ClusterError, ConfigError, UsageError
 from overlayd.trust.certs import (
     HostCertificate,
+    TrustAnchor,
     certificate_file_bytes,
     format_time,
     issue_certificate,
     load_certificate,
     load_trust_anchor,
 )
-from overlayd.trust.errors import UntrustedCertificate
+from overlayd.trust.errors import RevocationError, UntrustedCertificate
 from overlayd.trust.keyfiles import (
     create_private_key,
     key_id,
@@ -46,6 +53,8 @@ DEFAULT_DAYS = 365
 MAX_DAYS = 3650
 # Certificates start a little in the past, so hosts whose clocks lag still accept them.
 BACKDATE_SECONDS = 300
+MIN_SECONDS, MAX_SECONDS = 10, 86400
+_REVOKE_ATTEMPTS = 5
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,12 +72,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     sign.add_argument("--node", required=True, help="the host's node_name")
     sign.add_argument("--host-key-pub", type=Path, required=True, help="the host's public key file (PEM)")
     sign.add_argument("--out", type=Path, required=True, help="certificate file to write")
-    sign.add_argument("--days", type=int, default=DEFAULT_DAYS, help=f"validity (default {DEFAULT_DAYS})")
+    validity = sign.add_mutually_exclusive_group()
+    validity.add_argument("--days", type=int, default=DEFAULT_DAYS, help=f"validity (default {DEFAULT_DAYS})")
+    validity.add_argument("--valid-seconds", type=int,
+                          help=f"validity in seconds ({MIN_SECONDS}..{MAX_SECONDS}): short-lived certificates")
     sign.set_defaults(handler=_sign_host)
     show = ca_sub.add_parser("show", help="print a host certificate, verified against a trust anchor if given")
     show.add_argument("--cert", type=Path, required=True)
     show.add_argument("--ca-file", type=Path, help="trust anchor (ca.pub) to verify against")
     show.set_defaults(handler=_show)
+    revoke = ca_sub.add_parser("revoke", help="add host certificates to the CA-signed revocation list in etcd")
+    revoke.add_argument("--ca-dir", type=Path, required=True, help=f"directory holding {CA_KEY_NAME}")
+    revoke.add_argument("--serial", action="append", default=[], help="certificate serial (repeatable)")
+    revoke.add_argument("--cert", action="append", default=[], type=Path, help="certificate file (repeatable)")
+    revoke.add_argument("--ca-file", type=Path,
+                        help="trust anchor the current list may be signed by (while rotating the CA)")
+    add_etcd_arguments(revoke)
+    revoke.set_defaults(handler=_revoke)
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -106,11 +126,14 @@ def _sign_host(args: argparse.Namespace) -> int:
         raise UsageError(f"--node {args.node!r} is not a valid host name")
     if not 1 <= args.days <= MAX_DAYS:
         raise UsageError(f"--days {args.days} out of range 1..{MAX_DAYS}")
+    if args.valid_seconds is not None and not MIN_SECONDS <= args.valid_seconds <= MAX_SECONDS:
+        raise UsageError(f"--valid-seconds {args.valid_seconds} out of range {MIN_SECONDS}..{MAX_SECONDS}")
+    validity = args.valid_seconds if args.valid_seconds is not None else args.days * 86400
     ca_key = load_private_key(args.ca_dir / CA_KEY_NAME)
     host_public = raw_public(load_public_key(args.host_key_pub))
     now = int(time.time())
     cert = issue_certificate(ca_key, args.node, host_public,
-                             not_before=now - BACKDATE_SECONDS, not_after=now + args.days * 86400)
+                             not_before=now - BACKDATE_SECONDS, not_after=now + validity)
     write_public_file(args.out, certificate_file_bytes(cert))
     if args.json:
         print_json(cert.to_dict())
@@ -138,3 +161,51 @@ def _show(args: argparse.Namespace) -> int:
         fields["verified"] = "signed by the trust anchor" + (", but NOT valid now" if status else "")
     print_json(fields) if args.json else print_fields(fields)
     return status
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from overlayd.trust.revocation import (RevocationList, is_serial, next_generation,
+                                           parse_revocation_list_untrusted, sign_revocation_list,
+                                           verify_revocation_list)
+
+    bad = [s for s in args.serial if not is_serial(s)]
+    if bad:
+        raise UsageError(f"--serial {bad[0][:40]!r} is not a certificate serial (32 lower-case hex digits)")
+    serials = set(args.serial) | {load_certificate(path).serial for path in args.cert}
+    if not serials:
+        raise UsageError("name at least one certificate: --serial S or --cert FILE")
+    ca_key = load_private_key(args.ca_dir / CA_KEY_NAME)
+    anchor_keys = dict(load_trust_anchor(args.ca_file).keys) if args.ca_file else {}
+    anchor = TrustAnchor({**anchor_keys, **TrustAnchor.from_public_keys([ca_key.public_key()]).keys})
+
+    async def job(cluster: ClusterClient) -> tuple[RevocationList, bool]:
+        key = cluster.store.layout.revoked
+        for _ in range(_REVOKE_ATTEMPTS):
+            kv = await cluster.read_key(key)
+            previous = None
+            if kv is not None:
+                try:
+                    previous = parse_revocation_list_untrusted(kv.value)
+                    verify_revocation_list(anchor, key, previous)
+                except RevocationError as exc:
+                    raise ConfigError(
+                        f"the revocation list at {key} is not one this CA signed ({exc}); put back a signed copy "
+                        f"(any host's state_dir/revoked.json) or delete the key and revoke every serial again"
+                    ) from None
+                if serials <= previous.serials:
+                    return previous, False
+            merged = serials | (previous.serials if previous else frozenset())
+            revoked = sign_revocation_list(ca_key, key, merged, next_generation(previous.generation if previous else 0))
+            # Compare-and-set: two operators revoking at once both end up on the list.
+            if await cluster.put_key_if(key, revoked.to_bytes(), mod_revision=kv.mod_revision if kv else 0):
+                return revoked, True
+        raise ClusterError(f"the revocation list at {key} keeps changing under us; try again")
+
+    revoked, written = trio.run(with_cluster, etcd_config(args), job)
+    if args.json:
+        print_json({"written": written, "generation": revoked.generation, "serials": sorted(revoked.serials)})
+    else:
+        state = "wrote" if written else "unchanged:"
+        print(f"{state} revocation list generation {revoked.generation}: {len(revoked.serials)} revoked "
+              f"(now including {', '.join(sorted(serials))})")
+    return 0

@@ -31,18 +31,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--vni", type=int, help="VXLAN network identifier (default 1)")
     init.add_argument("--port", type=int, help="UDP port (VXLAN default 4789, WireGuard 51820)")
     init.add_argument("--force", action="store_true", help="change the config even while hosts hold leases")
+    init.add_argument("--ca-dir", type=Path, help="directory holding the cluster CA's ca.key: sign the config "
+                                                  "(daemons with a trust anchor refuse an unsigned one)")
     init.set_defaults(handler=_init)
     show = net_sub.add_parser("show", help="print the cluster config")
     show.set_defaults(handler=_show)
     for p in (init, show):
-        p.add_argument("--etcd-endpoints", default="http://127.0.0.1:2379", help="comma-separated URLs")
-        p.add_argument("--etcd-prefix", default="/overlayd/network")
-        p.add_argument("--etcd-ca", type=Path)
-        p.add_argument("--etcd-cert", type=Path)
-        p.add_argument("--etcd-key", type=Path)
+        add_etcd_arguments(p)
 
 
-def _etcd(args: argparse.Namespace) -> EtcdConfig:
+def add_etcd_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every overlayctl command that talks to etcd directly."""
+    parser.add_argument("--etcd-endpoints", default="http://127.0.0.1:2379", help="comma-separated URLs")
+    parser.add_argument("--etcd-prefix", default="/overlayd/network")
+    parser.add_argument("--etcd-ca", type=Path)
+    parser.add_argument("--etcd-cert", type=Path)
+    parser.add_argument("--etcd-key", type=Path)
+
+
+def etcd_config(args: argparse.Namespace) -> EtcdConfig:
     return EtcdConfig(endpoints=tuple(e for e in args.etcd_endpoints.split(",") if e), prefix=args.etcd_prefix,
                       ca_file=args.etcd_ca, cert_file=args.etcd_cert, key_file=args.etcd_key)
 
@@ -56,7 +63,7 @@ def _cluster_config(args: argparse.Namespace) -> ClusterConfig:
         raise UsageError(str(exc)) from None
 
 
-async def _with_cluster(etcd: EtcdConfig, job: Any) -> Any:
+async def with_cluster(etcd: EtcdConfig, job: Any) -> Any:
     cluster = await ClusterClient.connect(etcd)
     try:
         return await job(cluster)
@@ -89,16 +96,24 @@ def _warn_if_local(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> No
 
 def _init(args: argparse.Namespace) -> int:
     config = _cluster_config(args)  # validate before touching etcd
+    signer = None
+    if args.ca_dir is not None:
+        from overlayd.cli.ca import CA_KEY_NAME
+        from overlayd.trust.configsig import ConfigSigner
+        from overlayd.trust.keyfiles import load_private_key
+
+        signer = ConfigSigner(load_private_key(args.ca_dir / CA_KEY_NAME))
     _warn_if_local(config.network)
 
     async def job(cluster: ClusterClient) -> bool:
-        return await cluster.put_config(config, force=args.force)
+        return await cluster.put_config(config, force=args.force, signer=signer)
 
-    written = trio.run(_with_cluster, _etcd(args), job)
+    written = trio.run(with_cluster, etcd_config(args), job)
+    signed = f"signed by CA key {signer.issuer}" if signer else "unsigned"
     if args.json:
-        print_json({"written": written, "config": config.to_dict()})
+        print_json({"written": written, "config": config.to_dict(), "signed_by": signer.issuer if signer else None})
     else:
-        print(("wrote" if written else "unchanged:") + f" {config.to_json()}")
+        print(("wrote" if written else "unchanged:") + f" {config.to_json()} ({signed})")
     return 0
 
 
@@ -106,6 +121,6 @@ def _show(args: argparse.Namespace) -> int:
     async def job(cluster: ClusterClient) -> ClusterConfig:
         return await cluster.get_config()
 
-    config = trio.run(_with_cluster, _etcd(args), job)
+    config = trio.run(with_cluster, etcd_config(args), job)
     print_json(config.to_dict()) if args.json else print(config.to_json())
     return 0

@@ -41,7 +41,8 @@ from typing import NoReturn, TypeVar
 import trio
 
 from ipam.config import ClusterConfig
-from overlayd.cluster.etcd import EtcdClient
+from overlayd.cluster.configdoc import ConfigSigner, ConfigVerifier
+from overlayd.cluster.etcd import EtcdClient, KeyValue
 from overlayd.cluster.keeper import LeaseKeeper
 from overlayd.cluster.keys import IPNetwork, KeyLayout
 from overlayd.cluster.records import HostRecord, Lease, LeaseVerifier, RecordEncoder
@@ -68,11 +69,13 @@ class ClusterClient:
         rng: random.Random | None = None,
         encoder: RecordEncoder | None = None,
         verifier: LeaseVerifier | None = None,
+        config_verifier: ConfigVerifier | None = None,
     ) -> ClusterClient:
         """Open the etcd endpoints and check that one answers (ClusterError naming each failure if not).
 
-        encoder/verifier: optional trust hooks (overlayd/trust: HostTrust.signer / .verifier)."""
-        cluster = cls.open(etcd, lease_ttl=lease_ttl, rng=rng, encoder=encoder, verifier=verifier)
+        encoder/verifier/config_verifier: optional trust hooks (overlayd/trust: HostTrust)."""
+        cluster = cls.open(etcd, lease_ttl=lease_ttl, rng=rng, encoder=encoder, verifier=verifier,
+                           config_verifier=config_verifier)
         try:
             version = await trio.to_thread.run_sync(cluster.store.etcd.status)
         except BaseException:
@@ -90,6 +93,7 @@ class ClusterClient:
         rng: random.Random | None = None,
         encoder: RecordEncoder | None = None,
         verifier: LeaseVerifier | None = None,
+        config_verifier: ConfigVerifier | None = None,
     ) -> ClusterClient:
         """Like connect() without the check: nothing is sent until the first call, so this works
         while etcd is down (the daemon starting on its saved state). ConfigError for bad settings."""
@@ -97,7 +101,8 @@ class ClusterClient:
             etcd.endpoints, timeout=etcd.timeout, ca_file=etcd.ca_file, cert_file=etcd.cert_file, key_file=etcd.key_file
         )
         store = SubnetStore(
-            client, KeyLayout(etcd.prefix), lease_ttl=lease_ttl, rng=rng, encoder=encoder, verifier=verifier
+            client, KeyLayout(etcd.prefix), lease_ttl=lease_ttl, rng=rng, encoder=encoder, verifier=verifier,
+            config_verifier=config_verifier,
         )
         return cls(store)
 
@@ -107,9 +112,19 @@ class ClusterClient:
     async def get_config(self) -> ClusterConfig:
         return await self._run(self.store.get_config)
 
-    async def put_config(self, config: ClusterConfig, *, force: bool = False) -> bool:
+    async def put_config(
+        self, config: ClusterConfig, *, force: bool = False, signer: ConfigSigner | None = None
+    ) -> bool:
         """True if written, False if identical; ConflictError if different while leases exist (unless force)."""
-        return await self._run(self.store.put_config, config, force=force)
+        return await self._run(self.store.put_config, config, force=force, signer=signer)
+
+    async def read_key(self, key: str) -> KeyValue | None:
+        """One key under the prefix as it is now (e.g. KeyLayout.revoked)."""
+        return await self._run(self.store.etcd.get, key)
+
+    async def put_key_if(self, key: str, value: bytes, *, mod_revision: int) -> bool:
+        """Write a key iff its mod_revision is still `mod_revision` (0: absent); False if it moved."""
+        return (await self._run(self.store.etcd.put_if, key, value, mod_revision=mod_revision)).succeeded
 
     async def list_leases(self, config: ClusterConfig) -> Listing:
         """Every subnet lease in the cluster, own included (for `overlayctl hosts`)."""

@@ -7,7 +7,9 @@ Everything lives under one prefix, `/overlayd/network` by default (`[etcd] prefi
         {"network": "10.244.0.0/16", "subnet_len": 24,
          "backend": {"type": "vxlan", "vni": 1, "port": 4789, "options": {}}}
         Written by `overlayctl network init`; no lease. It is not changed while
-        any subnet lease exists unless forced.
+        any subnet lease exists unless forced. With trust (overlayd/trust/configsig.py)
+        it also holds the cluster CA's "signature"; daemons with a trust anchor refuse
+        a config without a valid one.
 
     {prefix}/subnets/<subnet>
         One key per host subnet lease; <subnet> is the subnet with "/" written "-"
@@ -28,6 +30,11 @@ Everything lives under one prefix, `/overlayd/network` by default (`[etcd] prefi
         (only if absent) by a daemon releasing its subnet and by every daemon whose
         watch sees a subnet key deleted. Subnets cooling down are handed out only
         when no other subnet is free, so peers' stale routes age out first.
+
+    {prefix}/revoked
+        The revocation list: serials of host certificates the cluster CA withdrew,
+        with a generation, signed by the CA (overlayd/trust/revocation.py). Written by
+        `overlayctl ca revoke` (compare-and-set on its mod_revision); no lease.
 """
 
 from __future__ import annotations
@@ -76,6 +83,10 @@ class KeyLayout:
     @property
     def config(self) -> str:
         return f"{self.prefix}/config"
+
+    @property
+    def revoked(self) -> str:
+        return f"{self.prefix}/revoked"
 
     @property
     def subnets(self) -> str:

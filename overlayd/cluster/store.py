@@ -16,8 +16,9 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from ipam.config import ClusterConfig
-from ipam.errors import InvalidConfig, OutOfSubnets
+from ipam.errors import OutOfSubnets
 from ipam.subnets import choose_subnet
+from overlayd.cluster.configdoc import ConfigSigner, ConfigVerifier, decode_config_untrusted, encode_config
 from overlayd.cluster.errors import LeaseLost, RecordError, SubnetTaken
 from overlayd.cluster.etcd import EtcdClient, KeyValue, WatchStream
 from overlayd.cluster.keys import IPNetwork, KeyLayout
@@ -86,6 +87,7 @@ class SubnetStore:
         rng: random.Random | None = None,
         encoder: RecordEncoder | None = None,
         verifier: LeaseVerifier | None = None,
+        config_verifier: ConfigVerifier | None = None,
     ) -> None:
         self.etcd = etcd
         self.layout = layout
@@ -93,6 +95,7 @@ class SubnetStore:
         self._rng = rng or random.SystemRandom()
         self.encoder = encoder
         self.verifier = verifier
+        self.config_verifier = config_verifier  # the config must pass it to be returned (configdoc.py)
 
     # -- cluster config ------------------------------------------------------------------
 
@@ -100,23 +103,27 @@ class SubnetStore:
         kv = self.etcd.get(self.layout.config)
         if kv is None:
             raise NotFoundError(f"no cluster config at {self.layout.config} (run `overlayctl network init`)")
-        try:
-            return ClusterConfig.from_json_untrusted(kv.value)
-        except InvalidConfig as exc:
-            raise ConfigError(f"cluster config at {self.layout.config} is invalid: {exc}") from None
+        config, signature = decode_config_untrusted(kv.value, where=self.layout.config)
+        if self.config_verifier is not None:
+            self.config_verifier(self.layout.config, config, signature)
+        return config
 
-    def put_config(self, config: ClusterConfig, *, force: bool = False) -> bool:
-        """Store the cluster config; returns False when an identical one is already there.
+    def put_config(self, config: ClusterConfig, *, force: bool = False, signer: ConfigSigner | None = None) -> bool:
+        """Store the cluster config (signed by `signer` if given); returns False when an identical
+        one (with an identical signature, when signing) is already there.
 
         A different existing config is replaced only while no subnet lease exists (checked
         in the same transaction), unless force: hosts holding leases were set up for it.
+        Signing an unchanged config changes nothing for those hosts, so it needs no force.
         """
-        data = config.to_json().encode()
+        key = self.layout.config
+        data = encode_config(config, signer(key, config) if signer else None)
         for _ in range(_MAX_CONFIG_ATTEMPTS):
             current = self.etcd.get(self.layout.config)
-            if current is not None and self._same_config(current.value, config):
+            same = current is not None and self._same_config(current.value, config)
+            if same and (signer is None or current.value == data):  # Ed25519 signatures are deterministic
                 return False
-            guard = None if force or current is None else self.layout.subnets
+            guard = None if force or same or current is None else self.layout.subnets
             expected = current.mod_revision if current else 0
             result = self.etcd.put_if(self.layout.config, data, mod_revision=expected, require_empty=guard)
             if result.succeeded:
@@ -131,11 +138,10 @@ class SubnetStore:
             # Someone else wrote the config, or the last lease expired, meanwhile: look again.
         raise ClusterError(f"cluster config at {self.layout.config} keeps changing under us; try again")
 
-    @staticmethod
-    def _same_config(data: bytes, config: ClusterConfig) -> bool:
+    def _same_config(self, data: bytes, config: ClusterConfig) -> bool:
         try:
-            return ClusterConfig.from_json_untrusted(data) == config
-        except InvalidConfig:
+            return decode_config_untrusted(data, where=self.layout.config)[0] == config
+        except ConfigError:
             return False  # a broken stored config is "different": replacing it follows the same rule
 
     # -- listings ------------------------------------------------------------------------

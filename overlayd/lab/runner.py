@@ -176,10 +176,11 @@ def _init_network(plan: LabPlan, network_args: Sequence[str] = ()) -> None:
         raise OverlaydError(f"network init failed: {result.stderr.strip()}")
 
 
-def start_daemon(plan: LabPlan, host: LabHost, *args: str) -> None:
-    """Start the host's daemon; `args` are extra overlayd flags (e.g. --renumber)."""
+def start_daemon(plan: LabPlan, host: LabHost, *args: str, extra_config: str = "") -> None:
+    """Start the host's daemon; `args` are extra overlayd flags (e.g. --renumber), extra_config
+    TOML tables appended to its config file (e.g. a [trust] section)."""
     host.dir.mkdir(parents=True, exist_ok=True)
-    host.config_path.write_text(daemon_config_toml(plan, host, LAB_LEASE_TTL))
+    host.config_path.write_text(daemon_config_toml(plan, host, LAB_LEASE_TTL) + extra_config)
     _spawn(_python("overlayd.daemon", "--config", str(host.config_path), *args), host.log_path)
 
 

@@ -31,7 +31,7 @@ DROP_BAD_SUBNET = "bad_subnet"  # not one of the cluster's host subnets
 DROP_BAD_ENDPOINT = "bad_endpoint"  # public_ip is loopback, broadcast, multicast...
 # ... or refused by the trust anchor, by overlayd.trust.errors.RejectReason (restated: no import of trust here).
 DROP_UNVERIFIED = ("unsigned", "bad_cert", "untrusted_cert", "cert_not_yet_valid", "cert_expired",
-                   "node_mismatch", "no_lease", "replayed", "bad_signature")
+                   "node_mismatch", "no_lease", "replayed", "bad_signature", "revoked")
 DROP_BACKEND_MISMATCH = "backend_mismatch"  # record fine, but its backend data does not fit our backend
 DROP_CONFLICT = "conflict"  # refused by peer screening: overlap, our IP/MAC/key, MAC shared by hosts
 DROP_REASONS = (DROP_MALFORMED, DROP_BAD_SUBNET, DROP_BAD_ENDPOINT, *DROP_UNVERIFIED, DROP_BACKEND_MISMATCH,

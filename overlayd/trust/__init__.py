@@ -10,6 +10,9 @@ that the cluster CA has certified for the record's node name.
     certs.py     host certificates (format documented there), the trust anchor
     signing.py   signed record format, RecordSigner / RecordVerifier
     config.py    the daemon's [trust] section -> HostTrust(signer, verifier)
+    configsig.py the cluster config signed by the CA (refused unsigned with an anchor)
+    revocation.py the CA-signed revocation list at {prefix}/revoked, never rolled back
+    guard.py     the daemon's re-check timer: expired or revoked peers dropped, own certificate checked
 
 The cluster layer stays ignorant of all this: it takes an optional RecordEncoder
 (the signer) and LeaseVerifier (the verifier), see overlayd/cluster/records.py.
@@ -19,6 +22,9 @@ overwritten), but never as a peer.
 Limits, by design: a host holding a valid certificate can claim any free subnet and
 can, with write access to etcd, overwrite other keys (a compromised certified host is
 out of scope); a record once validly signed can be written back under the same key
-until its certificate expires (keep certificates short-lived); there is no revocation
-list (rotate the CA, or let the certificate expire).
+until its certificate expires or is revoked (`overlayctl ca revoke`; peers notice within
+[trust] recheck_interval); a config the CA once signed for this prefix can be written back
+(there is no config generation; daemons read the config only when they start);
+daemons that never saw a revocation list (new hosts, lost state) trust whatever newest
+signed list etcd holds.
 """

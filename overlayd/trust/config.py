@@ -4,11 +4,15 @@
     ca_file = "/etc/overlayd/ca.pub"          # trust anchor: verify every peer's record
     host_cert = "/etc/overlayd/host.cert"      # this host's certificate: sign our record
     host_key = "/var/lib/overlayd/host.key"    # its private key (default: state_dir/host.key)
+    recheck_interval = 60                      # seconds between re-checks of peers' certificates,
+                                               # the revocation list and the cluster config (1..3600)
 
 No [trust] section: records are neither signed nor verified, exactly as before. host_cert
 alone: our record is signed, peers' records are not checked (the first step of turning
 trust on in a running cluster: sign everywhere, then add ca_file everywhere). ca_file
-needs host_cert, since peers that verify would otherwise ignore this host.
+needs host_cert, since peers that verify would otherwise ignore this host. With ca_file,
+the cluster config and the revocation list count only when the CA signed them
+(configsig.py, revocation.py), and peers are re-checked every recheck_interval (guard.py).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST_KEY_NAME = "host.key"
 # Warn this long before our certificate runs out: peers drop our record when it does.
 EXPIRY_WARNING_SECONDS = 30 * 86400
+DEFAULT_RECHECK_INTERVAL = 60.0
+# Below a second the re-check would mostly poll etcd; above an hour a revoked host lingers.
+RECHECK_INTERVAL_RANGE = (1, 3600)
 
 
 @dataclass(frozen=True)
@@ -40,10 +47,15 @@ class TrustConfig:
     ca_file: Path | None = None
     host_key: Path | None = None  # default: state_dir / "host.key"
     host_cert: Path | None = None
+    recheck_interval: float = DEFAULT_RECHECK_INTERVAL
 
     def __post_init__(self) -> None:
         if self.ca_file is not None and self.host_cert is None:
             raise ConfigError("trust.ca_file needs trust.host_cert: peers that verify would ignore this host's record")
+        interval = self.recheck_interval
+        if type(interval) not in (int, float) or not RECHECK_INTERVAL_RANGE[0] <= interval <= RECHECK_INTERVAL_RANGE[1]:
+            raise ConfigError(f"trust.recheck_interval: expected seconds from {RECHECK_INTERVAL_RANGE[0]} to "
+                              f"{RECHECK_INTERVAL_RANGE[1]}, got {interval!r}")
 
     def host_key_path(self, state_dir: Path) -> Path:
         return self.host_key or state_dir / DEFAULT_HOST_KEY_NAME
@@ -55,11 +67,15 @@ def trust_config_from_mapping(values: Mapping[str, Any] | None) -> TrustConfig:
         return TrustConfig()
     if not isinstance(values, Mapping):
         raise ConfigError("[trust] must be a table")
-    unknown = set(values) - {"ca_file", "host_key", "host_cert"}
+    unknown = set(values) - {"ca_file", "host_key", "host_cert", "recheck_interval"}
     if unknown:
         raise ConfigError(f"unknown [trust] keys: {', '.join(sorted(map(str, unknown)))}")
-    paths: dict[str, Path] = {}
+    paths: dict[str, Any] = {}
+    if "recheck_interval" in values:
+        paths["recheck_interval"] = values["recheck_interval"]  # checked by TrustConfig
     for key, value in values.items():
+        if key == "recheck_interval":
+            continue
         if isinstance(value, Path):
             value = str(value)
         if not isinstance(value, str) or not value:

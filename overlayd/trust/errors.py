@@ -1,7 +1,8 @@
 """Errors of the trust layer.
 
 Certificates and signatures read from etcd are untrusted input: a malformed one is a
-CertificateError, one no configured CA vouches for an UntrustedCertificate. A host record
+CertificateError, one no configured CA vouches for an UntrustedCertificate; a cluster
+config no CA signed is an UntrustedConfig, an unusable revocation list a RevocationError. A host record
 that fails any check becomes a RecordRejected, a RecordError, so the cluster layer skips
 and reports it like any other unusable record; its `reason` says which check failed.
 """
@@ -26,6 +27,18 @@ class UntrustedCertificate(TrustError):
     """A well-formed host certificate that no configured CA key has signed."""
 
 
+class UntrustedConfig(TrustError):
+    """The cluster config in etcd is not signed by a trust anchor (configsig.py); never applied."""
+
+
+class RevocationError(TrustError):
+    """A revocation list is malformed, not signed by a trust anchor, or older than one seen."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason  # a RevocationReason value (metric label and log text)
+        super().__init__(message)
+
+
 class RejectReason(StrEnum):
     """Why a host record did not verify (metric label and log text)."""
 
@@ -38,6 +51,7 @@ class RejectReason(StrEnum):
     NO_LEASE = "no_lease"  # stored under no etcd lease: it would never expire
     REPLAYED = "replayed"  # signed for another etcd lease than the one it is stored under
     BAD_SIGNATURE = "bad_signature"  # the record's signature is malformed or does not match
+    REVOKED = "revoked"  # the certificate's serial is on the cluster CA's revocation list
 
 
 class RecordRejected(RecordError):
