@@ -114,7 +114,8 @@ class Daemon:
         self.backend: Backend | None = None
         self.pods: PodService | None = None
         self.grace = PeerGrace(PEER_GRACE)
-        self._known: Mapping[IPNetwork, Lease] = {}  # the newest peer set etcd (or the saved state) gave us
+        self._listed: Mapping[IPNetwork, Lease] = {}  # the newest peer set etcd (or the saved state) gave us
+        self._known: Mapping[IPNetwork, Lease] = {}  # _listed less peers whose certificate ran out or was revoked
         self.peer_leases: Mapping[IPNetwork, Lease] = {}  # what was last programmed: _known plus held peers
         self._saved_peers: dict[IPNetwork, HostRecord] | None = None
         self.refused_peers = 0
@@ -374,6 +375,7 @@ class Daemon:
                 log.info("peers missing after an outage, kept for %gs unless they come back: %s", PEER_GRACE,
                          ", ".join(f"{lease.record.node} ({s})" for s, lease in missing.items()))
             self.grace.hold(missing, trio.current_time())
+        self._listed = batch.peers
         self._known = self._screen(batch.peers)
 
     async def _follow_peers(self, batches: trio.MemoryReceiveChannel[WatchBatch]) -> None:
@@ -529,8 +531,10 @@ class Daemon:
             await self._refresh_revocations()
             await self._check_config()
             self._check_own_certificate()
-            kept = self._screen(self._known)
-            if len(kept) != len(self._known):
+            # From the listed set, not the screened one: a host that renewed its certificate and
+            # re-signed its record in place (no change a peer diff would see) comes back here.
+            kept = self._screen(self._listed)
+            if kept != self._known:
                 self._known = kept
                 await self._converge()
 
@@ -563,7 +567,7 @@ class Daemon:
                 if first is not None:
                     self._take_batch(first, hold_missing=False)
                 else:
-                    self._known = self._saved_peer_leases()
+                    self._listed = self._known = self._saved_peer_leases()
                 await self._converge()
                 self.keeper = self.cluster.lease_keeper(self.cluster_config, self.record, self.subnet, lease,
                                                         reporter=self.reporter)

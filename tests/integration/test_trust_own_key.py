@@ -49,6 +49,13 @@ def issue_identities(lab: Lab, ca_dir: Path) -> dict[str, Path]:
     return certs
 
 
+def sign_cluster_config(lab: Lab, ca_dir: Path) -> None:
+    """`network init` again, unchanged but signed by the CA: trust mode wants a signed config."""
+    subprocess.run(["ip", "netns", "exec", lab.plan.underlay_netns, sys.executable, "-m", "overlayd.cli.main",
+                    "network", "init", "--etcd-endpoints", lab.plan.etcd_endpoint, "--backend", "vxlan",
+                    "--ca-dir", str(ca_dir)], check=True, capture_output=True, text=True, timeout=30)
+
+
 def restart_trusting(lab: Lab, host: LabHost, ca_dir: Path, cert: Path) -> dict:
     runner.stop_daemon(host)
     runner.start_daemon(lab.plan, host, "--trust-ca", str(ca_dir / "ca.pub"), "--trust-host-cert", str(cert))
@@ -60,6 +67,16 @@ def raw_key(lab: Lab, key: str) -> tuple[bytes, int]:
     doc = json.loads(runner.etcdctl(lab.plan, "get", key, "-w", "json"))
     (kv,) = doc["kvs"]
     return base64.b64decode(kv["value"]), int(kv.get("lease", 0))
+
+
+def created_at(lab: Lab, key: str) -> int:
+    """The key's create revision: it changes only if the key was deleted and claimed anew."""
+    (kv,) = json.loads(runner.etcdctl(lab.plan, "get", key, "-w", "json"))["kvs"]
+    return int(kv["create_revision"])
+
+
+def key_ages(lab: Lab, saved: dict) -> dict[str, int]:
+    return {name: created_at(lab, subnet_key(view[0])) for name, view in saved["before"].items()}
 
 
 def host_view(lab: Lab, host: LabHost) -> tuple[str, str, list[tuple[str, str]]]:
@@ -95,6 +112,13 @@ def settled(lab: Lab) -> bool:
                for n in HOSTS)
 
 
+def wait_settled(lab: Lab) -> None:
+    try:
+        wait_for("every host ok with two peers", lambda: settled(lab), timeout=20)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {[status(lab.host(n)) for n in HOSTS]}") from None
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     base = tmp_path_factory.mktemp("trustlab")
@@ -108,18 +132,22 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 @pytest.fixture(scope="module")
 def saved(lab: Lab) -> dict[str, object]:
     """What one test leaves for the next (the order is the story)."""
-    return {"before": all_views(lab)}
+    saved: dict[str, object] = {"before": all_views(lab)}
+    saved["ages"] = key_ages(lab, saved)
+    return saved
 
 
 def test_trust_switched_on_in_one_step_keeps_every_subnet_and_pod(lab: Lab, saved: dict, tmp_path_factory:
                                                                     pytest.TempPathFactory) -> None:
     ca_dir = tmp_path_factory.mktemp("ca1")
     certs = issue_identities(lab, ca_dir)
+    sign_cluster_config(lab, ca_dir)
     for name in HOSTS:  # each host's own key holds an unsigned record: still its own
         report = restart_trusting(lab, lab.host(name), ca_dir, certs[name])
         assert report["subnet"] == saved["before"][name][0], report  # type: ignore[index]
-    wait_for("every host ok with two peers", lambda: settled(lab), timeout=20)
+    wait_settled(lab)
     assert all_views(lab) == saved["before"]
+    assert key_ages(lab, saved) == saved["ages"]  # taken over in place: never deleted, never a gap
     assert sorted(entry["record"]["node"] for entry in cluster_leases(lab.plan).values()) == list(HOSTS)
     assert all(signed_for_its_lease(lab, lab.host(n)) for n in HOSTS)
     assert every_pod_reaches_every_other(lab)
@@ -130,10 +158,12 @@ def test_ca_rotation_keeps_every_subnet_and_pod(lab: Lab, saved: dict, tmp_path_
     """A new CA, and only it trusted: every own key now carries a certificate nobody trusts."""
     ca_dir = tmp_path_factory.mktemp("ca2")
     certs = issue_identities(lab, ca_dir)
+    sign_cluster_config(lab, ca_dir)
     for name in HOSTS:
         restart_trusting(lab, lab.host(name), ca_dir, certs[name])
-    wait_for("every host ok with two peers", lambda: settled(lab), timeout=20)
+    wait_settled(lab)
     assert all_views(lab) == saved["before"]
+    assert key_ages(lab, saved) == saved["ages"]
     assert all(signed_for_its_lease(lab, lab.host(n)) for n in HOSTS)
     assert every_pod_reaches_every_other(lab)
     saved["ca"], saved["certs"] = ca_dir, certs
@@ -150,7 +180,7 @@ def test_a_replayed_record_is_refused_and_written_back_by_its_host(lab: Lab, sav
     (h3.dir / "state" / "host.json").unlink()
     netns_exec(h3.netns, "ip", "link", "del", "ovl.vx")
     restart_trusting(lab, h3, saved["ca"], saved["certs"]["h3"])  # type: ignore[index]
-    wait_for("every host ok with two peers", lambda: settled(lab), timeout=20)
+    wait_settled(lab)
     current, lease = raw_key(lab, key)
     assert json.loads(old)["backend"] != json.loads(current)["backend"]  # the replay would re-route
 
@@ -162,7 +192,7 @@ def test_a_replayed_record_is_refused_and_written_back_by_its_host(lab: Lab, sav
     wait_for("h3 claims its key back, signed", lambda: json.loads(raw_key(lab, key)[0])["backend"] ==
              json.loads(current)["backend"] and signed_for_its_lease(lab, h3), timeout=20)
     assert "(no_lease)" in h1.log_path.read_text()
-    wait_for("every host ok with two peers", lambda: settled(lab), timeout=20)
+    wait_settled(lab)
     assert every_pod_reaches_every_other(lab)
 
 

@@ -162,6 +162,9 @@ def _signer(node: str, not_after: int) -> RecordSigner:
     return RecordSigner(key, cert)
 
 
+LEASE_ID = 0x51  # the etcd lease the records are written under
+
+
 def test_screen_drops_expired_and_revoked_peers_once_each(tmp_path: Path) -> None:
     now = [1000.0]
     layout = KeyLayout()
@@ -172,8 +175,9 @@ def test_screen_drops_expired_and_revoked_peers_once_each(tmp_path: Path) -> Non
     for index, (node, signer) in enumerate(signers.items()):
         subnet = ipaddress.ip_network(f"10.244.{index}.0/24")
         record = HostRecord(node, ipaddress.ip_address(f"198.18.0.{index + 10}"), {"type": "vxlan"})
-        lease = Lease(subnet, record)
-        leases[subnet] = guard.verifier(layout.subnet_key(subnet), signer(layout.subnet_key(subnet), record), lease)
+        lease = Lease(subnet, record, LEASE_ID)
+        leases[subnet] = guard.verifier(layout.subnet_key(subnet), signer(layout.subnet_key(subnet), record, LEASE_ID),
+                                        lease)
 
     assert guard.screen(leases) == (leases, [])
     now[0] = 3000.0
@@ -190,7 +194,7 @@ def test_screen_drops_expired_and_revoked_peers_once_each(tmp_path: Path) -> Non
     record = leases[subnet].record
     with pytest.raises(RecordRejected, match=r"\(revoked\)"):
         key = layout.subnet_key(subnet)
-        guard.verifier(key, signers["gone"](key, record), Lease(subnet, record))
+        guard.verifier(key, signers["gone"](key, record, LEASE_ID), Lease(subnet, record, LEASE_ID))
 
     now[0] = 6000.0
     assert "expired" in (guard.own_problem() or "")
