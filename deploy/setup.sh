@@ -27,8 +27,11 @@ if systemctl is-active --quiet etcd 2>/dev/null; then systemctl disable --now et
 
 # --clear: a fresh environment every time, so an upgrade never mixes old and new.
 python3 -m venv --clear "$venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager -e '.[test]'
+# pip's and setuptools' chatter goes to a log, shown only when the install fails.
+log="$venv/setup-pip.log"
+{ "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
+  "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade --upgrade-strategy eager -e '.[test]'
+} >"$log" 2>&1 || { cat "$log" >&2; echo "setup.sh: installing overlayd into $venv failed" >&2; exit 1; }
 for cmd in overlayd overlayctl overlayd-wg; do
   ln -sf "$venv/bin/$cmd" "/usr/local/bin/$cmd"
 done
