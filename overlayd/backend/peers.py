@@ -1,26 +1,31 @@
-"""Remote VTEPs and the screening that keeps bad peer data out of the kernel.
+"""The screening every backend applies to its peers, and the VXLAN peer (PeerVtep).
 
 Peer data comes from etcd, written by other hosts: a peer whose subnet overlaps ours
-or another peer's, or that claims our public IP or VTEP MAC, is refused (never
-programmed), so one broken record cannot hijack or blackhole traffic meant for someone
-else. When hosts share a VTEP MAC (a disk cloned with its host.json), the host whose
-record is older in etcd (create revision) keeps it and the newcomers are refused:
-refusing them all would cut the original host off from every peer.
+or another peer's, or that claims our public IP or our identity (VTEP MAC, WireGuard
+key, ...), is refused (never programmed), so one broken record cannot hijack or
+blackhole traffic meant for someone else. When hosts share an identity (a disk cloned
+with its state), the host whose record is older in etcd (create revision) keeps it and
+the newcomers are refused: refusing them all would cut the original host off from every
+peer. The rules are the same for every backend; only what "identity" means differs.
 """
 
 from __future__ import annotations
 
+import base64
 from collections import defaultdict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
-from overlayd.errors import ClusterError, ConfigError
+from overlayd.cluster.errors import RecordError
+from overlayd.errors import ConfigError
 
+from .contract import BACKEND_MISMATCH, BackendPeer, Refusal
 from .mac import parse_mac_untrusted
 from .objects import IPAddress, IPNetwork
 
 K = TypeVar("K", bound=Hashable)
+P = TypeVar("P", bound=BackendPeer)
 
 
 @dataclass(frozen=True)
@@ -29,43 +34,48 @@ class PeerVtep:
     vtep_mac: str  # lower-case unicast MAC of the peer's VXLAN device
     create_revision: int = 0  # etcd create revision of the peer's key: its age (0: unknown)
 
+    @property
+    def identity(self) -> str:
+        return self.vtep_mac
+
     @classmethod
     def from_backend_data_untrusted(
         cls, public_ip: IPAddress, backend: Mapping[str, object], create_revision: int = 0
     ) -> PeerVtep:
-        """Build from a host record's backend data (ClusterError if it is not VXLAN data)."""
+        """Build from a host record's backend data (RecordError if it is not VXLAN data)."""
         if backend.get("type") != "vxlan":
-            raise ClusterError(f"host {public_ip}: backend type {backend.get('type')!r}, expected 'vxlan'")
+            raise mismatch(public_ip, f"backend type {backend.get('type')!r}, expected 'vxlan'")
         try:
             mac = parse_mac_untrusted(backend.get("vtep_mac"))
         except ConfigError as exc:
-            raise ClusterError(f"host {public_ip}: bad vtep_mac: {exc}") from None
+            raise mismatch(public_ip, f"bad vtep_mac: {exc}") from None
         return cls(public_ip=public_ip, vtep_mac=mac, create_revision=create_revision)
 
 
-@dataclass(frozen=True)
-class Refusal:
-    subnet: IPNetwork
-    reason: str
+def mismatch(public_ip: IPAddress, why: str) -> RecordError:
+    """A record this backend cannot program: counted as backend_mismatch."""
+    return RecordError(f"host {public_ip}: {why}", reason=BACKEND_MISMATCH)
 
 
 @dataclass(frozen=True)
-class Screened:
-    accepted: Mapping[IPNetwork, PeerVtep]
+class Screened(Generic[P]):
+    accepted: Mapping[IPNetwork, P]
     refused: tuple[Refusal, ...]
 
 
 def screen_peers(
-    peers: Mapping[IPNetwork, PeerVtep],
+    peers: Mapping[IPNetwork, P],
     *,
     own_subnet: IPNetwork,
     own_ip: IPAddress,
-    own_mac: str,
-) -> Screened:
-    """Split `peers` into the ones safe to program and the refused ones (with reasons)."""
+    own_identity: Hashable,
+    identity_name: str = "VTEP MAC",
+) -> Screened[P]:
+    """Split `peers` into the ones safe to program and the refused ones (with reasons).
+    identity_name says what a peer's `identity` is, for the reasons."""
     refused: dict[IPNetwork, str] = {}
     for subnet, peer in peers.items():
-        reason = _own_conflict(subnet, peer, own_subnet, own_ip, own_mac)
+        reason = _own_conflict(subnet, peer, own_subnet, own_ip, own_identity, identity_name)
         if reason:
             refused[subnet] = reason
 
@@ -81,22 +91,23 @@ def screen_peers(
         if furthest is None or int(subnet.broadcast_address) > int(furthest.broadcast_address):
             furthest = subnet
 
-    # A host's claim on its MAC is as old as its oldest record (one host may hold several subnets).
-    hosts_by_mac: dict[str, dict[IPAddress, int]] = defaultdict(dict)
+    # A host's claim on its identity is as old as its oldest record (one host may hold several subnets).
+    hosts_by_identity: dict[Hashable, dict[IPAddress, int]] = defaultdict(dict)
     for subnet in candidates:
         if subnet not in refused:
             peer = peers[subnet]
-            hosts = hosts_by_mac[peer.vtep_mac]
+            hosts = hosts_by_identity[peer.identity]
             hosts[peer.public_ip] = min(hosts.get(peer.public_ip, peer.create_revision), peer.create_revision)
     for subnet in candidates:
         peer = peers[subnet]
-        hosts = hosts_by_mac[peer.vtep_mac]
+        hosts = hosts_by_identity[peer.identity]
         if subnet not in refused and len(hosts) > 1:
             elder = oldest_claimant(hosts)
+            shown = _shown(peer.identity)
             if elder is None:
-                refused[subnet] = f"VTEP MAC {peer.vtep_mac} is claimed by several hosts, none with an older record"
+                refused[subnet] = f"{identity_name} {shown} is claimed by several hosts, none with an older record"
             elif peer.public_ip != elder:
-                refused[subnet] = (f"VTEP MAC {peer.vtep_mac} belongs to host {elder}, whose record is older"
+                refused[subnet] = (f"{identity_name} {shown} belongs to host {elder}, whose record is older"
                                    " (a cloned host?)")
 
     return Screened(
@@ -113,9 +124,12 @@ def oldest_claimant(claims: Mapping[K, int]) -> K | None:
     return elders[0] if len(elders) == 1 else None
 
 
-def _own_conflict(
-    subnet: IPNetwork, peer: PeerVtep, own_subnet: IPNetwork, own_ip: IPAddress, own_mac: str
-) -> str | None:
+def _shown(identity: Hashable) -> str:
+    return base64.b64encode(identity).decode() if isinstance(identity, bytes) else str(identity)
+
+
+def _own_conflict(subnet: IPNetwork, peer: BackendPeer, own_subnet: IPNetwork, own_ip: IPAddress,
+                  own_identity: Hashable, identity_name: str) -> str | None:
     if subnet.version != own_subnet.version:
         return f"subnet is IPv{subnet.version}, ours is IPv{own_subnet.version}"
     if peer.public_ip.version != own_ip.version:
@@ -124,6 +138,6 @@ def _own_conflict(
         return f"subnet overlaps our own subnet {own_subnet}"
     if peer.public_ip == own_ip:
         return f"public IP {peer.public_ip} is our own"
-    if peer.vtep_mac == own_mac:
-        return f"VTEP MAC {peer.vtep_mac} is our own"
+    if peer.identity == own_identity:
+        return f"{identity_name} {_shown(peer.identity)} is our own"
     return None

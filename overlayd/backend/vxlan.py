@@ -13,19 +13,21 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from overlayd.cluster.records import HostRecord
 from overlayd.errors import UsageError
 
 from .addresses import converge_addresses
+from .contract import BackendContext, Observations, ReconcileResult, Refusal
 from .mac import parse_mac_untrusted
 from .netlink import Netlink
 from .objects import RTPROT_OVERLAYD, IPAddress, IPNetwork, Link
 from .overlap import foreign_route_conflicts
-from .peers import PeerVtep, Refusal, screen_peers
+from .peers import PeerVtep, screen_peers
 from .underlay import Underlay
 from .vxlan_plan import (
+    VXLAN_OVERHEAD,
     Action,
     Change,
     DeleteFdb,
@@ -46,17 +48,19 @@ from .vxlan_plan import (
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ReconcileResult:
-    """Kernel objects (routes, neighbours, FDB remotes) touched by one reconcile run."""
-
-    added: int = 0
-    changed: int = 0
-    removed: int = 0
-    refused: int = 0  # peers skipped as unsafe (see peers.screen_peers)
+def from_context(ctx: BackendContext) -> VxlanBackend:
+    """The registry's factory (registry.py)."""
+    return VxlanBackend.for_underlay(ctx.ipr, f"{ctx.link_prefix}.vx", ctx.vni or 1, ctx.port, ctx.underlay,
+                                     ctx.vtep_mac, mtu=ctx.mtu)
 
 
 class VxlanBackend:
+    """Kernel VXLAN, flannel's L3 scheme: per peer an onlink route via the peer's VTEP
+    address, a permanent neighbour entry for it and an FDB entry to the peer's public IP."""
+
+    type = "vxlan"
+    overhead = VXLAN_OVERHEAD[6]  # the larger, IPv6-underlay figure; vxlan_mtu() picks the right one
+    observes = False
     def __init__(
         self,
         ipr: Any,
@@ -121,11 +125,16 @@ class VxlanBackend:
         """What peers need to reach us, published in our host record."""
         return {"type": "vxlan", "vtep_mac": self.spec.mac}
 
-    def setup(self, own_subnet: IPNetwork) -> dict[str, str]:
-        """Converge the device for `own_subnet`; returns the backend data for our host record."""
+    def peer_from_record_untrusted(self, record: HostRecord, create_revision: int = 0) -> PeerVtep:
+        return PeerVtep.from_backend_data_untrusted(record.public_ip, record.backend, create_revision)
+
+    def setup(self, own_subnet: IPNetwork) -> None:
+        """Converge the device for `own_subnet`."""
         self._own_subnet = own_subnet
         self._ensure_device(own_subnet)
-        return self.backend_data()
+
+    def observe(self) -> Observations:
+        return Observations()  # the kernel's VXLAN keeps no per-peer state worth reporting
 
     def reconcile(self, peers: Mapping[IPNetwork, PeerVtep]) -> ReconcileResult:
         """Make routes, neighbours and FDB match `peers` (our own subnet must not be in it)."""
@@ -134,7 +143,7 @@ class VxlanBackend:
             raise UsageError("VxlanBackend.reconcile() called before setup()")
         # Cheap (one link get + one address dump) and it heals a device deleted behind our back.
         link = self._ensure_device(own_subnet)
-        screened = screen_peers(peers, own_subnet=own_subnet, own_ip=self.spec.local_ip, own_mac=self.spec.mac)
+        screened = screen_peers(peers, own_subnet=own_subnet, own_ip=self.spec.local_ip, own_identity=self.spec.mac)
         observed = Observed(
             routes=self._nl.main_routes(own_subnet.version),
             neighbours=self._nl.neighbours(own_subnet.version, link.index),
@@ -154,7 +163,7 @@ class VxlanBackend:
             added=counts[Change.ADD],
             changed=counts[Change.CHANGE],
             removed=counts[Change.REMOVE],
-            refused=len(refusals),
+            refused=tuple(refusals),
         )
         if actions:
             log.info(

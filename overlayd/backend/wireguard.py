@@ -26,13 +26,15 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from overlayd.errors import ClusterError, ConfigError, KernelError, NotFoundError, OverlaydError
+from overlayd.cluster.records import HostRecord
+from overlayd.errors import ConfigError, KernelError, NotFoundError, OverlaydError, UsageError
 
-from .netlink import Netlink
 from .addresses import converge_addresses
+from .contract import BackendContext, Observations, PeerObservation, ReconcileResult, Refusal
+from .netlink import Netlink
 from .objects import RTPROT_OVERLAYD, IPAddress, IPNetwork, Route
 from .overlap import foreign_route_conflicts
-from .peers import oldest_claimant
+from .peers import mismatch, screen_peers
 from .vxlan_plan import device_address
 
 if TYPE_CHECKING:  # wgkeys loads `cryptography`; only a WireGuard daemon needs it
@@ -53,18 +55,26 @@ class WgPeer:
     port: int
     create_revision: int = 0  # etcd create revision of the peer's key: its age (0: unknown)
 
+    @property
+    def public_ip(self) -> IPAddress:
+        return self.endpoint_ip
+
+    @property
+    def identity(self) -> bytes:
+        return self.public_key
+
     @classmethod
     def from_backend_data_untrusted(cls, public_ip: IPAddress, backend: Mapping[str, object],
                                     create_revision: int = 0) -> WgPeer:
         if backend.get("type") != "wireguard":
-            raise ClusterError(f"host {public_ip}: backend type {backend.get('type')!r}, expected 'wireguard'")
+            raise mismatch(public_ip, f"backend type {backend.get('type')!r}, expected 'wireguard'")
         try:
             key = base64.b64decode(str(backend.get("public_key", "")), validate=True)
             port = int(str(backend.get("port", "")))
         except (binascii.Error, ValueError):
-            raise ClusterError(f"host {public_ip}: bad WireGuard public key or port") from None
+            raise mismatch(public_ip, "bad WireGuard public key or port") from None
         if len(key) != 32 or not 1 <= port <= 65535:
-            raise ClusterError(f"host {public_ip}: bad WireGuard public key or port")
+            raise mismatch(public_ip, "bad WireGuard public key or port")
         return cls(public_key=key, endpoint_ip=public_ip, port=port, create_revision=create_revision)
 
 
@@ -93,36 +103,6 @@ class DevicePlan:
 
     def __bool__(self) -> bool:
         return bool(self.upsert or self.remove)
-
-
-def screen_wg_peers(peers: Mapping[IPNetwork, WgPeer], *, own_key: bytes,
-                    own_subnet: IPNetwork) -> tuple[dict[IPNetwork, WgPeer], list[str]]:
-    """Refuse peers that would hijack traffic: our own key, a subnet overlapping ours or
-    another peer's, and a key several records claim (a disk cloned with its key): the
-    record older in etcd keeps the key, the newer ones are refused."""
-    refused: dict[IPNetwork, str] = {}
-    by_key: dict[bytes, dict[IPNetwork, int]] = {}
-    for subnet, peer in peers.items():
-        by_key.setdefault(peer.public_key, {})[subnet] = peer.create_revision
-        if peer.public_key == own_key:
-            refused[subnet] = "uses this host's public key"
-        elif subnet.overlaps(own_subnet):
-            refused[subnet] = f"overlaps this host's subnet {own_subnet}"
-    for claims in by_key.values():
-        if len(claims) > 1:
-            elder = oldest_claimant(claims)
-            for subnet in claims:
-                if elder is None:
-                    refused.setdefault(subnet, "public key claimed by several hosts, none with an older record")
-                elif subnet != elder:
-                    refused.setdefault(subnet, f"public key belongs to {elder}, whose record is older (a cloned host?)")
-    ordered = sorted(peers, key=lambda n: (n.version, n.network_address, n.prefixlen))
-    for a, b in zip(ordered, ordered[1:]):
-        if a.overlaps(b):
-            refused.setdefault(a, f"overlaps {b}")
-            refused.setdefault(b, f"overlaps {a}")
-    accepted = {s: p for s, p in peers.items() if s not in refused}
-    return accepted, [f"{s}: {reason}" for s, reason in refused.items()]
 
 
 def plan_device(desired: Mapping[IPNetwork, WgPeer], current: Mapping[bytes, tuple[str | None, tuple[IPNetwork, ...]]],
@@ -264,40 +244,61 @@ class KernelControl:
             self.wg.set(self.ifname, peer=peer)
 
 
-@dataclass(frozen=True)
-class WgReconcileResult:
-    added: int = 0
-    changed: int = 0
-    removed: int = 0
-    refused: int = 0
+def drops_from_engine_counters(counters: Mapping[str, int]) -> dict[str, int]:
+    """The drop counts in the engine's counters (keys drop_<reason>) keyed by reason."""
+    return {key[len("drop_"):]: value for key, value in counters.items() if key.startswith("drop_")}
+
+
+def from_context(ctx: BackendContext) -> WireGuardBackend:
+    """The registry's factory (registry.py)."""
+    from . import wgkeys  # loads `cryptography`, which a VXLAN daemon does without
+
+    keys = wgkeys.load_or_create(ctx.state_dir / "wireguard.key")
+    return WireGuardBackend(ctx.ipr, f"{ctx.link_prefix}.wg", keys, ctx.port,
+                            ctx.mtu or ctx.underlay.mtu - WIREGUARD_OVERHEAD, local_ip=ctx.underlay.ip,
+                            implementation=ctx.wireguard_implementation, socket_dir=ctx.wireguard_socket_dir,
+                            log_dir=ctx.run_dir)
 
 
 class WireGuardBackend:
+    type = "wireguard"
+    overhead = WIREGUARD_OVERHEAD
+    observes = True  # handshakes, transfer counters, and the userspace engine's drops
+
     def __init__(self, ipr: Any, device: str, keys: KeyPair, listen_port: int, mtu: int, *,
-                 implementation: str = "auto", socket_dir: Path | None = None, log_dir: Path,
-                 route_protocol: int = RTPROT_OVERLAYD) -> None:
+                 local_ip: IPAddress, implementation: str = "auto", socket_dir: Path | None = None,
+                 log_dir: Path, route_protocol: int = RTPROT_OVERLAYD) -> None:
         if implementation not in IMPLEMENTATIONS:
             raise ConfigError(f"wireguard implementation {implementation!r}: one of {', '.join(IMPLEMENTATIONS)}")
         self._nl = Netlink(ipr)
         self.device = device
         self.keys = keys
         self.listen_port = listen_port
-        self.mtu = mtu
+        self._mtu = mtu
+        self.local_ip = local_ip  # our public IP: a peer claiming it is refused
         self.implementation = implementation
         self.socket_dir = socket_dir
         self.log_dir = log_dir
-        self.protocol = route_protocol
+        self.route_protocol = route_protocol
         self.control: DeviceControl | None = None
         self.kind: str | None = None  # "kernel" or "userspace", once set up
         self._own_subnet: IPNetwork | None = None
         self._applied_endpoints: dict[bytes, str] = {}
+        self._programmed: dict[bytes, WgPeer] = {}  # public key -> peer, as last reconciled
+
+    @property
+    def mtu(self) -> int:
+        return self._mtu
 
     def backend_data(self) -> dict[str, str]:
         return {"type": "wireguard", "public_key": self.keys.public_b64, "port": str(self.listen_port)}
 
+    def peer_from_record_untrusted(self, record: HostRecord, create_revision: int = 0) -> WgPeer:
+        return WgPeer.from_backend_data_untrusted(record.public_ip, record.backend, create_revision)
+
     # --- device ---------------------------------------------------------------
 
-    def setup(self, own_subnet: IPNetwork) -> dict[str, str]:
+    def setup(self, own_subnet: IPNetwork) -> None:
         """Adopt or create the interface, set key and port, address and MTU."""
         self._own_subnet = own_subnet
         link = self._nl.link(self.device)
@@ -318,8 +319,7 @@ class WireGuardBackend:
             raise KernelError(f"WireGuard interface {self.device} vanished during setup")
         if link.mtu != self.mtu or not link.up:
             self._nl.set_link(link, mtu=self.mtu, state="up")
-        converge_addresses(self._nl, link.index, {device_address(own_subnet)}, self.protocol)
-        return self.backend_data()
+        converge_addresses(self._nl, link.index, {device_address(own_subnet)}, self.route_protocol)
 
     def _engine_answers(self) -> bool:
         try:
@@ -364,21 +364,22 @@ class WireGuardBackend:
 
     # --- peers ----------------------------------------------------------------
 
-    def reconcile(self, peers: Mapping[IPNetwork, WgPeer]) -> WgReconcileResult:
+    def reconcile(self, peers: Mapping[IPNetwork, WgPeer]) -> ReconcileResult:
         if self.control is None or self._own_subnet is None:
-            raise KernelError("WireGuard backend used before setup()")
-        accepted, refusals = screen_wg_peers(peers, own_key=self.keys.public, own_subnet=self._own_subnet)
+            raise UsageError("WireGuardBackend.reconcile() called before setup()")
         link = self._nl.link(self.device)
         if link is None:  # the engine died and took the interface along: start over
             self.setup(self._own_subnet)
             link = self._nl.link(self.device)
             assert link is not None
+        screened = screen_peers(peers, own_subnet=self._own_subnet, own_ip=self.local_ip,
+                                own_identity=self.keys.public, identity_name="WireGuard public key")
         routes = self._nl.main_routes(self._own_subnet.version)
-        taken = foreign_route_conflicts(accepted, routes, ifindex=link.index, protocol=self.protocol)
-        accepted = {subnet: peer for subnet, peer in accepted.items() if subnet not in taken}
-        refusals += [f"{subnet}: {reason}" for subnet, reason in taken.items()]
-        for reason in refusals:
-            log.warning("WireGuard peer refused: %s", reason)
+        taken = foreign_route_conflicts(screened.accepted, routes, ifindex=link.index, protocol=self.route_protocol)
+        accepted = {subnet: peer for subnet, peer in screened.accepted.items() if subnet not in taken}
+        refusals = [*screened.refused, *(Refusal(subnet, reason) for subnet, reason in taken.items())]
+        for refusal in refusals:
+            log.warning("refusing peer %s: %s", refusal.subnet, refusal.reason)
         current = self.control.current()
         plan = plan_device(accepted, current, self._applied_endpoints)
         if plan:
@@ -388,14 +389,27 @@ class WireGuardBackend:
                     self._applied_endpoints[change.peer.public_key] = _endpoint_text(change.peer)
             for key in plan.remove:
                 self._applied_endpoints.pop(key, None)
-        add, delete = plan_routes(set(accepted), routes, link.index, self.protocol)
+        self._programmed = {peer.public_key: peer for peer in accepted.values()}
+        add, delete = plan_routes(set(accepted), routes, link.index, self.route_protocol)
         for route in delete:
             self._nl.delete_route(route)
         for dst in add:
-            self._nl.replace_dev_route(dst, link.index, self.protocol)
+            self._nl.replace_dev_route(dst, link.index, self.route_protocol)
         new = sum(1 for c in plan.upsert if c.peer.public_key not in current)
-        return WgReconcileResult(added=new + len(add), changed=len(plan.upsert) - new,
-                                 removed=len(plan.remove) + len(delete), refused=len(refusals))
+        return ReconcileResult(added=new + len(add), changed=len(plan.upsert) - new,
+                               removed=len(plan.remove) + len(delete), refused=tuple(refusals))
+
+    def observe(self) -> Observations:
+        stats = self.peer_stats()
+        counters = self.engine_counters()
+        return Observations(
+            peers={ip: PeerObservation(s.endpoint, s.latest_handshake, s.rx_bytes, s.tx_bytes)
+                   for ip, s in self._stats_by_peer_ip(stats).items()},
+            handshakes={key: s.latest_handshake for key, s in stats.items()},
+            drops=drops_from_engine_counters(counters) if counters is not None else None)
+
+    def _stats_by_peer_ip(self, stats: Mapping[bytes, PeerStats]) -> dict[IPAddress, PeerStats]:
+        return {peer.endpoint_ip: stats[key] for key, peer in self._programmed.items() if key in stats}
 
     def engine_counters(self) -> dict[str, int] | None:
         """The userspace engine's counters (drop_<reason>, ...); None for the kernel module."""

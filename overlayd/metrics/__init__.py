@@ -1,7 +1,7 @@
 """Prometheus metrics: a dependency-free registry (registry.py), the HTTP endpoint (http.py)
 and the metric set the daemon updates (daemon.py)."""
 
-from overlayd.metrics.daemon import CountingReporter, DaemonMetrics, HandshakeTracker, drops_from_engine_counters
+from overlayd.metrics.daemon import CountingReporter, DaemonMetrics, HandshakeTracker
 from overlayd.metrics.http import DEFAULT_ADDRESS, parse_listen_address, serve_metrics
 from overlayd.metrics.registry import Counter, Gauge, Histogram, MetricFamily, Registry, Sample, family
 
@@ -16,7 +16,6 @@ __all__ = [
     "MetricFamily",
     "Registry",
     "Sample",
-    "drops_from_engine_counters",
     "family",
     "parse_listen_address",
     "serve_metrics",

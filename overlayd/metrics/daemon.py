@@ -136,11 +136,6 @@ class CountingReporter:
         self._inner.recover(component)
 
 
-def drops_from_engine_counters(counters: Mapping[str, int]) -> dict[str, int]:
-    """The drop counts in Engine.counters() (keys drop_<reason>) keyed by reason."""
-    return {key[len("drop_"):]: value for key, value in counters.items() if key.startswith("drop_")}
-
-
 class HandshakeTracker:
     """Counts completed handshakes from successive peer snapshots (latest handshake time per key).
 

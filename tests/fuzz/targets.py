@@ -347,7 +347,7 @@ _OWN_MAC = "02:42:c6:12:00:0b"
 
 
 def _screen(peers: dict[Any, PeerVtep]) -> None:
-    screened = screen_peers(peers, own_subnet=_OWN_SUBNET, own_ip=_OWN_IP, own_mac=_OWN_MAC)
+    screened = screen_peers(peers, own_subnet=_OWN_SUBNET, own_ip=_OWN_IP, own_identity=_OWN_MAC)
     accepted = list(screened.accepted.items())
     assert len(accepted) + len(screened.refused) == len(peers)
     for i, (subnet, peer) in enumerate(accepted):

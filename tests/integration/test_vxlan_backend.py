@@ -29,7 +29,8 @@ from overlayd.backend.host import HostNetwork, ensure_host_network
 from overlayd.backend.objects import RTPROT_OVERLAYD, IPNetwork
 from overlayd.backend.peers import PeerVtep
 from overlayd.backend.underlay import Underlay, detect_underlay
-from overlayd.backend.vxlan import ReconcileResult, VxlanBackend
+from overlayd.backend.contract import ReconcileResult
+from overlayd.backend.vxlan import VxlanBackend
 from overlayd.backend.vxlan_plan import vxlan_mtu
 from overlayd.errors import ConfigError
 
@@ -329,7 +330,8 @@ def test_restarted_backend_adopts_device_without_changes(make_cluster: Callable[
     n1, n2 = cluster.nodes
     ifindex = n1.vxlan_ifindex()
     fresh = n1.new_backend()  # as a restarted daemon would
-    assert n1.run(fresh.setup, n1.subnet) == {"type": "vxlan", "vtep_mac": n1.vtep_mac}
+    n1.run(fresh.setup, n1.subnet)
+    assert fresh.backend_data() == {"type": "vxlan", "vtep_mac": n1.vtep_mac}
     assert n1.vxlan_ifindex() == ifindex
     assert n1.run(fresh.reconcile, cluster.peers_of(n1)) == ReconcileResult()
     assert ping(n1.pod_netns, n2.pod_ip)
@@ -369,7 +371,9 @@ def test_unsafe_peers_are_refused_not_programmed(make_cluster: Callable[..., Clu
     peers = cluster.peers_of(n1)
     peers[ipaddress.ip_network("10.244.1.128/25")] = PeerVtep(ipaddress.ip_address("198.18.0.50"), "02:00:00:00:00:50")
     peers[ipaddress.ip_network("10.244.60.0/24")] = PeerVtep(n1.public_ip, "02:00:00:00:00:60")
-    assert n1.reconcile(peers) == ReconcileResult(added=3, refused=2)
+    result = n1.reconcile(peers)
+    assert (result.added, len(result.refused)) == (3, 2)
+    assert {str(r.subnet) for r in result.refused} == {"10.244.1.128/25", "10.244.60.0/24"}
     assert [r["dst"] for r in n1.our_routes()] == ["10.244.2.0/24"]
     assert [f["mac"] for f in n1.vxlan_fdb()] == [n2.vtep_mac]
 

@@ -19,7 +19,7 @@ def peer(n: int, mac: str | None = None) -> PeerVtep:
 
 
 def screen(peers: dict) -> tuple[set, dict]:
-    result = screen_peers(peers, own_subnet=OWN_SUBNET, own_ip=OWN_IP, own_mac=OWN_MAC)
+    result = screen_peers(peers, own_subnet=OWN_SUBNET, own_ip=OWN_IP, own_identity=OWN_MAC)
     return set(result.accepted), {r.subnet: r.reason for r in result.refused}
 
 
@@ -89,7 +89,7 @@ vteps = st.builds(lambda h, m: PeerVtep(ip(f"198.18.0.{h}"), f"02:00:00:00:00:{m
 
 @given(st.dictionaries(subnets, vteps, max_size=12))
 def test_screening_properties(peers: dict) -> None:
-    result = screen_peers(peers, own_subnet=OWN_SUBNET, own_ip=OWN_IP, own_mac=OWN_MAC)
+    result = screen_peers(peers, own_subnet=OWN_SUBNET, own_ip=OWN_IP, own_identity=OWN_MAC)
     refused = {r.subnet for r in result.refused}
     assert set(result.accepted) | refused == set(peers) and not set(result.accepted) & refused
     accepted = sorted(result.accepted)

@@ -7,7 +7,7 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 from overlayd.backend.objects import Route
-from overlayd.backend.wireguard import PeerChange, WgPeer, plan_device, plan_routes, screen_wg_peers
+from overlayd.backend.wireguard import PeerChange, WgPeer, plan_device, plan_routes
 from overlayd.errors import ClusterError
 
 KEY_A, KEY_B, KEY_C, OWN = (bytes([n]) * 32 for n in (1, 2, 3, 9))
@@ -72,11 +72,3 @@ def test_route_plan_keeps_ours_removes_strays_and_leaves_others_alone() -> None:
     add, delete = plan_routes({NET_A, NET_B}, routes, ifindex=7, protocol=213)
     assert add == [NET_B]
     assert sorted(str(r.dst) for r in delete) == ["10.244.2.0/24", "10.244.3.0/24"]
-
-
-def test_screening_refuses_hijacks() -> None:
-    peers = {NET_A: _peer(KEY_A, 11), NET_B: _peer(OWN, 12), NET_C: _peer(KEY_A, 13),
-             ip_network("10.244.9.128/25"): _peer(KEY_C, 14), ip_network("10.244.5.0/24"): _peer(bytes([5]) * 32, 15)}
-    accepted, refused = screen_wg_peers(peers, own_key=OWN, own_subnet=OWN_NET)
-    assert list(accepted) == [ip_network("10.244.5.0/24")]
-    assert len(refused) == 4

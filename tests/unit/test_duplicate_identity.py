@@ -8,7 +8,7 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 from overlayd.backend.peers import PeerVtep, oldest_claimant, screen_peers
-from overlayd.backend.wireguard import WgPeer, screen_wg_peers
+from overlayd.backend.wireguard import WgPeer
 from overlayd.cluster.etcd import KeyValue
 from overlayd.cluster.keys import KeyLayout
 from overlayd.cluster.records import HostRecord
@@ -25,7 +25,7 @@ def vtep(host: int, revision: int, mac: str = MAC) -> PeerVtep:
 
 
 def screen(peers: dict) -> tuple[set, dict]:
-    result = screen_peers(peers, own_subnet=OWN_SUBNET, own_ip=ip_address("198.18.0.9"), own_mac="02:00:00:00:00:09")
+    result = screen_peers(peers, own_subnet=OWN_SUBNET, own_ip=ip_address("198.18.0.9"), own_identity="02:00:00:00:00:09")
     return set(result.accepted), {r.subnet: r.reason for r in result.refused}
 
 
@@ -67,6 +67,12 @@ def test_a_record_with_our_own_vtep_mac_is_refused_however_old() -> None:
     assert accepted == set() and "is our own" in refused[ip_network("10.244.1.0/24")]
 
 
+def screen_wg(peers: dict, own_key: bytes) -> tuple[dict, list[str]]:
+    result = screen_peers(peers, own_subnet=OWN_SUBNET, own_ip=ip_address("198.18.0.9"), own_identity=own_key,
+                          identity_name="WireGuard public key")
+    return dict(result.accepted), [f"{r.subnet}: {r.reason}" for r in result.refused]
+
+
 def wg(host: int, revision: int, key: bytes = KEY) -> WgPeer:
     return WgPeer(public_key=key, endpoint_ip=ip_address(f"198.18.0.{host}"), port=51820, create_revision=revision)
 
@@ -74,17 +80,18 @@ def wg(host: int, revision: int, key: bytes = KEY) -> WgPeer:
 def test_a_clone_sharing_a_public_key_is_refused_and_the_original_kept() -> None:
     peers = {ip_network("10.244.7.0/24"): wg(99, 40), ip_network("10.244.1.0/24"): wg(11, 5),
              ip_network("10.244.2.0/24"): wg(12, 6, bytes([2]) * 32)}
-    accepted, refused = screen_wg_peers(peers, own_key=bytes([9]) * 32, own_subnet=OWN_SUBNET)
+    accepted, refused = screen_wg(peers, own_key=bytes([9]) * 32)
     assert set(accepted) == {ip_network("10.244.1.0/24"), ip_network("10.244.2.0/24")}
-    assert len(refused) == 1 and refused[0].startswith("10.244.7.0/24: public key belongs to 10.244.1.0/24")
+    assert len(refused) == 1 and refused[0].startswith("10.244.7.0/24: WireGuard public key ")
+    assert "belongs to host 198.18.0.11, whose record is older" in refused[0]
 
 
 def test_public_key_ties_and_our_own_key_are_refused() -> None:
     tie = {ip_network("10.244.1.0/24"): wg(11, 0), ip_network("10.244.7.0/24"): wg(99, 0)}
-    accepted, refused = screen_wg_peers(tie, own_key=bytes([9]) * 32, own_subnet=OWN_SUBNET)
+    accepted, refused = screen_wg(tie, own_key=bytes([9]) * 32)
     assert accepted == {} and len(refused) == 2
-    accepted, refused = screen_wg_peers({ip_network("10.244.1.0/24"): wg(11, 1)}, own_key=KEY, own_subnet=OWN_SUBNET)
-    assert accepted == {} and "this host's public key" in refused[0]
+    accepted, refused = screen_wg({ip_network("10.244.1.0/24"): wg(11, 1)}, own_key=KEY)
+    assert accepted == {} and "is our own" in refused[0]
 
 
 def test_record_data_carries_the_create_revision() -> None:

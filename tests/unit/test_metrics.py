@@ -9,12 +9,12 @@ import pytest
 import trio
 
 from overlayd.errors import ConfigError
+from overlayd.backend.wireguard import drops_from_engine_counters
 from overlayd.metrics import (
     CountingReporter,
     DaemonMetrics,
     HandshakeTracker,
     Registry,
-    drops_from_engine_counters,
     family,
     parse_listen_address,
     serve_metrics,

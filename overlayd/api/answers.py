@@ -1,0 +1,121 @@
+"""What the daemon answers on its control socket (the ControlPlane of commands.py).
+
+Status is answered from memory, never from etcd: it must work best when etcd does not.
+Before start-up has finished there is no host yet: status says "starting", the rest
+asks to try again shortly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from overlayd.cluster.keeper import LeaseKeeper
+from overlayd.cluster.records import Lease
+from overlayd.config import DaemonConfig
+from overlayd.errors import ConflictError
+from overlayd.health import HealthModel
+from overlayd.peerloop import PeerLoop
+from overlayd.pods.service import PodService
+from overlayd.startup import Host
+
+ETCD_COMPONENTS = ("config", "lease", "watch")  # health components that mean "etcd trouble"
+Runner = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Running:
+    """A started host and the jobs that keep it going."""
+
+    host: Host
+    keeper: LeaseKeeper
+    peers: PeerLoop
+
+
+class Answers:
+    def __init__(self, config: DaemonConfig, health: HealthModel, kernel: Runner) -> None:
+        self.config = config
+        self.health = health
+        self._kernel = kernel
+        self._started = time.monotonic()
+        self.running: Running | None = None  # set once start-up has finished
+
+    def _require(self) -> Running:
+        if self.running is None:
+            raise ConflictError("overlayd is still starting (no subnet yet); try again shortly")
+        return self.running
+
+    def _pods(self) -> PodService:
+        return self._require().host.pods
+
+    async def status(self) -> dict[str, Any]:
+        report = self.health.report()
+        now = self.health.now()
+        etcd_problems = [p for p in report.problems if p.component in ETCD_COMPONENTS]
+        running = self.running
+        host = running.host if running else None
+        ttl_left = running.keeper.ttl_left() if running else None
+        return {
+            "node": self.config.node_name,
+            "ready": self.health.ready,
+            "health": report.health,
+            "problems": [p.describe(now) for p in report.problems],
+            "last_error": report.last_error,
+            "etcd": f"error: {etcd_problems[0].message}" if etcd_problems else "ok",
+            "subnet": str(host.subnet) if host else None,
+            "lease": running.keeper.state if running else None,
+            "lease_ttl": self.config.lease_ttl,
+            "lease_ttl_left": math.ceil(ttl_left) if ttl_left is not None else None,
+            "public_ip": str(host.underlay.ip) if host else None,
+            "backend": host.backend.type if host else None,
+            "peers": len(running.peers.programmed) if running else 0,
+            "peers_in_grace": len(running.peers.policy.held) if running else 0,
+            "refused_peers": running.peers.refused if running else 0,
+            "pods": len(host.pods.list()) if host else 0,
+            "trust": (host.trust.status() | (host.checks.guard.status() if host.checks else {})) if host else None,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+        }
+
+    async def hosts(self) -> list[dict[str, Any]]:
+        host = self._require().host
+        listing = await host.cluster.list_leases(host.cluster_config)
+        return [_lease_row(lease) | {"self": lease.record.node == self.config.node_name}
+                for lease in listing.leases]
+
+    async def peers(self) -> list[dict[str, Any]]:
+        running = self._require()
+        port = running.host.cluster_config.backend.port
+        backend = running.host.backend
+        seen = (await self._kernel(backend.observe)).peers if type(backend).observes else {}
+        rows = []
+        for lease in running.peers.programmed.values():
+            row = _lease_row(lease) | {"endpoint": f"{lease.record.public_ip}:{port}", "latest_handshake": None,
+                                       "rx_bytes": None, "tx_bytes": None}
+            peer = seen.get(lease.record.public_ip)
+            if peer is not None:
+                row |= {"endpoint": peer.endpoint or row["endpoint"], "rx_bytes": peer.rx_bytes,
+                        "tx_bytes": peer.tx_bytes,
+                        "latest_handshake": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(peer.latest_handshake))
+                        if peer.latest_handshake else None}
+            rows.append(row)
+        return rows
+
+    async def pod_add(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
+        return (await self._kernel(self._pods().add, name, labels)).to_dict()
+
+    async def pod_del(self, name: str) -> None:
+        await self._kernel(self._pods().delete, name)
+
+    async def pod_get(self, name: str) -> dict[str, Any]:
+        return self._pods().get(name).to_dict()
+
+    async def pod_list(self) -> list[dict[str, Any]]:
+        return [pod.to_dict() for pod in self._pods().list()]
+
+
+def _lease_row(lease: Lease) -> dict[str, Any]:
+    return {"node": lease.record.node, "subnet": str(lease.subnet), "public_ip": str(lease.record.public_ip),
+            "backend": dict(lease.record.backend)}
