@@ -1,10 +1,12 @@
-"""How the kernel is programmed: host bridge and forwarding, and the VXLAN and WireGuard backends.
+"""How the kernel is programmed: host bridge and forwarding, and the backends behind one contract.
 
+- contract.py   what every backend is to the daemon: Backend, BackendContext, ReconcileResult
+- registry.py   backend type name -> module (imported on use); make_backend()
 - underlay.py   which public IP / interface / MTU carries tunnel traffic
 - host.py       pod bridge with the subnet's gateway address, IP forwarding
 - vxlan.py      VxlanBackend: converge one VXLAN device and its peers (executor)
 - vxlan_plan.py pure planner: desired peers + observed kernel state -> actions
-- peers.py      PeerVtep and the screening that refuses unsafe peer data
+- peers.py      the one peer screening every backend applies; PeerVtep (a VXLAN peer)
 - addresses.py  converge a link's addresses (ours carry IFA_PROTO = RTPROT_OVERLAYD)
 - netlink.py    thin pyroute2 layer: dumps parsed into objects.py values, writes
 - objects.py    kernel objects as frozen values; RTPROT_OVERLAYD
