@@ -1,28 +1,27 @@
 """The cluster API the daemon and overlayctl use (trio).
 
-    cluster = await ClusterClient.connect(cfg.etcd, lease_ttl=cfg.lease_ttl)  # ClusterError if unreachable
+The daemon, which must come up on its saved state while etcd is down:
+
+    cluster = ClusterClient.open(cfg.etcd, lease_ttl=cfg.lease_ttl)  # no I/O yet; ConfigError for bad settings
     try:
-        config = await cluster.get_config()  # NotFoundError / ConfigError
+        config = await cluster.get_config()  # ClusterError / NotFoundError / ConfigError
         record = HostRecord(cfg.node_name, public_ip, {"type": "vxlan", "vtep_mac": mac})
         lease = await cluster.acquire(config, record, previous=subnet_from_state)
         ...  # save lease.subnet in the state file, set up the bridge for it
-        lease_send, lease_receive = trio.open_memory_channel[Lease](1)
         batch_send, batch_receive = trio.open_memory_channel[WatchBatch](16)
         async with trio.open_nursery() as nursery:
-            await nursery.start(cluster.run_keepalive, config, lease, lease_send)
-            initial = await nursery.start(cluster.run_watch, config, batch_send, lease.subnet)
-            ...  # converge to initial.peers; then for each batch from batch_receive apply
-                 # batch.events (or converge to batch.peers when batch.resync); a Lease from
-                 # lease_receive is the same subnet claimed again after the lease was lost
+            nursery.start_soon(partial(cluster.follow_leases, config, batch_send, lease.subnet, reporter=reporter))
+            keeper = cluster.lease_keeper(config, record, lease.subnet, lease, reporter=reporter)
+            await nursery.start(keeper.run)
+            ...  # converge to batch.peers for each batch from batch_receive (the first one is
+                 # the full listing); keeper.state and keeper.ttl_left() answer `status`
     finally:
-        await cluster.aclose()
+        await cluster.aclose()  # no release: the lease outlives a plain restart
 
-    hosts = (await cluster.list_leases(config)).leases  # every lease, own included
-
-A plain daemon restart keeps the lease alive (do not release it on shutdown): the next
-acquire(previous=...) takes the key over in place. release() is for leaving the cluster.
-A daemon that must work while etcd is down uses open() (no I/O), lease_keeper(...) and
-follow_leases(...), which wait for etcd by themselves and report outages to a Reporter.
+Both loops wait for etcd by themselves and report outages to the Reporter. A restarted
+daemon keeps its subnet (acquire(previous=...) takes the key over in place); give_up()
+frees it when the operator renumbers the host. overlayctl uses connect() (open() plus a
+check that etcd answers), then get_config / put_config / read_key / put_key_if.
 
 Blocking etcd calls run in worker threads (trio.to_thread); each has the configured
 timeout, so a call never hangs. Errors are ClusterError (etcd unreachable or unusable),
@@ -33,7 +32,6 @@ ConflictError (no free subnet, config change refused), NotFoundError / ConfigErr
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from functools import partial
 from typing import NoReturn, TypeVar
@@ -66,7 +64,6 @@ class ClusterClient:
         etcd: EtcdConfig,
         *,
         lease_ttl: int = 60,
-        rng: random.Random | None = None,
         encoder: RecordEncoder | None = None,
         verifier: LeaseVerifier | None = None,
         config_verifier: ConfigVerifier | None = None,
@@ -74,7 +71,7 @@ class ClusterClient:
         """Open the etcd endpoints and check that one answers (ClusterError naming each failure if not).
 
         encoder/verifier/config_verifier: optional trust hooks (overlayd/trust: HostTrust)."""
-        cluster = cls.open(etcd, lease_ttl=lease_ttl, rng=rng, encoder=encoder, verifier=verifier,
+        cluster = cls.open(etcd, lease_ttl=lease_ttl, encoder=encoder, verifier=verifier,
                            config_verifier=config_verifier)
         try:
             version = await trio.to_thread.run_sync(cluster.store.etcd.status)
@@ -90,7 +87,6 @@ class ClusterClient:
         etcd: EtcdConfig,
         *,
         lease_ttl: int = 60,
-        rng: random.Random | None = None,
         encoder: RecordEncoder | None = None,
         verifier: LeaseVerifier | None = None,
         config_verifier: ConfigVerifier | None = None,
@@ -101,7 +97,7 @@ class ClusterClient:
             etcd.endpoints, timeout=etcd.timeout, ca_file=etcd.ca_file, cert_file=etcd.cert_file, key_file=etcd.key_file
         )
         store = SubnetStore(
-            client, KeyLayout(etcd.prefix), lease_ttl=lease_ttl, rng=rng, encoder=encoder, verifier=verifier,
+            client, KeyLayout(etcd.prefix), lease_ttl=lease_ttl, encoder=encoder, verifier=verifier,
             config_verifier=config_verifier,
         )
         return cls(store)
@@ -146,16 +142,6 @@ class ClusterClient:
         """Release our key on `subnet` now (the operator renumbers this host)."""
         return await self._run(self.store.give_up, subnet, record)
 
-    async def lease_ttl_left(self, lease: Lease) -> int | None:
-        """Seconds before etcd drops the lease unless renewed (for `overlayctl status`)."""
-        if lease.lease_id is None:
-            return None
-        return await self._run(self.store.etcd.time_to_live, lease.lease_id)
-
-    async def release(self, lease: Lease) -> None:
-        """Give the subnet up now (for decommissioning; a plain restart keeps it)."""
-        await self._run(self.store.release, lease)
-
     def lease_keeper(
         self,
         config: ClusterConfig,
@@ -165,35 +151,9 @@ class ClusterClient:
         *,
         reporter: Reporter | None = None,
     ) -> LeaseKeeper:
-        """A keeper for this host's lease on `subnet` (see keeper.py); run it with nursery.start(keeper.run)."""
+        """A keeper for this host's lease on `subnet` (see keeper.py); run it with nursery.start(keeper.run).
+        lease: the one acquire() or reclaim() returned, or None to start by claiming `subnet` again."""
         return LeaseKeeper(self.store, config, record, subnet, lease, reporter=reporter)
-
-    async def run_keepalive(
-        self,
-        config: ClusterConfig,
-        lease: Lease,
-        on_reacquired: trio.MemorySendChannel[Lease] | None = None,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> NoReturn:
-        """Refresh the lease every TTL/3, forever. If it was lost (expired while etcd or this
-        host was away, or revoked), claim the same subnet again and send the new Lease to
-        on_reacquired; while another host holds it, keep looking (see keeper.py)."""
-        keeper = self.lease_keeper(config, lease.record, lease.subnet, lease)
-        await keeper.run(on_reacquired, task_status=task_status)
-
-    async def run_watch(
-        self,
-        config: ClusterConfig,
-        send_channel: trio.MemorySendChannel[WatchBatch],
-        own_subnet: IPNetwork | None = None,
-        resume: WatchBatch | None = None,
-        *,
-        task_status: trio.TaskStatus[WatchBatch] = trio.TASK_STATUS_IGNORED,
-    ) -> NoReturn:
-        """Follow the peers' leases forever (see watch.py). `await nursery.start(...)` returns
-        the initial WatchBatch (all peers); later batches arrive on send_channel."""
-        await LeaseFollower(self.store, config, own_subnet).run(send_channel, resume=resume, task_status=task_status)
 
     async def follow_leases(
         self,
@@ -203,9 +163,10 @@ class ClusterClient:
         *,
         reporter: Reporter | None = None,
     ) -> NoReturn:
-        """Like run_watch, for callers that must not wait for etcd: every batch, the first full
-        listing included, goes to send_channel, and etcd failures go to reporter ("watch")."""
-        await LeaseFollower(self.store, config, own_subnet, reporter=reporter).run(send_channel, first_to_channel=True)
+        """Follow the peers' leases forever (see watch.py); run it with nursery.start_soon.
+        Every WatchBatch, the first full listing included, goes to send_channel: etcd being
+        down only delays it. etcd failures go to reporter (component "watch")."""
+        await LeaseFollower(self.store, config, own_subnet, reporter=reporter).run(send_channel)
 
     async def aclose(self) -> None:
         self.store.etcd.close()

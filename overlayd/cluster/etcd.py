@@ -349,13 +349,6 @@ class EtcdClient:
             raise LeaseLost(lease_id)
         return ttl
 
-    def time_to_live(self, lease_id: int) -> int:
-        """Seconds the lease has left; LeaseLost if it is gone."""
-        ttl = self._call("lease time-to-live", lambda c, url: c.get_lease_info(lease_id).TTL)
-        if ttl <= 0:
-            raise LeaseLost(lease_id)
-        return ttl
-
     def revoke(self, lease_id: int) -> None:
         """Revoke a lease (deleting its keys); a lease that is already gone is fine."""
         try:

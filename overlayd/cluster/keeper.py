@@ -9,7 +9,8 @@ by two hosts. If another host holds it meanwhile, the keeper writes nothing (thi
 stops announcing) and reports the conflict (component "subnet") until the subnet is free.
 
 It keeps a local estimate of when etcd drops the lease unless renewed, so `status` can
-answer without asking etcd, which may be the thing that is down.
+answer without asking etcd, which may be the thing that is down. The daemon gets its
+keeper from ClusterClient.lease_keeper and reads `state` and `ttl_left()` for `status`.
 """
 
 from __future__ import annotations
@@ -85,9 +86,8 @@ class LeaseKeeper:
             return None
         return max(0.0, self._expires_at - trio.current_time())
 
-    async def run(self, on_reclaimed: trio.MemorySendChannel[Lease] | None = None, *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
-        """Keep the lease forever; every lease claimed anew is also sent to on_reclaimed."""
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+        """Keep the lease forever; self.lease is always the one held now (None while claiming)."""
         interval = self._store.lease_ttl / 3
         if self.lease is not None:
             self._expires_at = trio.current_time() + self._store.lease_ttl
@@ -95,9 +95,7 @@ class LeaseKeeper:
         delay = interval
         while True:
             if self.lease is None:
-                lease = await self._claim_again()
-                if on_reclaimed is not None:
-                    await on_reclaimed.send(lease)
+                await self._claim_again()
                 delay = interval
             await trio.sleep(delay)
             delay = await self._renew(interval)
@@ -123,7 +121,7 @@ class LeaseKeeper:
         self._failing = False
         self._report.recover("lease")
 
-    async def _claim_again(self) -> Lease:
+    async def _claim_again(self) -> None:
         backoff = CLAIM_MIN_BACKOFF
         while True:
             try:
@@ -145,4 +143,4 @@ class LeaseKeeper:
             self._renewed(self._store.lease_ttl)
             self._report.recover("subnet")
             log.info("holding subnet %s again (etcd lease %x)", self.subnet, lease.lease_id or 0)
-            return lease
+            return

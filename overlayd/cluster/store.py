@@ -84,7 +84,6 @@ class SubnetStore:
         layout: KeyLayout,
         *,
         lease_ttl: int,
-        rng: random.Random | None = None,
         encoder: RecordEncoder | None = None,
         verifier: LeaseVerifier | None = None,
         config_verifier: ConfigVerifier | None = None,
@@ -92,7 +91,7 @@ class SubnetStore:
         self.etcd = etcd
         self.layout = layout
         self.lease_ttl = lease_ttl
-        self._rng = rng or random.SystemRandom()
+        self._rng = random.SystemRandom()  # which free subnet a claim picks
         self.encoder = encoder
         self.verifier = verifier
         self.config_verifier = config_verifier  # the config must pass it to be returned (configdoc.py)

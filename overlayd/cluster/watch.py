@@ -106,46 +106,20 @@ class LeaseFollower:
         self._backoff = MIN_BACKOFF
         self._report = reporter or LoggingReporter(log)
 
-    async def run(
-        self,
-        send_channel: trio.MemorySendChannel[WatchBatch],
-        *,
-        resume: WatchBatch | None = None,
-        first_to_channel: bool = False,
-        task_status: trio.TaskStatus[WatchBatch | None] = trio.TASK_STATUS_IGNORED,
-    ) -> NoReturn:
-        """Follow the leases forever. started() hands over the initial batch (the full peer
-        set, or `resume` when given); later batches go to send_channel.
-
-        resume: the last batch an earlier run produced; watching continues after its
-        revision, so a restarted watch reports only what changed since.
-        first_to_channel: call started() at once (with None) and send the first full listing
-        to send_channel as well, retrying it until etcd answers instead of failing.
-        """
-        if resume is not None:
-            self._watcher.reset(resume.peers.values())
-            first = resume
-            task_status.started(first)
-        elif first_to_channel:
-            task_status.started(None)
-            first, _ = self._resync(await self._list_until_ok())
-            await send_channel.send(first)
-        else:
-            first, _ = self._resync(await trio.to_thread.run_sync(self._store.list_leases, self._config))
-            task_status.started(first)
-        revision = first.revision
+    async def run(self, send_channel: trio.MemorySendChannel[WatchBatch]) -> NoReturn:
+        """Follow the leases forever, sending every batch to send_channel: first the full
+        listing (retried until etcd answers), then one batch per change or re-list."""
         while True:
+            batch, freed = self._resync(await self._list_until_ok())
+            await send_channel.send(batch)
+            await self._cool_down(freed)
             try:
-                await self._follow(send_channel, revision + 1)
+                await self._follow(send_channel, batch.revision + 1)
             except WatchCompacted as exc:
                 log.info("lease watch: %s; listing again", exc)
             except ClusterError as exc:
                 self._report.fail("watch", f"lease watch interrupted: {exc}")
                 await self._sleep_backoff()
-            batch, freed = self._resync(await self._list_until_ok())
-            await send_channel.send(batch)
-            revision = batch.revision
-            await self._cool_down(freed)
 
     async def _follow(self, send_channel: trio.MemorySendChannel[WatchBatch], start_revision: int) -> NoReturn:
         stream = await trio.to_thread.run_sync(self._store.watch, start_revision, abandon_on_cancel=True)

@@ -50,10 +50,6 @@ class LabHost:
         return self.dir / "overlayd.log"
 
     @property
-    def pid_path(self) -> Path:
-        return self.dir / "overlayd.pid"
-
-    @property
     def pod_netns_prefix(self) -> str:
         return f"{self.netns}-"
 

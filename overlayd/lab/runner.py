@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -29,7 +28,8 @@ from typing import Any
 
 from overlayd.api.client import ControlClient
 from overlayd.lab.etcd_process import EtcdProcess
-from overlayd.errors import ConflictError, KernelError, OverlaydError
+from overlayd.lab.procs import alive, pids_naming, send_signal
+from overlayd.errors import ConflictError, OverlaydError
 from overlayd.lab import topology
 from overlayd.pods.nsutil import umount2
 from overlayd.lab.plan import (
@@ -122,49 +122,6 @@ def start_etcd(plan: LabPlan) -> None:
     etcd = EtcdProcess(plan.etcd_dir, str(ETCD_IP), ETCD_CLIENT_PORT, ETCD_PEER_PORT,
                        netns=plan.underlay_netns, log_path=plan.dir / "etcd.log")
     etcd.start()
-
-
-def stop_etcd(plan: LabPlan, timeout: float = 10.0) -> None:
-    """Stop the lab's etcd (SIGTERM); its data stays for start_etcd."""
-    for pid in _pids_naming(plan.etcd_dir):
-        _stop(pid, signal.SIGTERM, timeout, f"etcd of lab {plan.name}")
-
-
-def etcdctl(plan: LabPlan, *args: str) -> str:
-    """Run etcdctl against the lab's etcd (from the underlay namespace); its stdout."""
-    cmd = ["ip", "netns", "exec", plan.underlay_netns, "etcdctl", "--endpoints", plan.etcd_endpoint, *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        raise OverlaydError(f"etcdctl {' '.join(args)}: {result.stderr.strip()}")
-    return result.stdout
-
-
-_CUT_TABLE = "overlayd_lab_cut"
-
-
-def cut_etcd(plan: LabPlan, hosts: Sequence[LabHost]) -> None:
-    """Make etcd silently unreachable for these hosts: their packets to etcd and etcd's to them
-    are dropped (no reset, connections stay open), in the underlay namespace only."""
-    addresses = ", ".join(str(h.underlay_ip) for h in hosts)
-    # One nft transaction: replaces an earlier cut atomically (nothing slips through meanwhile).
-    rules = f"""
-table inet {_CUT_TABLE} {{}}
-delete table inet {_CUT_TABLE}
-table inet {_CUT_TABLE} {{
-    chain input {{ type filter hook input priority 0; ip saddr {{ {addresses} }} tcp dport {ETCD_CLIENT_PORT} drop; }}
-    chain output {{ type filter hook output priority 0; ip daddr {{ {addresses} }} tcp sport {ETCD_CLIENT_PORT} drop; }}
-}}
-"""
-    result = subprocess.run(["ip", "netns", "exec", plan.underlay_netns, "nft", "-f", "-"], input=rules, text=True,
-                            capture_output=True)
-    if result.returncode != 0:
-        raise KernelError(f"cutting etcd off in {plan.underlay_netns}: {result.stderr.strip()}")
-
-
-def heal_etcd(plan: LabPlan) -> None:
-    """Undo cut_etcd (a no-op when nothing is cut)."""
-    subprocess.run(["ip", "netns", "exec", plan.underlay_netns, "nft", "delete", "table", "inet", _CUT_TABLE],
-                   capture_output=True)
 
 
 def _init_network(plan: LabPlan, network_args: Sequence[str] = ()) -> None:
@@ -293,74 +250,24 @@ def _pod_netns(name: str, lab_dir: Path) -> list[str]:
 
 
 def daemon_pid(host: LabHost) -> int | None:
-    """The overlayd serving this lab host, found by its config path."""
-    pids = _pids_naming(host.config_path)
+    """The overlayd serving this lab host, found by its config path (for the fault tests and
+    benchmarks/bench_cluster.py, which watch or stop one daemon of a running lab)."""
+    pids = pids_naming(host.config_path)
     return pids[0] if pids else None
-
-
-def stop_daemon(host: LabHost, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-    pid = daemon_pid(host)
-    if pid is not None:
-        _stop(pid, sig, timeout, f"overlayd on {host.name}")
-
-
-def _stop(pid: int, sig: int, timeout: float, what: str) -> None:
-    """Send `sig` and wait until the process is gone."""
-    _signal(pid, sig)
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            raise OverlaydError(f"{what} (pid {pid}) did not exit in {timeout:g}s")
-        time.sleep(0.02)
-
-
-def _pids_naming(path: Path) -> list[int]:
-    """Processes with `path`, or a path under it, as one of their arguments."""
-    needle = str(path).encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if any(arg == needle or arg.startswith(needle + b"/") for arg in cmdline.split(b"\0")):
-            pids.append(int(entry.name))
-    return pids
 
 
 def _kill_lab_processes(lab_dir: Path) -> int:
     """Daemons, etcd, engines and probes: every process whose command line names the lab dir."""
-    pids = _pids_naming(lab_dir)
+    pids = pids_naming(lab_dir)
     for pid in pids:
-        _signal(pid, signal.SIGTERM)
+        send_signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
         time.sleep(0.05)
     for pid in pids:
-        if _alive(pid):
-            _signal(pid, signal.SIGKILL)
+        if alive(pid):
+            send_signal(pid, signal.SIGKILL)
     return len(pids)
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child (a failed `up`)
-    except ChildProcessError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _unmount_under(lab_dir: Path) -> int:

@@ -18,6 +18,7 @@ import pytest
 from overlayd.lab import runner
 from overlayd.lab.plan import LabPlan, make_plan
 from tests.integration.etcd_fixture import etcd_prefix, etcd_server, raw  # noqa: F401  (fixtures for every module)
+from tests.integration.labfaults import stop_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +76,7 @@ def ping_through_restarts(lab: Lab, src_pod: str, dst_pod: str, hosts: list[str]
                              "-W", "1", lab.pod_ip(dst_pod)], stdout=subprocess.PIPE, text=True)
     time.sleep(0.3)
     for name in hosts:
-        runner.stop_daemon(lab.host(name), sig)
+        stop_daemon(lab.host(name), sig)
         runner.start_daemon(lab.plan, lab.host(name))
     for name in hosts:
         runner.wait_ready(lab.host(name))

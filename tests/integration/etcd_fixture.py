@@ -10,12 +10,15 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import etcd3
 import pytest
 import trio
 
+from ipam.config import ClusterConfig
 from overlayd.cluster.client import ClusterClient
+from overlayd.cluster.keys import IPNetwork
 from overlayd.cluster.records import LeaseVerifier, RecordEncoder
 from overlayd.cluster.watch import WatchBatch
 from overlayd.config import EtcdConfig
@@ -81,3 +84,16 @@ async def connected(server: EtcdProcess, prefix: str, *, ttl: int = 30, signer: 
 async def receive(channel: trio.MemoryReceiveChannel[WatchBatch], timeout: float = 10) -> WatchBatch:
     with trio.fail_after(timeout):
         return await channel.receive()
+
+
+@asynccontextmanager
+async def following(
+    cluster: ClusterClient, config: ClusterConfig, own_subnet: IPNetwork | None = None,
+) -> AsyncIterator[tuple[WatchBatch, trio.MemoryReceiveChannel[WatchBatch]]]:
+    """cluster.follow_leases running as the daemon runs it: yields the first batch (the full
+    listing) and the channel the later ones arrive on; stops when the block ends."""
+    send, batches = trio.open_memory_channel[WatchBatch](100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(cluster.follow_leases, config, send, own_subnet))
+        yield await receive(batches), batches
+        nursery.cancel_scope.cancel()

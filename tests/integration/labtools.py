@@ -1,5 +1,6 @@
 """Lab helpers shared by the fault and state-safety tests: a paced ping flow that measures
-loss and the longest silence, polling helpers around a daemon's status, and etcd reads."""
+loss and the longest silence, polling helpers around a daemon's status, and etcdctl against
+the lab's etcd (reads, and the writes an operator or intruder would make)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from overlayd.api.client import ControlClient
-from overlayd.lab import runner
+from overlayd.errors import OverlaydError
 from overlayd.lab.plan import LabHost, LabPlan
 
 PING_RATE = 1000  # echoes per second in every flow
@@ -153,9 +154,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def etcdctl(plan: LabPlan, *args: str) -> str:
+    """Run etcdctl against the lab's etcd (from the underlay namespace); its stdout."""
+    cmd = ["ip", "netns", "exec", plan.underlay_netns, "etcdctl", "--endpoints", plan.etcd_endpoint, *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise OverlaydError(f"etcdctl {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
 def cluster_leases(plan: LabPlan) -> dict[str, dict[str, Any]]:
     """subnet -> {"record": host record, "lease": etcd lease id} as etcd has them now."""
-    doc = json.loads(runner.etcdctl(plan, "get", "--prefix", f"{PREFIX}/subnets/", "-w", "json"))
+    doc = json.loads(etcdctl(plan, "get", "--prefix", f"{PREFIX}/subnets/", "-w", "json"))
     leases = {}
     for kv in doc.get("kvs", []):
         key = base64.b64decode(kv["key"]).decode()
@@ -169,7 +179,7 @@ def subnet_key(subnet: str) -> str:
 
 
 def key_exists(plan: LabPlan, key: str) -> bool:
-    return bool(json.loads(runner.etcdctl(plan, "get", key, "-w", "json")).get("kvs"))
+    return bool(json.loads(etcdctl(plan, "get", key, "-w", "json")).get("kvs"))
 
 
 def add_pod(host: LabHost, name: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 import logging
 import secrets
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import etcd3
@@ -18,11 +19,11 @@ from overlayd.cluster.client import ClusterClient
 from overlayd.cluster.diff import HostAdded, HostChanged, HostRemoved
 from overlayd.cluster.keys import KeyLayout
 from overlayd.cluster.records import HostRecord, Lease
-from overlayd.cluster.watch import WatchBatch
+from overlayd.cluster.store import Listing, SubnetStore
 from overlayd.config import EtcdConfig
 from overlayd.errors import ClusterError, ConfigError, ConflictError, NotFoundError
 from overlayd.lab.etcd_process import EtcdProcess
-from tests.integration.etcd_fixture import connected, etcd_config, free_ports, receive
+from tests.integration.etcd_fixture import connected, etcd_config, following, free_ports, receive
 
 pytestmark = pytest.mark.integration
 
@@ -172,9 +173,7 @@ def test_restart_takes_the_key_over_without_a_gap(
 
     async def main() -> None:
         async with connected(etcd_server, etcd_prefix) as peer:
-            send, batches = trio.open_memory_channel[WatchBatch](100)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(peer.run_watch, CONFIG, send)
+            async with following(peer, CONFIG) as (_, batches):
                 async with connected(etcd_server, etcd_prefix) as first_run:
                     before = await first_run.acquire(CONFIG, record("h1", 11))
                 assert (await receive(batches)).events == (HostAdded(before),)
@@ -193,7 +192,6 @@ def test_restart_takes_the_key_over_without_a_gap(
                 batch = await receive(batches)
                 assert [type(e) for e in batch.events] == [HostChanged]
                 assert batch.events[0].new.record.backend["vtep_mac"] == "02:00:00:00:00:99"
-                nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -222,9 +220,7 @@ def test_expired_lease_removes_the_key_and_cools_the_subnet(
 
     async def main() -> None:
         async with connected(etcd_server, etcd_prefix, ttl=2) as cluster:
-            send, batches = trio.open_memory_channel[WatchBatch](100)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(cluster.run_watch, CONFIG, send)
+            async with following(cluster, CONFIG) as (_, batches):
                 lease = await cluster.acquire(CONFIG, record("h1", 11))  # nobody keeps it alive
                 assert isinstance((await receive(batches)).events[0], HostAdded)
                 batch = await receive(batches, timeout=10)
@@ -239,7 +235,6 @@ def test_expired_lease_removes_the_key_and_cools_the_subnet(
                 assert newcomer.subnet != lease.subnet
                 again = await cluster.acquire(CONFIG, record("h1", 11), previous=lease.subnet)
                 assert again.subnet == lease.subnet
-                nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -252,22 +247,29 @@ def test_keepalive_holds_the_lease_and_reclaims_it_when_lost(
     async def main() -> None:
         async with connected(etcd_server, etcd_prefix, ttl=2) as cluster:
             lease = await cluster.acquire(CONFIG, record("h1", 11))
-            send, reacquired = trio.open_memory_channel[Lease](10)
+            keeper = cluster.lease_keeper(CONFIG, lease.record, lease.subnet, lease)
+
+            async def claimed_after(old: Lease) -> Lease:
+                """The lease the keeper holds once it has claimed the subnet again."""
+                with trio.fail_after(10):
+                    while keeper.lease is None or keeper.lease.lease_id == old.lease_id:
+                        await trio.sleep(0.05)
+                return keeper.lease
+
             async with trio.open_nursery() as nursery:
-                await nursery.start(cluster.run_keepalive, CONFIG, lease, send)
+                await nursery.start(keeper.run)
                 await trio.sleep(4)  # twice the TTL
                 assert raw.get(layout.subnet_key(lease.subnet))[1].lease_id == lease.lease_id
+                assert keeper.state == "held"
                 raw.revoke_lease(lease.lease_id)  # e.g. an operator, or expiry while partitioned
-                with trio.fail_after(10):
-                    new = await reacquired.receive()
+                new = await claimed_after(lease)
                 assert new.subnet == lease.subnet and new.lease_id != lease.lease_id
                 assert raw.get(layout.subnet_key(new.subnet))[1].lease_id == new.lease_id
                 await trio.sleep(3)  # the new lease is kept alive as well
                 assert raw.get(layout.subnet_key(new.subnet))[1].lease_id == new.lease_id
                 # A live lease whose key was deleted holds nothing: that is a loss too.
                 raw.delete(layout.subnet_key(new.subnet))
-                with trio.fail_after(10):
-                    newer = await reacquired.receive()
+                newer = await claimed_after(new)
                 assert newer.subnet == lease.subnet and newer.lease_id != new.lease_id
                 assert raw.get(layout.subnet_key(newer.subnet))[1].lease_id == newer.lease_id
                 nursery.cancel_scope.cancel()
@@ -276,6 +278,22 @@ def test_keepalive_holds_the_lease_and_reclaims_it_when_lost(
 
 
 # -- watch -----------------------------------------------------------------------------
+
+
+class RacedStore(SubnetStore):
+    """A SubnetStore that runs `meanwhile` once, right after its first listing: what etcd may
+    do between the watch's listing and the start of the watch that follows it."""
+
+    def __init__(self, base: SubnetStore, meanwhile: Callable[[], None]) -> None:
+        super().__init__(base.etcd, base.layout, lease_ttl=base.lease_ttl)
+        self._meanwhile: Callable[[], None] | None = meanwhile
+
+    def list_leases(self, config: ClusterConfig) -> Listing:
+        listing = super().list_leases(config)
+        meanwhile, self._meanwhile = self._meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
+        return listing
 
 
 def test_watch_resyncs_after_its_revision_was_compacted(
@@ -289,31 +307,27 @@ def test_watch_resyncs_after_its_revision_was_compacted(
             a = await cluster.acquire(CONFIG, record("a", 11))
             b = await cluster.acquire(CONFIG, record("b", 12))
             own = await cluster.acquire(CONFIG, record("me", 19))
+            later: dict[str, Lease] = {}
 
-            send, batches = trio.open_memory_channel[WatchBatch](100)
-            async with trio.open_nursery() as nursery:
-                initial = await nursery.start(cluster.run_watch, CONFIG, send, own.subnet)
-                nursery.cancel_scope.cancel()  # the watch stops (say, the daemon is paused)
-            assert {l.record.node for l in initial.peers.values()} == {"a", "b"}
+            def meanwhile() -> None:
+                # After the first listing, before the watch starts: a goes away, b changes its
+                # address, d joins, and the history is compacted past the listing's revision.
+                raw.revoke_lease(a.lease_id)
+                later["b"] = cluster.store.acquire(CONFIG, record("b", 42), previous=b.subnet)
+                later["d"] = cluster.store.acquire(CONFIG, record("d", 14))
+                raw.compact(raw.get_response(layout.subnets).header.revision)
 
-            # While nobody watches: a goes away, b changes its address, d joins, and the
-            # history is compacted past the watcher's revision.
-            raw.revoke_lease(a.lease_id)
-            b2 = await cluster.acquire(CONFIG, record("b", 42), previous=b.subnet)
-            d = await cluster.acquire(CONFIG, record("d", 14))
-            raw.compact(raw.get_response(layout.subnets).header.revision)
-
-            async with trio.open_nursery() as nursery:
-                resumed = await nursery.start(cluster.run_watch, CONFIG, send, own.subnet, initial)
-                assert resumed is initial
+            raced = ClusterClient(RacedStore(cluster.store, meanwhile))
+            async with following(raced, CONFIG, own.subnet) as (initial, batches):
+                assert {l.record.node for l in initial.peers.values()} == {"a", "b"}
                 batch = await receive(batches)
                 # a's subnet vanished during the missed watch: the watcher marks it cooling.
                 with trio.fail_after(5):
                     while raw.get(layout.cooldown_key(a.subnet))[0] is None:
                         await trio.sleep(0.05)
-                nursery.cancel_scope.cancel()
 
-            assert "compacted" in caplog.text  # the resumed watch hit the compaction, then re-listed
+            b2, d = later["b"], later["d"]
+            assert "compacted" in caplog.text  # the watch hit the compaction, then re-listed
             assert batch.resync is True
             assert [type(e) for e in batch.events] == [HostRemoved, HostChanged, HostAdded]
             removed, changed, added = batch.events
@@ -329,9 +343,7 @@ def test_watch_resyncs_after_its_revision_was_compacted(
 def test_watch_survives_an_etcd_restart(etcd_server: EtcdProcess, etcd_prefix: str) -> None:
     async def main() -> None:
         async with connected(etcd_server, etcd_prefix) as cluster:
-            send, batches = trio.open_memory_channel[WatchBatch](100)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(cluster.run_watch, CONFIG, send)
+            async with following(cluster, CONFIG) as (_, batches):
                 await trio.to_thread.run_sync(etcd_server.stop)
                 await trio.sleep(1)
                 await trio.to_thread.run_sync(etcd_server.start)
@@ -346,7 +358,6 @@ def test_watch_survives_an_etcd_restart(etcd_server: EtcdProcess, etcd_prefix: s
                 with trio.fail_after(15):
                     while not any(isinstance(e, HostAdded) and e.lease.subnet == lease.subnet for e in seen):
                         seen.extend((await batches.receive()).events)
-                nursery.cancel_scope.cancel()
 
     trio.run(main)
 

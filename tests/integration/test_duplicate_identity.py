@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from overlayd.lab import runner
 from tests.integration.conftest import Lab, netns_exec, overlayctl
+from tests.integration.labtools import etcdctl
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,7 @@ def test_a_clone_of_a_host_is_refused_and_the_original_stays_reachable(
     subnet = _free_subnet(lab)
     key = f"{PREFIX}/subnets/{subnet.replace('/', '-')}"
     clone = {"node": "h1clone", "public_ip": CLONE_IP, "backend": h1["backend"]}
-    runner.etcdctl(lab.plan, "put", key, json.dumps(clone))
+    etcdctl(lab.plan, "put", key, json.dumps(clone))
     try:
         deadline = time.monotonic() + DEADLINE
         while _metric(lab, "h2", "overlayd_peers_refused") != 1 and time.monotonic() < deadline:
@@ -64,4 +64,4 @@ def test_a_clone_of_a_host_is_refused_and_the_original_stays_reachable(
         log = lab.host("h2").log_path.read_text()
         assert "h1clone" in log or subnet in log
     finally:
-        runner.etcdctl(lab.plan, "del", key)
+        etcdctl(lab.plan, "del", key)

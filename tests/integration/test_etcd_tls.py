@@ -23,11 +23,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ipam.config import ClusterConfig
 from overlayd.cluster.client import ClusterClient
 from overlayd.cluster.records import HostRecord
-from overlayd.cluster.watch import WatchBatch
 from overlayd.config import EtcdConfig
 from overlayd.errors import ClusterError, ConfigError, OverlaydError
 from overlayd.lab.etcd_process import EtcdProcess, EtcdTls
-from tests.integration.etcd_fixture import free_ports
+from tests.integration.etcd_fixture import following, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -164,12 +163,9 @@ def test_client_with_certificate_writes_config_and_claims_a_subnet(tls_etcd: Tls
             listed = (await cluster.list_leases(CONFIG)).leases
             assert [(l.subnet, l.record) for l in listed] == [(lease.subnet, RECORD)]
             # The watch runs on its own gRPC stream over the same TLS channel.
-            batch_send, _batch_receive = trio.open_memory_channel[WatchBatch](16)
-            async with trio.open_nursery() as nursery:
-                initial = await nursery.start(cluster.run_watch, CONFIG, batch_send, None)
+            async with following(cluster, CONFIG) as (initial, _batches):
                 assert set(initial.peers) == {lease.subnet}
-                nursery.cancel_scope.cancel()
-            await cluster.release(lease)
+            assert await cluster.give_up(lease.subnet, RECORD)
             assert (await cluster.list_leases(CONFIG)).leases == ()
         finally:
             await cluster.aclose()

@@ -33,8 +33,9 @@ from overlayd.lab import runner
 from overlayd.lab.plan import LabHost, LabPlan, make_plan
 from overlayd.wireguard.uapi_server import UapiClient
 from tests.integration.conftest import Lab, netns_exec, unique_name
-from tests.integration.labtools import (PREFIX, PingFlow, add_pod, cluster_leases, components, cpu_seconds, key_exists,
-                                       status, subnet_key, wait_for)
+from tests.integration.labfaults import cut_etcd, heal_etcd, stop_daemon, stop_etcd
+from tests.integration.labtools import (PREFIX, PingFlow, add_pod, cluster_leases, components, cpu_seconds, etcdctl,
+                                        key_exists, status, subnet_key, wait_for)
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +156,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultLab]:
         pods = {host.pod_name: add_pod(host, host.pod_name) for host in running}
         yield FaultLab(plan, pods)
     finally:
-        runner.heal_etcd(plan)
+        heal_etcd(plan)
         runner.down(plan.name, base)
 
 
@@ -217,7 +218,7 @@ class TestVxlanFaults:
         before = {h.name: vxlan_state(h.netns) for h in (h1, h2)}
         with PingFlow(lab.pod_netns("pod1"), lab.pod_ip("pod2")) as flow:
             for host in (h1, h2):
-                runner.stop_daemon(host, sig)
+                stop_daemon(host, sig)
                 runner.start_daemon(lab.plan, host)
             for host in (h1, h2):
                 runner.wait_ready(host)
@@ -242,7 +243,7 @@ class TestVxlanFaults:
         pid = runner.daemon_pid(h1)
         assert pid is not None
         with PingFlow(lab.pod_netns("pod1"), lab.pod_ip("pod2")) as flow:
-            runner.stop_etcd(lab.plan)
+            stop_etcd(lab.plan)
             down_at, cpu_before = time.monotonic(), cpu_seconds(pid)
 
             wait_for("h1 degraded", lambda: status(h1)["health"] == "degraded", timeout=10)
@@ -253,7 +254,7 @@ class TestVxlanFaults:
 
             # A daemon that starts while etcd is down comes up on its saved state and programs it
             # (its VXLAN device, with every route, neighbour and FDB entry, is deleted first).
-            runner.stop_daemon(h3, signal.SIGKILL)
+            stop_daemon(h3, signal.SIGKILL)
             netns_exec(h3.netns, "ip", "link", "del", VXLAN_DEVICE)
             runner.start_daemon(lab.plan, h3)
             runner.wait_ready(h3)
@@ -295,7 +296,7 @@ class TestVxlanFaults:
         pid = runner.daemon_pid(h1)
         assert pid is not None
         with PingFlow(lab.pod_netns("pod1"), lab.pod_ip("pod2")) as flow:
-            runner.cut_etcd(lab.plan, hosts)
+            cut_etcd(lab.plan, hosts)
             cut_at, cpu_before = time.monotonic(), cpu_seconds(pid)
             wait_for("h1 degraded", lambda: status(h1)["health"] == "degraded", timeout=15)
             for host in hosts:
@@ -306,7 +307,7 @@ class TestVxlanFaults:
             report = status(h1)
             assert report["lease"] == "expired" and "etcd" in report["etcd"], report
 
-            runner.cut_etcd(lab.plan, [h2, h3])  # h1 is back, its peers not yet
+            cut_etcd(lab.plan, [h2, h3])  # h1 is back, its peers not yet
             healed_at = time.monotonic()
             h1_back = wait_for("h1 holds its subnet again", lambda: status(h1)["lease"] == "held",
                                timeout=MAX_RECONNECT + 5)
@@ -316,7 +317,7 @@ class TestVxlanFaults:
             assert vxlan_state(h1.netns).mentions(subnets["h2"], str(h2.underlay_ip))
             assert subnets["h2"] not in cluster_leases(lab.plan)  # held by h1, though etcd has no key for it
             time.sleep(max(0.0, healed_at + 3 - time.monotonic()))
-            runner.heal_etcd(lab.plan)
+            heal_etcd(lab.plan)
             reconnect = wait_healthy([h2, h3], timeout=15) | {"h1": round(h1_back, 2)}
         assert flow.result is not None
         figure("etcd_cut_30s_flow", flow.result.summary())
@@ -335,7 +336,7 @@ class TestVxlanFaults:
     def test_host_cut_off_past_its_ttl_catches_up_after_compaction(self, lab: FaultLab) -> None:
         h1, h2, h3, h4 = (lab.host(n) for n in ("h1", "h2", "h3", "h4"))
         s1, s3 = status(h1)["subnet"], status(h3)["subnet"]
-        runner.cut_etcd(lab.plan, [h1])
+        cut_etcd(lab.plan, [h1])
         try:
             # h1's lease expires: the others drop it, and its subnet cools down.
             wait_for("h1's key expired", lambda: not key_exists(lab.plan, subnet_key(s1)),
@@ -345,8 +346,8 @@ class TestVxlanFaults:
 
             # h3 leaves (its daemon stops, its lease is revoked); h4 joins.
             lease = cluster_leases(lab.plan)[s3]["lease"]
-            runner.stop_daemon(h3)
-            runner.etcdctl(lab.plan, "lease", "revoke", format(lease, "x"))
+            stop_daemon(h3)
+            etcdctl(lab.plan, "lease", "revoke", format(lease, "x"))
             removal_revoked = _removal_time([h2], s3, str(h3.underlay_ip), time.monotonic())
             runner.start_daemon(lab.plan, h4)
             runner.wait_ready(h4)
@@ -354,14 +355,14 @@ class TestVxlanFaults:
             assert s4 != s1  # h1's subnet cools down: not handed out again within a TTL
 
             # The history h1 would need is compacted away.
-            revision = json.loads(runner.etcdctl(lab.plan, "get", "/", "-w", "json"))["header"]["revision"]
-            runner.etcdctl(lab.plan, "compact", str(revision))
-            runner.etcdctl(lab.plan, "defrag")
+            revision = json.loads(etcdctl(lab.plan, "get", "/", "-w", "json"))["header"]["revision"]
+            etcdctl(lab.plan, "compact", str(revision))
+            etcdctl(lab.plan, "defrag")
 
             report = status(h1)
             assert report["health"] == "degraded" and report["lease"] == "expired", report
         finally:
-            runner.heal_etcd(lab.plan)
+            heal_etcd(lab.plan)
         healed_at = time.monotonic()
         reconnect = wait_healthy([h1], timeout=15)["h1"]
         figure("removal_after_lease_expiry_s", removal_expired)
@@ -389,14 +390,14 @@ class TestVxlanFaults:
         key = subnet_key(s1)
         intruder = json.dumps({"node": "intruder", "public_ip": "198.18.0.99",
                                "backend": {"type": "vxlan", "vtep_mac": "02:00:00:00:00:99"}})
-        runner.cut_etcd(lab.plan, [h1])
+        cut_etcd(lab.plan, [h1])
         try:
             wait_for("h1's key expired", lambda: not key_exists(lab.plan, key), timeout=runner.LAB_LEASE_TTL + 5,
                      interval=0.2)
-            lease = runner.etcdctl(lab.plan, "lease", "grant", "300").split()[1]
-            runner.etcdctl(lab.plan, "put", "--lease", lease, key, intruder)
+            lease = etcdctl(lab.plan, "lease", "grant", "300").split()[1]
+            etcdctl(lab.plan, "put", "--lease", lease, key, intruder)
         finally:
-            runner.heal_etcd(lab.plan)
+            heal_etcd(lab.plan)
         wait_for("h1 reports the conflict", lambda: status(h1)["lease"] == "conflict", timeout=MAX_RECONNECT + 2)
         report = status(h1)
         assert report["health"] == "degraded", report
@@ -408,7 +409,7 @@ class TestVxlanFaults:
         assert leases[s1]["record"]["node"] == "intruder"
         assert "h1" not in {entry["record"]["node"] for entry in leases.values()}  # no second subnet either
 
-        runner.etcdctl(lab.plan, "lease", "revoke", lease)
+        etcdctl(lab.plan, "lease", "revoke", lease)
         took = wait_for("h1 holds its subnet again", lambda: status(h1)["health"] == "ok",
                         timeout=CONFLICT_RETRY + MAX_RECONNECT)
         figure("conflict_resolved_after_s", round(took, 2))
@@ -420,9 +421,9 @@ class TestVxlanFaults:
     def test_host_deleted_while_daemon_down_is_removed_on_start(self, lab: FaultLab) -> None:
         h1, h4 = lab.host("h1"), lab.host("h4")
         s1, s4 = status(h1)["subnet"], status(h4)["subnet"]
-        runner.stop_daemon(h1)
-        runner.stop_daemon(h4)
-        runner.etcdctl(lab.plan, "del", subnet_key(s4))
+        stop_daemon(h1)
+        stop_daemon(h4)
+        etcdctl(lab.plan, "del", subnet_key(s4))
         assert vxlan_state(h1.netns).mentions(s4, str(h4.underlay_ip))  # nobody cleaned up yet
         runner.start_daemon(lab.plan, h1)
         runner.wait_ready(h1)
@@ -443,7 +444,7 @@ class TestWireGuardFaults:
         peers_before = {h.name: _wg_peer_keys(h) for h in (h1, h2)}
         with PingFlow(pod1_netns, wg_lab.pod_ip("pod2")) as flow:
             for host in (h1, h2):
-                runner.stop_daemon(host, sig)
+                stop_daemon(host, sig)
                 runner.start_daemon(wg_lab.plan, host)
             for host in (h1, h2):
                 runner.wait_ready(host)
@@ -458,8 +459,8 @@ class TestWireGuardFaults:
         raw_key = base64.b64decode(cluster_leases(wg_lab.plan)[s3]["record"]["backend"]["public_key"])
         assert all(raw_key in _wg_peer_keys(h) for h in (h1, h2))
         lease = cluster_leases(wg_lab.plan)[s3]["lease"]
-        runner.stop_daemon(h3)
-        runner.etcdctl(wg_lab.plan, "lease", "revoke", format(lease, "x"))
+        stop_daemon(h3)
+        etcdctl(wg_lab.plan, "lease", "revoke", format(lease, "x"))
         revoked_at = time.monotonic()
         for peer in (h1, h2):
             wait_for(f"h3 gone from {peer.name}",
@@ -485,8 +486,8 @@ class TestClaimRaces:
         try:
             runner.build(plan, network_args=["--cidr", "10.244.0.0/19", "--subnet-len", "24"])
             for third in range(RACE_RESERVED):
-                runner.etcdctl(plan, "put", subnet_key(f"10.244.{third * 3}.0/24"), '{"reserved": "race test"}')
-            runner.stop_etcd(plan)
+                etcdctl(plan, "put", subnet_key(f"10.244.{third * 3}.0/24"), '{"reserved": "race test"}')
+            stop_etcd(plan)
             for host in plan.hosts:
                 runner.start_daemon(plan, host)
             for host in plan.hosts:  # every daemon serves its socket while it waits for etcd

@@ -17,6 +17,7 @@ import pytest
 
 from overlayd.lab import runner
 from tests.integration.conftest import Lab, netns_exec, overlayctl, ping_through_restarts
+from tests.integration.labfaults import stop_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -169,7 +170,7 @@ def test_daemon_restart_keeps_subnet_and_pod_traffic(lab3: Lab, sig: int) -> Non
 def test_removed_host_disappears_from_every_peer(lab3: Lab) -> None:
     h3 = lab3.host("h3")
     subnet = json.loads(overlayctl(h3.socket, "--json", "status", check=True).stdout)["subnet"]
-    runner.stop_daemon(h3)
+    stop_daemon(h3)
     key = f"/overlayd/network/subnets/{subnet.replace('/', '-')}"
     deleted = netns_exec(lab3.plan.underlay_netns, "etcdctl", "--endpoints", lab3.plan.etcd_endpoint,
                          "del", key, check=False)

@@ -15,6 +15,7 @@ import pytest
 
 from overlayd.lab import runner
 from tests.integration.conftest import Lab, netns_exec, overlayctl, ping_through_restarts
+from tests.integration.labfaults import stop_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +107,7 @@ def test_a_new_key_in_etcd_reaches_every_peer_within_a_second(lab_wg: Lab) -> No
     key_file = h3.dir / "state" / "wireguard.key"
     old_public = load_or_create(key_file).public
     assert old_public in {p.public_key for p in UapiClient("ovl.wg", h1.dir / "wg").get().peers}
-    runner.stop_daemon(h3)
+    stop_daemon(h3)
     key_file.unlink()  # h3 comes back with a new identity
     runner.start_daemon(lab_wg.plan, h3)
     runner.wait_ready(h3)

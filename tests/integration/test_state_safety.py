@@ -25,7 +25,8 @@ from overlayd.cluster.keeper import CONFLICT_RETRY
 from overlayd.lab import runner
 from overlayd.lab.plan import LabHost, make_plan
 from tests.integration.conftest import Lab, netns_exec, unique_name
-from tests.integration.labtools import PingFlow, cluster_leases, components, status, subnet_key, wait_for
+from tests.integration.labfaults import stop_daemon
+from tests.integration.labtools import PingFlow, cluster_leases, components, etcdctl, status, subnet_key, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +81,7 @@ def set_aside_files(host: LabHost, name: str) -> list[Path]:
 
 def restart(lab: Lab, host: LabHost, damage: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """SIGKILL the daemon (a crash: nothing tidied up), damage what it left, start it again."""
-    runner.stop_daemon(host, signal.SIGKILL)
+    stop_daemon(host, signal.SIGKILL)
     damage()
     runner.start_daemon(lab.plan, host)
     return runner.wait_ready(host)
@@ -171,11 +172,11 @@ def test_a_subnet_held_by_another_host_is_waited_for_never_renumbered(lab: Lab) 
     key = subnet_key(before.subnet)
     intruder = json.dumps({"node": "intruder", "public_ip": "198.18.0.99",
                            "backend": {"type": "vxlan", "vtep_mac": "02:00:00:00:00:99"}})
-    lease = runner.etcdctl(lab.plan, "lease", "grant", "300").split()[1]
+    lease = etcdctl(lab.plan, "lease", "grant", "300").split()[1]
 
     def take_subnet() -> None:
-        runner.etcdctl(lab.plan, "del", key)
-        runner.etcdctl(lab.plan, "put", "--lease", lease, key, intruder)
+        etcdctl(lab.plan, "del", key)
+        etcdctl(lab.plan, "put", "--lease", lease, key, intruder)
 
     report = restart(lab, h3, take_subnet)
     assert report["health"] == "degraded" and "subnet" in components(report), report
@@ -187,7 +188,7 @@ def test_a_subnet_held_by_another_host_is_waited_for_never_renumbered(lab: Lab) 
     assert pods == before.pods
     assert netns_exec(h3.netns, "ip", "netns", "exec", f"{h3.pod_netns_prefix}pod3", "true", check=False)
 
-    runner.etcdctl(lab.plan, "lease", "revoke", lease)
+    etcdctl(lab.plan, "lease", "revoke", lease)
     wait_for("h3 holds its subnet again", lambda: status(h3)["health"] == "ok", timeout=CONFLICT_RETRY + 10)
     assert view(lab, h3) == before
 
@@ -198,13 +199,13 @@ def test_a_refused_peer_record_makes_health_degraded(lab: Lab) -> None:
     # A WireGuard host record in a VXLAN cluster: valid, but not one this backend can program.
     record = json.dumps({"node": "odd", "public_ip": "198.18.0.98",
                          "backend": {"type": "wireguard", "public_key": "A" * 43 + "="}})
-    lease = runner.etcdctl(lab.plan, "lease", "grant", "300").split()[1]
-    runner.etcdctl(lab.plan, "put", "--lease", lease, key, record)
+    lease = etcdctl(lab.plan, "lease", "grant", "300").split()[1]
+    etcdctl(lab.plan, "put", "--lease", lease, key, record)
     try:
         wait_for("h1 degraded", lambda: "peers" in components(status(h1)), timeout=10)
         assert status(h1)["health"] == "degraded"
     finally:
-        runner.etcdctl(lab.plan, "lease", "revoke", lease)
+        etcdctl(lab.plan, "lease", "revoke", lease)
     wait_for("h1 ok again", lambda: status(h1)["health"] == "ok", timeout=10)
 
 
@@ -230,7 +231,7 @@ def test_renumber_gives_up_the_subnet_and_its_pods_only_when_asked(lab: Lab) -> 
     """The one way to move a host: --renumber (documented). Runs last: h3 gets a new subnet."""
     h3 = lab.host("h3")
     before = view(lab, h3)
-    runner.stop_daemon(h3)
+    stop_daemon(h3)
     runner.start_daemon(lab.plan, h3, "--renumber")
     report = runner.wait_ready(h3)
     assert report["subnet"] != before.subnet and report["health"] == "ok", report

@@ -23,7 +23,6 @@ from ipam.config import ClusterConfig
 from overlayd.cluster.diff import HostAdded, HostRemoved
 from overlayd.cluster.keys import KeyLayout
 from overlayd.cluster.records import HostRecord
-from overlayd.cluster.watch import WatchBatch
 from overlayd.errors import ConflictError
 from overlayd.lab.etcd_process import EtcdProcess
 from overlayd.trust.certs import TrustAnchor, certificate_file_bytes, issue_certificate
@@ -31,7 +30,7 @@ from overlayd.trust.config import TrustConfig, load_host_trust
 from overlayd.trust.errors import RejectReason
 from overlayd.trust.keyfiles import create_private_key, public_pem, raw_public, write_public_file
 from overlayd.trust.signing import RecordSigner, RecordVerifier
-from tests.integration.etcd_fixture import connected, receive
+from tests.integration.etcd_fixture import connected, following, receive
 
 pytestmark = pytest.mark.integration
 
@@ -143,9 +142,7 @@ def test_watch_with_anchor_ignores_forged_puts_and_follows_signed_hosts(
 
     async def main() -> None:
         async with connected(etcd_server, etcd_prefix, verifier=observer) as cluster:
-            send, batches = trio.open_memory_channel[WatchBatch](100)
-            async with trio.open_nursery() as nursery:
-                initial = await nursery.start(cluster.run_watch, CONFIG, send)
+            async with following(cluster, CONFIG) as (initial, batches):
                 assert not initial.peers
 
                 etcdctl_put(etcd_server, forged_key, record("evil", 66).to_json())
@@ -171,7 +168,6 @@ def test_watch_with_anchor_ignores_forged_puts_and_follows_signed_hosts(
                 assert [type(e) for e in batch.events] == [HostRemoved] and not batch.peers
                 assert "(bad_signature)" in batch.rejected[0]
                 assert observer.rejected == {RejectReason.UNSIGNED: 1, RejectReason.BAD_SIGNATURE: 1}
-                nursery.cancel_scope.cancel()
 
     trio.run(main)
 

@@ -30,7 +30,8 @@ from overlayd.lab.plan import LabHost, LabPlan, make_plan
 from overlayd.trust.certs import load_certificate
 from overlayd.trust.configsig import ConfigSigner
 from tests.integration.conftest import netns_exec, unique_name
-from tests.integration.labtools import PREFIX, components, status, wait_for
+from tests.integration.labfaults import stop_daemon
+from tests.integration.labtools import PREFIX, components, etcdctl, status, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,17 +72,17 @@ class TrustLab:
         return runner.wait_ready(host)
 
     def restart(self, host: LabHost) -> dict[str, Any]:
-        runner.stop_daemon(host, signal.SIGTERM)
+        stop_daemon(host, signal.SIGTERM)
         return self.start(host)
 
     def etcd_value(self, key: str) -> bytes:
-        return runner.etcdctl(self.plan, "get", key, "--print-value-only").rstrip("\n").encode()
+        return etcdctl(self.plan, "get", key, "--print-value-only").rstrip("\n").encode()
 
     def etcd_put(self, key: str, value: bytes) -> None:
-        runner.etcdctl(self.plan, "put", key, value.decode())
+        etcdctl(self.plan, "put", key, value.decode())
 
     def mod_revision(self, key: str) -> int:
-        return json.loads(runner.etcdctl(self.plan, "get", key, "-w", "json"))["kvs"][0]["mod_revision"]
+        return json.loads(etcdctl(self.plan, "get", key, "-w", "json"))["kvs"][0]["mod_revision"]
 
 
 def pods(host: LabHost) -> dict[str, str]:

@@ -23,7 +23,8 @@ from overlayd.api.client import ControlClient
 from overlayd.lab import runner
 from overlayd.lab.plan import LabHost, make_plan
 from tests.integration.conftest import Lab, netns_exec, unique_name
-from tests.integration.labtools import cluster_leases, components, status, subnet_key, wait_for
+from tests.integration.labfaults import stop_daemon
+from tests.integration.labtools import cluster_leases, components, etcdctl, status, subnet_key, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -57,21 +58,21 @@ def sign_cluster_config(lab: Lab, ca_dir: Path) -> None:
 
 
 def restart_trusting(lab: Lab, host: LabHost, ca_dir: Path, cert: Path) -> dict:
-    runner.stop_daemon(host)
+    stop_daemon(host)
     runner.start_daemon(lab.plan, host, "--trust-ca", str(ca_dir / "ca.pub"), "--trust-host-cert", str(cert))
     return runner.wait_ready(host)
 
 
 def raw_key(lab: Lab, key: str) -> tuple[bytes, int]:
     """(value, etcd lease id) of one key, as etcd has it now."""
-    doc = json.loads(runner.etcdctl(lab.plan, "get", key, "-w", "json"))
+    doc = json.loads(etcdctl(lab.plan, "get", key, "-w", "json"))
     (kv,) = doc["kvs"]
     return base64.b64decode(kv["value"]), int(kv.get("lease", 0))
 
 
 def created_at(lab: Lab, key: str) -> int:
     """The key's create revision: it changes only if the key was deleted and claimed anew."""
-    (kv,) = json.loads(runner.etcdctl(lab.plan, "get", key, "-w", "json"))["kvs"]
+    (kv,) = json.loads(etcdctl(lab.plan, "get", key, "-w", "json"))["kvs"]
     return int(kv["create_revision"])
 
 
@@ -176,7 +177,7 @@ def test_a_replayed_record_is_refused_and_written_back_by_its_host(lab: Lab, sav
     h1, h3 = lab.host("h1"), lab.host("h3")
     key = subnet_key(saved["before"]["h3"][0])  # type: ignore[index]
     old, _ = raw_key(lab, key)
-    runner.stop_daemon(h3)
+    stop_daemon(h3)
     (h3.dir / "state" / "host.json").unlink()
     netns_exec(h3.netns, "ip", "link", "del", "ovl.vx")
     restart_trusting(lab, h3, saved["ca"], saved["certs"]["h3"])  # type: ignore[index]
@@ -184,11 +185,11 @@ def test_a_replayed_record_is_refused_and_written_back_by_its_host(lab: Lab, sav
     current, lease = raw_key(lab, key)
     assert json.loads(old)["backend"] != json.loads(current)["backend"]  # the replay would re-route
 
-    runner.etcdctl(lab.plan, "put", f"--lease={lease:x}", key, old.decode())
+    etcdctl(lab.plan, "put", f"--lease={lease:x}", key, old.decode())
     wait_for("h3 writes its record back", lambda: raw_key(lab, key) == (current, lease), timeout=15)
     assert "(replayed)" in h1.log_path.read_text()
 
-    runner.etcdctl(lab.plan, "put", key, old.decode())  # on no lease: it would never expire
+    etcdctl(lab.plan, "put", key, old.decode())  # on no lease: it would never expire
     wait_for("h3 claims its key back, signed", lambda: json.loads(raw_key(lab, key)[0])["backend"] ==
              json.loads(current)["backend"] and signed_for_its_lease(lab, h3), timeout=20)
     assert "(no_lease)" in h1.log_path.read_text()
@@ -200,13 +201,13 @@ def test_status_is_not_ok_while_a_record_is_refused(lab: Lab) -> None:
     h1 = lab.host("h1")
     forged = json.dumps({"node": "evil", "public_ip": "198.18.0.66",
                          "backend": {"type": "vxlan", "vtep_mac": "02:00:00:00:00:66"}})
-    lease = runner.etcdctl(lab.plan, "lease", "grant", "300").split()[1]
-    runner.etcdctl(lab.plan, "put", "--lease", lease, subnet_key("10.244.250.0/24"), forged)
+    lease = etcdctl(lab.plan, "lease", "grant", "300").split()[1]
+    etcdctl(lab.plan, "put", "--lease", lease, subnet_key("10.244.250.0/24"), forged)
     try:
         wait_for("h1 reports the refused record", lambda: "records" in components(status(h1)), timeout=10)
         report = status(h1)
         assert report["health"] == "degraded" and any("unsigned" in p for p in report["problems"]), report
         assert len(ControlClient(h1.socket).call("peers")) == 2  # and evil is no peer
     finally:
-        runner.etcdctl(lab.plan, "lease", "revoke", lease)
+        etcdctl(lab.plan, "lease", "revoke", lease)
     wait_for("h1 ok again", lambda: status(h1)["health"] == "ok", timeout=10)

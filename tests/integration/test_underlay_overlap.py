@@ -22,6 +22,7 @@ from overlayd.backend.peers import PeerVtep
 from overlayd.lab import runner
 from overlayd.lab.plan import LabPlan, daemon_config_toml, make_plan
 from tests.integration.conftest import netns_exec, unique_name
+from tests.integration.labtools import etcdctl
 from tests.integration.test_vxlan_backend import Cluster, ip_json, make_cluster, ping  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -58,7 +59,7 @@ def test_daemon_refuses_a_cluster_network_over_its_underlay(overlapping_lab: Lab
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "cluster network 198.18.0.0/16 overlaps" in errors[0], done.stderr
     assert "198.18.0.0/24 on eth0" in errors[0] and "Traceback" not in done.stderr
-    listing = json.loads(runner.etcdctl(plan, "get", "--prefix", f"{PREFIX}/subnets/", "-w", "json"))
+    listing = json.loads(etcdctl(plan, "get", "--prefix", f"{PREFIX}/subnets/", "-w", "json"))
     assert not listing.get("kvs"), "a lease was taken"
     assert _connected_routes(host.netns) == [(UNDERLAY, "eth0", "kernel")]
 

@@ -77,9 +77,10 @@ def test_a_listing_keeps_the_reasons_through_the_watch_batch() -> None:
     follower = LeaseFollower(store, CONFIG, None)
 
     async def first_batch():
-        send, _receive = trio.open_memory_channel(10)
+        send, receive = trio.open_memory_channel(10)
         async with trio.open_nursery() as nursery:
-            batch = await nursery.start(follower.run, send)
+            nursery.start_soon(follower.run, send)
+            batch = await receive.receive()  # the first full listing
             nursery.cancel_scope.cancel()
         return batch
 
