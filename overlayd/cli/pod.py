@@ -83,7 +83,7 @@ def _exec(args: argparse.Namespace) -> int:
         raise UsageError("pod exec: give a command after --")
     pod = ControlClient(args.socket).call("pod.get", name=_name(args))
     namespaces = pod["namespaces"]
-    enter_pod_namespaces(namespaces["net"], namespaces["uts"], namespaces["ipc"])
+    enter_pod_namespaces(namespaces["net"], namespaces["uts"], namespaces["ipc"], namespaces.get("resolv_conf"))
     sys.stdout.flush()
     try:
         exec_command(cmd)

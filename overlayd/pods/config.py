@@ -24,6 +24,8 @@ class PodNetworkConfig:
     netns_prefix: str = "ovl-"  # net namespace file = netns_dir / (netns_prefix + pod name)
     pod_run_dir: Path = Path("/run/overlayd/pods")  # uts and ipc files: pod_run_dir / name / {uts,ipc}
     mtu: int = 1450
+    etc_netns_dir: Path = Path("/etc/netns")  # per-namespace /etc files, where `ip netns exec` looks
+    resolv_conf: str | None = None  # every pod's resolv.conf (pods/dns.py); None: write none
 
     def __post_init__(self) -> None:
         if not (0 < len(self.bridge) <= IFNAME_MAX and _IFNAME.fullmatch(self.bridge)):
@@ -39,6 +41,7 @@ class PodNetworkConfig:
             object.__setattr__(self, "gateway", _parse_gateway(self.gateway))
         object.__setattr__(self, "netns_dir", Path(self.netns_dir))
         object.__setattr__(self, "pod_run_dir", Path(self.pod_run_dir))
+        object.__setattr__(self, "etc_netns_dir", Path(self.etc_netns_dir))
         if not 1 <= self.prefixlen <= self.gateway.max_prefixlen:
             raise ConfigError(f"prefix length {self.prefixlen} is invalid for {self.gateway}")
         if not 68 <= self.mtu <= 65535:
@@ -72,13 +75,14 @@ class PodNamespaces:
     uts: Path
     ipc: Path
     host_veth: str
+    resolv_conf: Path  # shown to the pod's processes as /etc/resolv.conf
 
     @property
     def pod_dir(self) -> Path:
         return self.uts.parent
 
     def to_dict(self) -> dict[str, str]:
-        return {"net": str(self.net), "uts": str(self.uts), "ipc": str(self.ipc)}
+        return {"net": str(self.net), "uts": str(self.uts), "ipc": str(self.ipc), "resolv_conf": str(self.resolv_conf)}
 
 
 def pod_paths(config: PodNetworkConfig, name: str) -> PodNamespaces:
@@ -93,4 +97,5 @@ def pod_paths(config: PodNetworkConfig, name: str) -> PodNamespaces:
         uts=pod_dir / "uts",
         ipc=pod_dir / "ipc",
         host_veth=veth_name(config.link_prefix, name),
+        resolv_conf=config.etc_netns_dir / netns_name / "resolv.conf",
     )

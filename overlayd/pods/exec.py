@@ -1,8 +1,10 @@
 """Run a command inside a pod: join its net, UTS and IPC namespaces, then exec.
 
 `overlayctl pod exec` asks the daemon for the namespace paths and calls
-enter_pod_namespaces(); `python -m overlayd.pods.exec NET UTS IPC -- CMD...`
-does the same without a daemon (tests, debugging). Needs root.
+enter_pod_namespaces(); `python -m overlayd.pods.exec NET UTS IPC [RESOLV] -- CMD...`
+does the same without a daemon (tests, debugging). Needs root. With the pod's
+resolv.conf, the command also gets a mount namespace of its own in which that file
+is /etc/resolv.conf, as `ip netns exec` does with /etc/netns/<name>/resolv.conf.
 
 A command that cannot run exits like a shell would: 127 when it is not found,
 126 when it is found but cannot be executed, with one line saying why.
@@ -41,7 +43,7 @@ def exec_command(cmd: list[str]) -> NoReturn:
         raise ExecFailed(f"cannot execute {cmd[0]}: {exc.strerror}", EXIT_CANNOT_EXECUTE) from None
 
 
-def enter_pod_namespaces(net_path: str, uts_path: str, ipc_path: str) -> None:
+def enter_pod_namespaces(net_path: str, uts_path: str, ipc_path: str, resolv_conf: str | None = None) -> None:
     """Move the calling thread (for a CLI about to exec: the process) into a pod's namespaces."""
     targets = [(net_path, nsutil.CLONE_NEWNET, "network"), (uts_path, nsutil.CLONE_NEWUTS, "UTS"),
                (ipc_path, nsutil.CLONE_NEWIPC, "IPC")]
@@ -61,15 +63,28 @@ def enter_pod_namespaces(net_path: str, uts_path: str, ipc_path: str) -> None:
     finally:
         for fd in fds:
             os.close(fd)
+    if resolv_conf is not None and os.path.exists(resolv_conf):
+        show_as_etc_resolv_conf(resolv_conf)
+
+
+def show_as_etc_resolv_conf(path: str) -> None:
+    """A mount namespace of our own in which `path` is /etc/resolv.conf (the host's stays as it is)."""
+    try:
+        nsutil.unshare(nsutil.CLONE_NEWNS)
+        nsutil.make_mounts_private_to_this_namespace()
+        nsutil.bind_mount(path, "/etc/resolv.conf")
+    except KernelError as exc:
+        raise KernelError(f"cannot show the pod's resolv.conf {path} as /etc/resolv.conf: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
     args = sys.argv[1:] if argv is None else argv
     try:
-        if len(args) < 5 or args[3] != "--":
-            raise UsageError("usage: python -m overlayd.pods.exec NET UTS IPC -- CMD [ARGS...]")
-        enter_pod_namespaces(args[0], args[1], args[2])
-        exec_command(args[4:])
+        paths = args[:args.index("--")] if "--" in args else []
+        if len(paths) not in (3, 4) or len(args) <= len(paths) + 1:
+            raise UsageError("usage: python -m overlayd.pods.exec NET UTS IPC [RESOLV] -- CMD [ARGS...]")
+        enter_pod_namespaces(*paths)
+        exec_command(args[len(paths) + 1:])
     except ExecFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

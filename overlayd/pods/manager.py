@@ -118,6 +118,7 @@ class PodManager:
                 self._add_veth(ns, bridge)
                 made_veth = True
                 self._configure_pod(pod, ip, prune=False)
+            self._write_resolv_conf(ns)
         except BaseException as exc:
             try:
                 self._remove(ns, veth=made_veth)
@@ -151,6 +152,7 @@ class PodManager:
                     links.delete_link(pod, POD_IFNAME)
                 self._add_veth(ns, self._bridge_index())
             self._configure_pod(pod, ip, prune=True)
+        self._write_resolv_conf(ns)
 
     def address(self, name: str) -> IPAddress | None:
         """The pod address the kernel has on the pod's eth0 (None if it has none, or several)."""
@@ -246,7 +248,28 @@ class PodManager:
                     links.delete_address(pod, eth0.index, other, prefixlen)
         links.replace_default_route(pod, self._config.gateway, eth0.index)
 
+    def _write_resolv_conf(self, ns: PodNamespaces) -> None:
+        """The pod's resolv.conf, rewritten only when it differs (a restart finds it in place)."""
+        text = self._config.resolv_conf
+        if text is None:
+            return
+        try:
+            if ns.resolv_conf.read_text() == text:
+                return
+        except OSError:
+            pass  # not there yet
+        try:
+            ns.resolv_conf.parent.mkdir(parents=True, exist_ok=True)
+            ns.resolv_conf.write_text(text)
+        except OSError as exc:
+            raise KernelError(f"cannot write {ns.resolv_conf}: {exc.strerror}") from exc
+
     def _remove(self, ns: PodNamespaces, *, veth: bool) -> None:
+        ns.resolv_conf.unlink(missing_ok=True)
+        try:
+            ns.resolv_conf.parent.rmdir()
+        except OSError:
+            pass  # absent, or someone put more there: left alone
         if veth:
             links.detach_link(self._host, ns.host_veth)
         for path in (ns.net, ns.uts, ns.ipc):

@@ -17,6 +17,8 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
 
 MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SLAVE = 0x80000
 MNT_DETACH = 0x2
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -56,6 +58,11 @@ def bind_mount(source: str, target: str) -> None:
         _libc.mount(os.fsencode(source), os.fsencode(target), None, MS_BIND, None),
         f"bind mount {source} on {target}",
     )
+
+
+def make_mounts_private_to_this_namespace() -> None:
+    """`mount --make-rslave /`: after unshare(CLONE_NEWNS), mounts made here stay here."""
+    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None), "mount --make-rslave /")
 
 
 def umount2(target: str, flags: int = MNT_DETACH, *, missing_ok: bool = False) -> None:

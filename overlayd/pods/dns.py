@@ -1,0 +1,74 @@
+"""The resolv.conf a pod gets: the host's resolvers, as far as a pod can reach them (pure).
+
+A pod has its own network namespace, so a loopback resolver of the host (systemd-resolved's
+stub at 127.0.0.53, a local dnsmasq at 127.0.0.1) is the pod's own loopback there, where
+nothing answers. Those are replaced by the upstreams systemd-resolved itself uses (its
+/run/systemd/resolve/resolv.conf) when given, else dropped; `servers` from the daemon config
+replace the host's list altogether. Search domains and options are kept. The result is
+written to /etc/netns/<pod netns>/resolv.conf, which `ip netns exec` and `overlayctl pod
+exec` show the pod as /etc/resolv.conf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+IPAddress = IPv4Address | IPv6Address
+MAX_NAMESERVERS = 3  # glibc reads no more (MAXNS)
+
+
+@dataclass(frozen=True)
+class Resolv:
+    nameservers: tuple[IPAddress, ...]
+    search: tuple[str, ...]
+    options: tuple[str, ...]
+
+
+def parse_resolv_conf_untrusted(text: str) -> Resolv:
+    """The parts of a resolv.conf a pod needs; lines that do not parse are skipped, as libc does."""
+    nameservers: list[IPAddress] = []
+    search: tuple[str, ...] = ()
+    options: list[str] = []
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        keyword, values = fields[0], fields[1:]
+        if keyword == "nameserver":
+            try:
+                nameservers.append(ip_address(values[0].split("%", 1)[0]))  # drop an IPv6 zone
+            except ValueError:
+                continue
+        elif keyword in ("search", "domain"):
+            search = tuple(values)  # the last one wins, as in libc
+        elif keyword == "options":
+            options.extend(values)
+    return Resolv(tuple(nameservers), search, tuple(options))
+
+
+def pod_resolv(host: str, upstream: str | None = None, servers: Sequence[IPAddress] = ()) -> tuple[str, str | None]:
+    """(resolv.conf text for pods, a problem to report or None).
+
+    host: the host's resolv.conf; upstream: systemd-resolved's list of upstream servers (when
+    it exists); servers: the operator's override."""
+    parsed = parse_resolv_conf_untrusted(host)
+    if servers:
+        chosen = list(servers)
+    else:
+        chosen = [ns for ns in parsed.nameservers if not ns.is_loopback]
+        if any(ns.is_loopback for ns in parsed.nameservers) and upstream is not None:
+            chosen += [ns for ns in parse_resolv_conf_untrusted(upstream).nameservers if not ns.is_loopback]
+    unique = list(dict.fromkeys(chosen))[:MAX_NAMESERVERS]
+    lines = ["# written by overlayd: the host's resolvers a pod can reach"]
+    lines += [f"nameserver {ns}" for ns in unique]
+    if parsed.search:
+        lines.append("search " + " ".join(parsed.search))
+    if parsed.options:
+        lines.append("options " + " ".join(parsed.options))
+    problem = None
+    if not unique:
+        problem = ("pods have no DNS resolver they can reach (the host's are loopback only); "
+                   "set [dns] servers in the daemon config")
+    return "\n".join(lines) + "\n", problem
