@@ -91,6 +91,9 @@ class BackendContext:
     mtu: int | None  # the operator's override
     wireguard_implementation: str
     wireguard_socket_dir: Path | None
+    # This host's node name: host-gw's peer identity. Empty until start-up passes it, and
+    # then no peer is refused for naming our node (the other rules still apply).
+    node: str = ""
 
 
 class Backend(Protocol):
