@@ -12,8 +12,9 @@ Bounds and why:
 - subnet_len: longer than the network prefix (so at least two hosts fit) and at most
   max_prefixlen - MIN_HOST_BITS (/29 for IPv4, /125 for IPv6): every host subnet keeps its
   gateway plus at least 5 (IPv4) or 6 (IPv6) pod addresses. Default /24 for IPv4, /64 for IPv6.
-- backend.type: "vxlan" (vni 1..16777215, default 1; port default 4789, the IANA VXLAN port)
-  or "wireguard" (no VNI; port is the listen port, default 51820). port: 1..65535.
+- backend.type: "vxlan" (vni 1..16777215, default 1; port default 4789, the IANA VXLAN port),
+  "wireguard" (no VNI; port is the listen port, default 51820) or "host-gw" (plain routes:
+  neither VNI nor port). port: 1..65535.
 - backend.options: only the options the backend type knows (see _BACKENDS); unknown fields
   anywhere are refused so a typo in etcd fails loudly instead of being ignored.
 """
@@ -92,7 +93,7 @@ _check_mtu = _int_in(1280, 65535)
 
 @dataclass(frozen=True)
 class _BackendSpec:
-    default_port: int
+    default_port: int | None  # None: this backend type has no port
     default_vni: int | None  # None: this backend type has no VNI
     options: Mapping[str, Check]
 
@@ -104,6 +105,7 @@ _BACKENDS: Mapping[str, _BackendSpec] = {
         default_vni=None,
         options={"mtu": _check_mtu, "persistent_keepalive": _int_in(0, 65535)},
     ),
+    "host-gw": _BackendSpec(default_port=None, default_vni=None, options={"mtu": _check_mtu}),
 }
 
 
@@ -132,7 +134,7 @@ class BackendConfig:
     """How hosts tunnel pod traffic to each other.
 
     vni and port left as None take the type's default; after construction they hold the
-    effective values (vni stays None for types without a VNI).
+    effective values (each stays None for types without one).
     """
 
     type: str = "vxlan"
@@ -149,7 +151,12 @@ class BackendConfig:
             vni = None
         else:
             vni = _check_vni("backend.vni", spec.default_vni if self.vni is None else self.vni)
-        port = _check_port("backend.port", spec.default_port if self.port is None else self.port)
+        if spec.default_port is None:
+            if self.port is not None:
+                raise InvalidConfig("backend.port", f"backend type {self.type!r} has no port")
+            port = None
+        else:
+            port = _check_port("backend.port", spec.default_port if self.port is None else self.port)
         object.__setattr__(self, "vni", vni)
         object.__setattr__(self, "port", port)
         object.__setattr__(self, "options", MappingProxyType(self._checked_options(spec)))
@@ -183,7 +190,8 @@ class BackendConfig:
         doc: dict[str, Any] = {"type": self.type}
         if self.vni is not None:
             doc["vni"] = self.vni
-        doc["port"] = self.port
+        if self.port is not None:
+            doc["port"] = self.port
         doc["options"] = dict(self.options)
         return doc
 

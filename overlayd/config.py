@@ -29,6 +29,8 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 _NETNS_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 _NODE_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 
+# backend/wireguard.py IMPLEMENTATIONS, listed here so a config check does not load the backend.
+WIREGUARD_IMPLEMENTATIONS = ("auto", "kernel", "userspace", "wireguard-go")
 # Whole seconds: etcd leases have a TTL in seconds, and a TTL below 5 s cannot survive one slow renewal.
 LEASE_TTL_RANGE = (5, 86400)
 # Seconds per etcd request; over 5 minutes is no longer a timeout but a hang.
@@ -49,7 +51,8 @@ class EtcdConfig:
 
 @dataclass(frozen=True)
 class WireGuardConfig:
-    implementation: str = "auto"  # auto: the kernel module when present, else our userspace engine
+    # auto: the kernel module when present, else our userspace engine (userspace); or wireguard-go.
+    implementation: str = "auto"
     socket_dir: Path | None = None  # UAPI sockets of the userspace engine (default /var/run/wireguard)
 
 
@@ -131,8 +134,9 @@ def _check(config: DaemonConfig) -> DaemonConfig:
         raise ConfigError(f"etcd.prefix {config.etcd.prefix!r}: must start with '/' and not end with '/'")
     if (config.etcd.cert_file is None) != (config.etcd.key_file is None):
         raise ConfigError("etcd.cert_file and etcd.key_file go together")
-    if config.wireguard.implementation not in ("auto", "kernel", "userspace"):
-        raise ConfigError(f"wireguard.implementation {config.wireguard.implementation!r}: auto, kernel or userspace")
+    if config.wireguard.implementation not in WIREGUARD_IMPLEMENTATIONS:
+        raise ConfigError(f"wireguard.implementation {config.wireguard.implementation!r}: one of "
+                          f"{', '.join(WIREGUARD_IMPLEMENTATIONS)}")
     if config.metrics_address:
         parse_listen_address(config.metrics_address)  # ConfigError with the reason
     if config.log_level not in ("debug", "info", "warning", "error"):
@@ -246,7 +250,7 @@ def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--etcd-cert", dest="etcd.cert_file")
     parser.add_argument("--etcd-key", dest="etcd.key_file")
     parser.add_argument("--wireguard-implementation", dest="wireguard.implementation",
-                        choices=["auto", "kernel", "userspace"])
+                        choices=WIREGUARD_IMPLEMENTATIONS)
     parser.add_argument("--wireguard-socket-dir", dest="wireguard.socket_dir")
     parser.add_argument("--trust-ca", dest="trust.ca_file", help="cluster trust anchor: verify host records")
     parser.add_argument("--trust-host-key", dest="trust.host_key")

@@ -120,7 +120,8 @@ class Startup:
             state = self._save_host(replace(state, vtep_mac=random_local_mac(random.SystemRandom())))
         assert state.vtep_mac is not None
         backend = make_backend(cluster_config.backend.type, BackendContext(
-            ipr=ipr, underlay=underlay, vtep_mac=state.vtep_mac, port=cluster_config.backend.port,
+            ipr=ipr, node=config.node_name, underlay=underlay, vtep_mac=state.vtep_mac,
+            port=cluster_config.backend.port,
             vni=cluster_config.backend.vni, options=cluster_config.backend.options,
             link_prefix=config.link_prefix, state_dir=config.state_dir, run_dir=config.run_dir, mtu=config.mtu,
             wireguard_implementation=config.wireguard.implementation,

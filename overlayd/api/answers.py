@@ -92,7 +92,8 @@ class Answers:
         seen = (await self._kernel(backend.observe)).peers if type(backend).observes else {}
         rows = []
         for lease in running.peers.programmed.values():
-            row = _lease_row(lease) | {"endpoint": f"{lease.record.public_ip}:{port}", "latest_handshake": None,
+            endpoint = str(lease.record.public_ip) if port is None else f"{lease.record.public_ip}:{port}"
+            row = _lease_row(lease) | {"endpoint": endpoint, "latest_handshake": None,
                                        "rx_bytes": None, "tx_bytes": None}
             peer = seen.get(lease.record.public_ip)
             if peer is not None:

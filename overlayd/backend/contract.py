@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Hashable, Protocol
 
 from overlayd.cluster.records import HostRecord
+from overlayd.errors import ConfigError
 
 from .objects import IPAddress, IPNetwork
 from .underlay import Underlay
@@ -80,9 +81,10 @@ class BackendContext:
     """Everything a backend factory may use: the daemon builds it, the backend picks."""
 
     ipr: Any  # pyroute2 IPRoute in the host's network namespace
+    node: str  # this host's node name (host-gw's peer identity)
     underlay: Underlay
     vtep_mac: str  # this host's persisted VXLAN MAC
-    port: int  # from the cluster config
+    port: int | None  # from the cluster config (None: the type has no port, e.g. host-gw)
     vni: int | None
     options: Mapping[str, Any]  # the cluster config's backend options
     link_prefix: str
@@ -91,6 +93,13 @@ class BackendContext:
     mtu: int | None  # the operator's override
     wireguard_implementation: str
     wireguard_socket_dir: Path | None
+
+
+def port_of(ctx: BackendContext) -> int:
+    """The port of a backend type that has one (the cluster config always gives it one)."""
+    if ctx.port is None:
+        raise ConfigError("the cluster config names no port for this backend")
+    return ctx.port
 
 
 class Backend(Protocol):

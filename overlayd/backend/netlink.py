@@ -166,6 +166,12 @@ class Netlink:
                 table=RT_TABLE_MAIN,
             )
 
+    def replace_gateway_route(self, dst: IPNetwork, gateway: IPAddress, oif: int, protocol: int) -> None:
+        """`dst via gateway dev <oif>`: the kernel checks that the gateway is on-link (host-gw)."""
+        with _kernel(f"set route {dst} via {gateway}"):
+            self._ipr.route("replace", dst=str(dst), gateway=str(gateway), oif=oif, proto=protocol,
+                            table=RT_TABLE_MAIN)
+
     def replace_dev_route(self, dst: IPNetwork, oif: int, protocol: int) -> None:
         """`dst dev <oif> scope link`: for a point-to-point device such as WireGuard's."""
         with _kernel(f"set route {dst} dev #{oif}"):

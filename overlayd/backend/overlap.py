@@ -58,16 +58,17 @@ def check_cluster_network_on_host(ipr: Any, network: IPNetwork, *, ours: Collect
 
 
 def foreign_route_conflicts(
-    subnets: Iterable[IPNetwork], routes: Sequence[Route], *, ifindex: int, protocol: int
+    subnets: Iterable[IPNetwork], routes: Sequence[Route], *, ifindex: int | None, protocol: int
 ) -> dict[IPNetwork, str]:
     """Peer subnets we must not route, with the reason: a route that is not ours (neither
-    our mark nor on our device `ifindex`) has the same destination, which a replace would
-    overwrite, or is a directly connected route overlapping the subnet.
+    our mark nor on our device `ifindex`; None for a backend without a device of its own,
+    such as host-gw on the host's underlay device) has the same destination, which a
+    replace would overwrite, or is a directly connected route overlapping the subnet.
 
     Wider gateway routes (the default route, a site's aggregate) may contain peer subnets:
     a more specific route is how the overlay is reached at all.
     """
-    foreign = [r for r in routes if r.protocol != protocol and r.oif != ifindex]
+    foreign = [r for r in routes if r.protocol != protocol and (ifindex is None or r.oif != ifindex)]
     conflicts: dict[IPNetwork, str] = {}
     for subnet in subnets:
         for route in foreign:

@@ -16,6 +16,7 @@ from .contract import Backend, BackendContext
 BACKENDS: dict[str, str] = {
     "vxlan": "overlayd.backend.vxlan",
     "wireguard": "overlayd.backend.wireguard",
+    "host-gw": "overlayd.backend.hostgw",
 }
 
 

@@ -19,7 +19,7 @@ from overlayd.cluster.records import HostRecord
 from overlayd.errors import UsageError
 
 from .addresses import converge_addresses
-from .contract import BackendContext, Observations, ReconcileResult, Refusal
+from .contract import BackendContext, port_of, Observations, ReconcileResult, Refusal
 from .mac import parse_mac_untrusted
 from .netlink import Netlink
 from .objects import RTPROT_OVERLAYD, IPAddress, IPNetwork, Link
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 def from_context(ctx: BackendContext) -> VxlanBackend:
     """The registry's factory (registry.py)."""
-    return VxlanBackend.for_underlay(ctx.ipr, f"{ctx.link_prefix}.vx", ctx.vni or 1, ctx.port, ctx.underlay,
+    return VxlanBackend.for_underlay(ctx.ipr, f"{ctx.link_prefix}.vx", ctx.vni or 1, port_of(ctx), ctx.underlay,
                                      ctx.vtep_mac, mtu=ctx.mtu)
 
 

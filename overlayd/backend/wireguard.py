@@ -4,11 +4,11 @@ Each peer's allowed IPs are its pod subnet and its endpoint is its public IP
 and port from etcd, so WireGuard's cryptokey routing does the rest: a route
 per remote subnet points at the interface, and the interface picks the peer.
 
-The interface is either the kernel's (configured over generic netlink with
-pyroute2) or our userspace engine `overlayd-wg` (configured over its UAPI
-socket, exactly like wireguard-go). The engine runs as a process of its own,
-so the data path survives restarts of the daemon; a restarted daemon adopts
-the running engine instead of replacing it.
+The interface is the kernel's (configured over generic netlink with pyroute2),
+our userspace engine `overlayd-wg` or the stock `wireguard-go` (both configured
+over their UAPI socket). A userspace engine runs as a process of its own, so the
+data path survives restarts of the daemon; a restarted daemon adopts the running
+engine instead of replacing it.
 
 Pure planning (what to change) is apart from I/O (talking to the device).
 """
@@ -18,8 +18,10 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import ip_network
@@ -30,7 +32,7 @@ from overlayd.cluster.records import HostRecord
 from overlayd.errors import ConfigError, KernelError, NotFoundError, OverlaydError, UsageError
 
 from .addresses import converge_addresses
-from .contract import BackendContext, Observations, PeerObservation, ReconcileResult, Refusal
+from .contract import BackendContext, port_of, Observations, PeerObservation, ReconcileResult, Refusal
 from .netlink import Netlink
 from .objects import RTPROT_OVERLAYD, IPAddress, IPNetwork, Route
 from .overlap import foreign_route_conflicts
@@ -45,7 +47,13 @@ log = logging.getLogger(__name__)
 # IPv4 (20) + UDP (8) + WireGuard header (16) + tag (16) = 60, rounded up for
 # an IPv6 underlay (+20): the usual WireGuard figure.
 WIREGUARD_OVERHEAD = 80
-IMPLEMENTATIONS = ("auto", "kernel", "userspace")
+# auto: the kernel module when present, else our engine; userspace: our engine `overlayd-wg`.
+IMPLEMENTATIONS = ("auto", "kernel", "userspace", "wireguard-go")
+ENGINE_READY_TIMEOUT = 10.0  # seconds for a started userspace engine to answer on its UAPI socket
+# wireguard-go has no option for its socket dir (always /var/run/wireguard). For another
+# dir it runs in a mount namespace of its own with that dir bound over /run/wireguard:
+# it creates, watches and removes its socket there as usual. (/var/run is /run on Debian.)
+_WIREGUARD_GO_IN_DIR = 'mkdir -p /run/wireguard && mount --bind "$0" /run/wireguard && exec wireguard-go -f "$1"'
 
 
 @dataclass(frozen=True)
@@ -254,7 +262,7 @@ def from_context(ctx: BackendContext) -> WireGuardBackend:
     from . import wgkeys  # loads `cryptography`, which a VXLAN daemon does without
 
     keys = wgkeys.load_or_create(ctx.state_dir / "wireguard.key")
-    return WireGuardBackend(ctx.ipr, f"{ctx.link_prefix}.wg", keys, ctx.port,
+    return WireGuardBackend(ctx.ipr, f"{ctx.link_prefix}.wg", keys, port_of(ctx),
                             ctx.mtu or ctx.underlay.mtu - WIREGUARD_OVERHEAD, local_ip=ctx.underlay.ip,
                             implementation=ctx.wireguard_implementation, socket_dir=ctx.wireguard_socket_dir,
                             log_dir=ctx.run_dir)
@@ -281,7 +289,7 @@ class WireGuardBackend:
         self.log_dir = log_dir
         self.route_protocol = route_protocol
         self.control: DeviceControl | None = None
-        self.kind: str | None = None  # "kernel" or "userspace", once set up
+        self.kind: str | None = None  # "kernel", "userspace" or "wireguard-go", once set up
         self._own_subnet: IPNetwork | None = None
         self._applied_endpoints: dict[bytes, str] = {}
         self._programmed: dict[bytes, WgPeer] = {}  # public key -> peer, as last reconciled
@@ -305,8 +313,12 @@ class WireGuardBackend:
         if link is not None and link.kind == "wireguard":
             self.kind, self.control = "kernel", KernelControl(self.device)
         elif link is not None and self._engine_answers():
-            self.kind, self.control = "userspace", UapiControl(self.device, self.socket_dir)
-            log.info("adopted running userspace WireGuard engine on %s", self.device)
+            self.kind, self.control = self._running_engine(), UapiControl(self.device, self.socket_dir)
+            log.info("adopted running %s WireGuard engine on %s", self.kind, self.device)
+            if self.implementation in ("userspace", "wireguard-go") and self.kind != self.implementation:
+                # Replacing it would cut every tunnel; switching is the operator's explicit step.
+                log.warning("%s runs %s, not the configured %s: kept; delete the interface to switch",
+                            self.device, self.kind, self.implementation)
         else:
             if link is not None:  # a stale interface whose engine died
                 log.warning("removing %s: no WireGuard engine answers for it", self.device)
@@ -328,7 +340,19 @@ class WireGuardBackend:
             return False
         return True
 
+    def _running_engine(self) -> str:
+        """Which engine answers on the socket: only ours has counters."""
+        try:
+            UapiControl(self.device, self.socket_dir).client.counters()
+        except (OverlaydError, OSError):
+            return "wireguard-go"
+        return "userspace"
+
     def _create(self) -> None:
+        if self.implementation == "wireguard-go":
+            self._start_wireguard_go()
+            self.kind, self.control = "wireguard-go", UapiControl(self.device, self.socket_dir)
+            return
         if self.implementation in ("auto", "kernel"):
             try:
                 self._nl.create_link(self.device, "wireguard")
@@ -347,20 +371,42 @@ class WireGuardBackend:
         cmd = [sys.executable, "-m", "overlayd.wireguard.cli", self.device, "--mtu", str(self.mtu)]
         if self.socket_dir is not None:
             cmd += ["--socket-dir", str(self.socket_dir)]
+        self._spawn_engine(cmd, "userspace WireGuard engine")
+
+    def _start_wireguard_go(self) -> None:
+        if shutil.which("wireguard-go") is None:
+            raise KernelError("wireguard.implementation = \"wireguard-go\" but no wireguard-go is installed "
+                              "(Debian: apt install wireguard-go)")
+        cmd = ["wireguard-go", "-f", self.device]  # -f: stay a child we can watch, no self-daemonising
+        if self.socket_dir is not None:
+            self.socket_dir.mkdir(parents=True, exist_ok=True)
+            cmd = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _WIREGUARD_GO_IN_DIR,
+                   str(self.socket_dir), self.device]
+        self._spawn_engine(cmd, "wireguard-go")
+
+    def _spawn_engine(self, cmd: list[str], what: str) -> None:
+        """Start a userspace engine and wait until it answers on its UAPI socket."""
+        from overlayd.wireguard.uapi_server import UapiClient
+
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with (self.log_dir / f"{self.device}.log").open("ab") as log_file:
+        log_path = self.log_dir / f"{self.device}.log"
+        with log_path.open("ab") as log_file:
             # A session of its own: the engine must outlive this daemon's restarts.
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                                     start_new_session=True)
-        from overlayd.wireguard.uapi_server import UapiClient
-
-        try:
-            UapiClient(self.device, self.socket_dir).wait_ready(timeout=10)
-        except NotFoundError:
-            proc.kill()
-            raise KernelError(f"userspace WireGuard engine for {self.device} did not start; "
-                              f"see {self.log_dir / (self.device + '.log')}") from None
-        log.info("started userspace WireGuard engine on %s (pid %d)", self.device, proc.pid)
+        client = UapiClient(self.device, self.socket_dir)
+        deadline = time.monotonic() + ENGINE_READY_TIMEOUT
+        while True:
+            try:
+                client.get()
+                break
+            except NotFoundError:
+                if proc.poll() is not None or time.monotonic() >= deadline:
+                    proc.kill()
+                    proc.wait()
+                    raise KernelError(f"{what} for {self.device} did not start; see {log_path}") from None
+                time.sleep(0.05)
+        log.info("started %s on %s (pid %d)", what, self.device, proc.pid)
 
     # --- peers ----------------------------------------------------------------
 
@@ -412,8 +458,9 @@ class WireGuardBackend:
         return {peer.endpoint_ip: stats[key] for key, peer in self._programmed.items() if key in stats}
 
     def engine_counters(self) -> dict[str, int] | None:
-        """The userspace engine's counters (drop_<reason>, ...); None for the kernel module."""
-        if not isinstance(self.control, UapiControl):
+        """Our userspace engine's counters (drop_<reason>, ...); None for the kernel module and
+        wireguard-go, which count nothing over UAPI."""
+        if self.kind != "userspace" or not isinstance(self.control, UapiControl):
             return None
         try:
             return self.control.client.counters()

@@ -11,7 +11,8 @@ from typing import Any
 from overlayd.cli.output import print_json, print_table
 from overlayd.errors import UsageError
 from overlayd.lab import runner
-from overlayd.lab.plan import DEFAULT_BASE_DIR, make_plan, validate_lab_name
+from overlayd.config import WIREGUARD_IMPLEMENTATIONS
+from overlayd.lab.plan import BACKENDS, DEFAULT_BASE_DIR, make_plan, validate_lab_name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(handler=handler)
         if name == "up":
             p.add_argument("--hosts", type=int, default=3)
-            p.add_argument("--backend", default="vxlan", choices=["vxlan", "wireguard"])
+            p.add_argument("--backend", default="vxlan", choices=BACKENDS)
+            p.add_argument("--wireguard-implementation", default="auto", choices=WIREGUARD_IMPLEMENTATIONS,
+                           help="the daemons' [wireguard] implementation (default auto)")
 
 
 def _plan_from_state(args: argparse.Namespace):
@@ -66,7 +69,8 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    plan = make_plan(args.name, args.hosts, args.backend, args.dir)
+    plan = make_plan(args.name, args.hosts, args.backend, args.dir,
+                     wireguard_implementation=args.wireguard_implementation)
     result = runner.up(plan)
     _print_result(result, args.json)
     return 0 if result["ok"] else 1

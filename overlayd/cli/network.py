@@ -27,9 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     init = net_sub.add_parser("init", help="write the cluster config (refused under live leases without --force)")
     init.add_argument("--cidr", default="10.244.0.0/16", help="pod network (default 10.244.0.0/16)")
     init.add_argument("--subnet-len", type=int, help="per-host subnet prefix length (default /24, IPv6 /64)")
-    init.add_argument("--backend", default="vxlan", choices=["vxlan", "wireguard"])
+    init.add_argument("--backend", default="vxlan", choices=["vxlan", "wireguard", "host-gw"])
     init.add_argument("--vni", type=int, help="VXLAN network identifier (default 1)")
-    init.add_argument("--port", type=int, help="UDP port (VXLAN default 4789, WireGuard 51820)")
+    init.add_argument("--port", type=int, help="UDP port (VXLAN default 4789, WireGuard 51820; host-gw has none)")
     init.add_argument("--force", action="store_true", help="change the config even while hosts hold leases")
     init.add_argument("--ca-dir", type=Path, help="directory holding the cluster CA's ca.key: sign the config "
                                                   "(daemons with a trust anchor refuse an unsigned one)")

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from overlayd.config import WIREGUARD_IMPLEMENTATIONS
 from overlayd.errors import UsageError
 
 UNDERLAY = ipaddress.ip_network("198.18.0.0/24")
@@ -23,6 +24,8 @@ ETCD_PEER_PORT = 2380
 MAX_HOSTS = 200
 DEFAULT_BASE_DIR = Path("/run/overlayd-lab")
 PROBE_PORT = 7777
+# host-gw works because every lab host sits on the one underlay bridge (one L2 segment).
+BACKENDS = ("vxlan", "wireguard", "host-gw")
 
 # The name prefixes every netns, so keep it short and shell-safe.
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
@@ -64,6 +67,7 @@ class LabPlan:
     backend: str
     hosts: tuple[LabHost, ...]
     dir: Path
+    wireguard_implementation: str = "auto"  # the daemons' [wireguard] implementation
 
     @property
     def underlay_netns(self) -> str:
@@ -92,16 +96,21 @@ def validate_lab_name(name: str) -> str:
     return name
 
 
-def make_plan(name: str, hosts: int, backend: str, base_dir: Path = DEFAULT_BASE_DIR) -> LabPlan:
+def make_plan(name: str, hosts: int, backend: str, base_dir: Path = DEFAULT_BASE_DIR, *,
+              wireguard_implementation: str = "auto") -> LabPlan:
     validate_lab_name(name)
     if not 1 <= hosts <= MAX_HOSTS:
         raise UsageError(f"--hosts {hosts}: between 1 and {MAX_HOSTS}")
-    if backend not in ("vxlan", "wireguard"):
-        raise UsageError(f"--backend {backend!r}: vxlan or wireguard")
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend!r}: one of {', '.join(BACKENDS)}")
+    if wireguard_implementation not in WIREGUARD_IMPLEMENTATIONS:
+        raise UsageError(f"--wireguard-implementation {wireguard_implementation!r}: one of "
+                         f"{', '.join(WIREGUARD_IMPLEMENTATIONS)}")
     lab_dir = base_dir / name
     return LabPlan(
         name=name,
         backend=backend,
+        wireguard_implementation=wireguard_implementation,
         dir=lab_dir,
         hosts=tuple(
             LabHost(
@@ -133,7 +142,9 @@ def daemon_config_toml(plan: LabPlan, host: LabHost, lease_ttl: int) -> str:
         f'endpoints = ["{plan.etcd_endpoint}"]',
         "",
         "[wireguard]",
-        # Per host: every lab host names its interface alike, and UAPI sockets are global files.
+        # Per host: every lab host names its interface alike, and UAPI sockets are global files
+        # (wireguard-go too: overlayd binds this dir over its fixed /var/run/wireguard).
         f'socket_dir = "{host.dir / "wg"}"',
+        f'implementation = "{plan.wireguard_implementation}"',
         "",
     ])

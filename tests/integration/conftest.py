@@ -85,8 +85,8 @@ def ping_through_restarts(lab: Lab, src_pod: str, dst_pod: str, hosts: list[str]
     return (int(match.group(1)) if match else 0), out
 
 
-def _lab(tmp_base: Path, hosts: int, backend: str) -> Iterator[Lab]:
-    plan = make_plan(unique_name(), hosts, backend, tmp_base)
+def _lab(tmp_base: Path, hosts: int, backend: str, wireguard_implementation: str = "auto") -> Iterator[Lab]:
+    plan = make_plan(unique_name(), hosts, backend, tmp_base, wireguard_implementation=wireguard_implementation)
     try:
         result = runner.up(plan)
         yield Lab(plan, result)
@@ -103,3 +103,15 @@ def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def lab_wg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A 3-host lab on the WireGuard backend (our userspace engine: no kernel module here)."""
     yield from _lab(tmp_path_factory.mktemp("lab"), 3, "wireguard")
+
+
+@pytest.fixture(scope="module")
+def lab_hostgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A 3-host lab on host-gw: every lab host is on the one underlay bridge, so on-link."""
+    yield from _lab(tmp_path_factory.mktemp("lab"), 3, "host-gw")
+
+
+@pytest.fixture(scope="module")
+def lab_wggo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A 3-host lab on the WireGuard backend running Debian's stock wireguard-go."""
+    yield from _lab(tmp_path_factory.mktemp("lab"), 3, "wireguard", "wireguard-go")

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from overlayd.backend.hostgw_plan import PeerGateway
 from overlayd.backend.peers import PeerVtep, screen_peers
 from overlayd.backend.wireguard import WgPeer
 
@@ -27,9 +28,14 @@ def wireguard_peer(host: int, identity: int, revision: int = 0) -> WgPeer:
     return WgPeer(bytes([identity]) * 32, ip_address(f"198.18.0.{host}"), 51820, revision)
 
 
+def hostgw_peer(host: int, identity: int, revision: int = 0) -> PeerGateway:
+    return PeerGateway(ip_address(f"198.18.0.{host}"), f"node{identity}", revision)
+
+
 MAKERS: dict[str, tuple[Callable[..., Any], Hashable]] = {
     "vxlan": (vxlan_peer, "02:00:00:00:00:09"),
     "wireguard": (wireguard_peer, bytes([9]) * 32),
+    "host-gw": (hostgw_peer, "node9"),
 }
 
 

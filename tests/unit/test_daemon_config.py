@@ -50,6 +50,7 @@ def test_derived_names_follow_the_configured_prefixes(tmp_path: Path) -> None:
     ({"node_name": "h1", "etcd": {"bogus": 1}}, "unknown [etcd] keys"),
     ({"node_name": "h1", "lease_ttl": True}, "lease_ttl"),
     ({"node_name": "h1", "log_level": "loud"}, "log_level"),
+    ({"node_name": "h1", "wireguard": {"implementation": "boringtun"}}, "wireguard.implementation"),
 ])
 def test_bad_values_are_refused_naming_the_key(values: dict, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
@@ -63,6 +64,14 @@ def test_missing_and_broken_files_are_clear_errors(tmp_path: Path) -> None:
     broken.write_text("node_name = \n")
     with pytest.raises(ConfigError, match=str(broken)):
         _parse(["--config", str(broken)])
+
+
+def test_every_wireguard_implementation_is_accepted() -> None:
+    for name in ("auto", "kernel", "userspace", "wireguard-go"):
+        config = config_from_mapping({"node_name": "h1", "wireguard": {"implementation": name}})
+        assert config.wireguard.implementation == name
+    assert _parse(["--node-name", "h1", "--wireguard-implementation", "wireguard-go"]).wireguard.implementation \
+        == "wireguard-go"
 
 
 def test_the_shipped_example_config_parses() -> None:

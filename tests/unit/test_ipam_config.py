@@ -30,6 +30,13 @@ def test_ipv6_network_defaults_to_slash_64_hosts() -> None:
     assert config.subnet_count == 65536
 
 
+def test_host_gw_backend_has_neither_vni_nor_port() -> None:
+    backend = BackendConfig.from_dict_untrusted({"type": "host-gw", "options": {"mtu": 9000}})
+    assert (backend.type, backend.vni, backend.port) == ("host-gw", None, None)
+    assert backend.to_dict() == {"type": "host-gw", "options": {"mtu": 9000}}
+    assert BackendConfig.from_dict_untrusted(backend.to_dict()) == backend
+
+
 def test_wireguard_backend_has_listen_port_and_no_vni() -> None:
     backend = BackendConfig.from_dict_untrusted({"type": "wireguard", "options": {"persistent_keepalive": 25}})
     assert (backend.type, backend.vni, backend.port) == ("wireguard", None, 51820)
@@ -108,6 +115,8 @@ def test_contains_subnet_checks_family_length_and_place() -> None:
         ({"backend": {"port": False}}, "backend.port", "integer"),
         ({"backend": {"type": "wireguard", "vni": 1}}, "backend.vni", "no VNI"),
         ({"backend": {"type": "wireguard", "port": 70000}}, "backend.port", "1..65535"),
+        ({"backend": {"type": "host-gw", "vni": 1}}, "backend.vni", "no VNI"),
+        ({"backend": {"type": "host-gw", "port": 4789}}, "backend.port", "has no port"),
         ({"backend": {"options": []}}, "backend.options", "JSON object"),
         ({"backend": {"options": {"mtu": 100}}}, "backend.options.mtu", "1280..65535"),
         ({"backend": {"options": {"persistent_keepalive": 25}}}, "backend.options.persistent_keepalive", "unknown"),
@@ -175,6 +184,8 @@ _backends = st.one_of(
             {}, optional={"mtu": st.integers(1280, 65535), "persistent_keepalive": st.integers(0, 65535)}
         ),
     ),
+    st.builds(BackendConfig, type=st.just("host-gw"),
+              options=st.fixed_dictionaries({}, optional={"mtu": st.integers(1280, 65535)})),
 )
 
 
