@@ -1,4 +1,5 @@
-"""Finding and signalling the lab's processes by what their command line names.
+"""Finding and signalling the lab's processes: by what their command line names, or by
+the lab namespace they run in.
 
 The lab starts its daemons, etcd and probes in sessions of their own (they outlive
 `lab up`), so it finds them again through /proc, by a path only they carry: the lab
@@ -8,6 +9,8 @@ dir, a host's config file, etcd's data dir.
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -46,3 +49,28 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def kill_netns_processes(namespaces: Sequence[str], netns_dir: Path) -> int:
+    """Whatever still runs inside the lab's namespaces though its command line does not name
+    the lab dir (wireguard-go: `wireguard-go -f ovl.wg`); it would keep a deleted namespace alive."""
+    wanted = set()
+    for ns in namespaces:
+        try:
+            st = (netns_dir / ns).stat()
+        except OSError:
+            continue
+        wanted.add((st.st_dev, st.st_ino))
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            st = (entry / "ns" / "net").stat()
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in wanted:
+            pids.append(int(entry.name))
+    for pid in pids:
+        send_signal(pid, signal.SIGKILL)  # the lab's own processes got SIGTERM already
+    return len(pids)

@@ -28,7 +28,7 @@ from typing import Any
 
 from overlayd.api.client import ControlClient
 from overlayd.lab.etcd_process import EtcdProcess
-from overlayd.lab.procs import alive, pids_naming, send_signal
+from overlayd.lab.procs import alive, kill_netns_processes, pids_naming, send_signal
 from overlayd.errors import ConflictError, OverlaydError
 from overlayd.lab import topology
 from overlayd.pods.nsutil import umount2
@@ -218,7 +218,7 @@ def down(name: str, base_dir: Path) -> dict[str, Any]:
     killed = _kill_lab_processes(lab_dir)
     # Pods first: they are the daemons' (gone now), made inside the host namespaces' world.
     namespaces = [ns for ns in _pod_netns(name, lab_dir) + _recorded_netns(lab_dir) if topology.netns_exists(ns)]
-    killed += _kill_netns_processes(namespaces)
+    killed += kill_netns_processes(namespaces, topology.NETNS_DIR)
     for ns in namespaces:
         topology.delete_netns(ns)
     unmounted = _unmount_under(lab_dir)
@@ -271,53 +271,6 @@ def _kill_lab_processes(lab_dir: Path) -> int:
     return len(pids)
 
 
-<<<<<<< HEAD
-=======
-def _kill_netns_processes(namespaces: Sequence[str]) -> int:
-    """Whatever still runs inside the lab's namespaces though its command line does not name
-    the lab dir (wireguard-go: `wireguard-go -f ovl.wg`); it would keep a deleted namespace alive."""
-    wanted = set()
-    for ns in namespaces:
-        try:
-            st = (topology.NETNS_DIR / ns).stat()
-        except OSError:
-            continue
-        wanted.add((st.st_dev, st.st_ino))
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            st = (entry / "ns" / "net").stat()
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in wanted:
-            pids.append(int(entry.name))
-    for pid in pids:
-        _signal(pid, signal.SIGKILL)  # the lab's own processes got SIGTERM already
-    return len(pids)
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child (a failed `up`)
-    except ChildProcessError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
->>>>>>> issue8-hostgw
 def _unmount_under(lab_dir: Path) -> int:
     """Pods' uts/ipc namespace bind mounts live under the lab dir; detach them all."""
     prefix = str(lab_dir) + "/"

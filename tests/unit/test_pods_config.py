@@ -69,8 +69,9 @@ def test_pod_paths() -> None:
     assert (ns.uts, ns.ipc) == (Path("/run/overlayd/pods/web-1/uts"), Path("/run/overlayd/pods/web-1/ipc"))
     assert ns.pod_dir == Path("/run/overlayd/pods/web-1")
     assert ns.host_veth.startswith("ovl") and len(ns.host_veth) == 11
+    assert ns.resolv_conf == Path("/etc/netns/ovl-web-1/resolv.conf")  # where `ip netns exec` looks
     assert ns.to_dict() == {"net": "/run/netns/ovl-web-1", "uts": "/run/overlayd/pods/web-1/uts",
-                            "ipc": "/run/overlayd/pods/web-1/ipc"}
+                            "ipc": "/run/overlayd/pods/web-1/ipc", "resolv_conf": "/etc/netns/ovl-web-1/resolv.conf"}
 
 
 def test_pod_paths_refuse_names_that_would_escape_the_directories() -> None:
