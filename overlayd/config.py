@@ -18,6 +18,7 @@ from typing import Any
 
 from overlayd.errors import ConfigError
 from overlayd.metrics.http import parse_listen_address
+from overlayd.pods.dns import DnsConfig, dns_config_from_mapping
 from overlayd.trust.config import TrustConfig, trust_config_from_mapping
 
 DEFAULT_CONFIG_PATH = Path("/etc/overlayd/overlayd.toml")
@@ -62,6 +63,7 @@ class DaemonConfig:
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
     wireguard: WireGuardConfig = field(default_factory=WireGuardConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
     public_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     public_interface: str | None = None
     netns: str | None = None  # run the whole daemon inside this named netns
@@ -70,6 +72,7 @@ class DaemonConfig:
     socket_path: Path | None = None  # default: run_dir / "overlayd.sock"
     socket_group: int | None = None  # gid allowed to use the socket (mode 0660)
     netns_dir: Path = Path("/run/netns")
+    etc_netns_dir: Path = Path("/etc/netns")  # pods' resolv.conf: etc_netns_dir / <netns name> / resolv.conf
     netns_prefix: str = "ovl-"
     link_prefix: str = "ovl"
     bridge_name: str = "ovl0"
@@ -144,7 +147,7 @@ def _check(config: DaemonConfig) -> DaemonConfig:
     return config
 
 
-_PATH_KEYS = {"state_dir", "run_dir", "socket_path", "netns_dir"}
+_PATH_KEYS = {"state_dir", "run_dir", "socket_path", "netns_dir", "etc_netns_dir"}
 _ETCD_PATH_KEYS = {"ca_file", "cert_file", "key_file"}
 
 
@@ -161,7 +164,8 @@ def _from_mapping(values: dict[str, Any]) -> DaemonConfig:
     if not isinstance(wg_values.get("implementation", ""), str):
         raise ConfigError("wireguard.implementation: expected a string")
     trust = trust_config_from_mapping(values.pop("trust", None))
-    known = {f.name for f in dataclasses.fields(DaemonConfig)} - {"etcd", "wireguard", "trust"}
+    dns = dns_config_from_mapping(values.pop("dns", None))
+    known = {f.name for f in dataclasses.fields(DaemonConfig)} - {"etcd", "wireguard", "trust", "dns"}
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
@@ -202,7 +206,7 @@ def _from_mapping(values: dict[str, Any]) -> DaemonConfig:
             raise ConfigError(f"{key}: expected a string, got {values[key]!r}")
     values.setdefault("node_name", socket.gethostname().split(".")[0].lower())
     return _check(DaemonConfig(etcd=EtcdConfig(**etcd_values), wireguard=WireGuardConfig(**wg_values),
-                                trust=trust, **values))
+                                trust=trust, dns=dns, **values))
 
 
 def _table(value: Any, name: str) -> dict[str, Any]:

@@ -140,7 +140,10 @@ class Startup:
         network = await self._kernel(ensure_host_network, ipr, bridge=config.bridge_name, subnet=subnet,
                                      mtu=backend.mtu)
         await self._kernel(backend.setup, subnet)
-        pods = await self._kernel(self._open_pods, subnet, network.gateway, backend.mtu)
+        resolv, problem = config.dns.pod_resolv()
+        if problem is not None:  # pods still work by address; the operator can fix names
+            self._report.fail("dns", problem)
+        pods = await self._kernel(self._open_pods, subnet, network.gateway, backend.mtu, resolv)
         try:
             for problem in pods.problems:
                 self._damaged(problem)
@@ -188,7 +191,7 @@ class Startup:
             state = replace(state, vtep_mac=recalled.vtep_mac)
         return state
 
-    def _open_pods(self, subnet: IPNetwork, gateway: Any, mtu: int) -> PodService:
+    def _open_pods(self, subnet: IPNetwork, gateway: Any, mtu: int, resolv: str) -> PodService:
         """The pod service (in a thread in the host's netns: its netlink sockets belong there)."""
         config = self.config
         if self._renumber:  # the operator's order: the pods of the old subnet go with it
@@ -196,7 +199,7 @@ class Startup:
         pod_network = PodNetworkConfig(
             bridge=config.bridge_name, gateway=gateway.ip, prefixlen=subnet.prefixlen,
             link_prefix=config.link_prefix, netns_dir=config.netns_dir, netns_prefix=config.netns_prefix,
-            pod_run_dir=config.pod_run_dir, mtu=mtu)
+            pod_run_dir=config.pod_run_dir, mtu=mtu, etc_netns_dir=config.etc_netns_dir, resolv_conf=resolv)
         return PodService(PodManager(pod_network), PodStore(config.state_dir / "pods.json"), subnet,
                           config.node_name)
 

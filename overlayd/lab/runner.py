@@ -217,7 +217,10 @@ def down(name: str, base_dir: Path) -> dict[str, Any]:
     lab_dir = base_dir / name
     killed = _kill_lab_processes(lab_dir)
     # Pods first: they are the daemons' (gone now), made inside the host namespaces' world.
-    namespaces = [ns for ns in _pod_netns(name, lab_dir) + _recorded_netns(lab_dir) if topology.netns_exists(ns)]
+    pod_namespaces = _pod_netns(name, lab_dir)
+    for ns in pod_namespaces:
+        topology.delete_netns_etc(ns)
+    namespaces = [ns for ns in pod_namespaces + _recorded_netns(lab_dir) if topology.netns_exists(ns)]
     killed += kill_netns_processes(namespaces, topology.NETNS_DIR)
     for ns in namespaces:
         topology.delete_netns(ns)

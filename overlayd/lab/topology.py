@@ -14,6 +14,7 @@ from overlayd.errors import KernelError
 from overlayd.lab.plan import UNDERLAY, UNDERLAY_GATEWAY, LabHost, LabPlan, ETCD_IP
 
 NETNS_DIR = Path("/run/netns")
+ETC_NETNS_DIR = Path("/etc/netns")  # per-namespace /etc files (the daemons' pod resolv.conf)
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -70,3 +71,12 @@ def create_host(plan: LabPlan, host: LabHost) -> None:
 def delete_netns(name: str) -> None:
     if netns_exists(name):
         ip("netns", "del", name, check=False)
+
+
+def delete_netns_etc(name: str) -> None:
+    """The pod resolv.conf a lab daemon wrote for namespace `name` (pods/dns.py), and its directory."""
+    (ETC_NETNS_DIR / name / "resolv.conf").unlink(missing_ok=True)
+    try:
+        (ETC_NETNS_DIR / name).rmdir()
+    except OSError:
+        pass  # absent, or holding files that are not ours

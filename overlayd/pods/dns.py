@@ -11,9 +11,13 @@ exec` show the pod as /etc/resolv.conf.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
+from typing import Any
+
+from overlayd.errors import ConfigError
 
 IPAddress = IPv4Address | IPv6Address
 MAX_NAMESERVERS = 3  # glibc reads no more (MAXNS)
@@ -72,3 +76,50 @@ def pod_resolv(host: str, upstream: str | None = None, servers: Sequence[IPAddre
         problem = ("pods have no DNS resolver they can reach (the host's are loopback only); "
                    "set [dns] servers in the daemon config")
     return "\n".join(lines) + "\n", problem
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """The daemon config's [dns] table."""
+
+    resolv_conf: Path = Path("/etc/resolv.conf")  # the host's
+    upstream_resolv_conf: Path = Path("/run/systemd/resolve/resolv.conf")  # systemd-resolved's upstreams
+    servers: tuple[IPAddress, ...] = ()  # instead of the host's resolvers
+
+    def pod_resolv(self) -> tuple[str, str | None]:
+        """Read the host's files (absent ones count as empty) and build the pods' resolv.conf."""
+        def read(path: Path) -> str | None:
+            try:
+                return path.read_text(errors="replace")
+            except OSError:
+                return None
+
+        return pod_resolv(read(self.resolv_conf) or "", read(self.upstream_resolv_conf), self.servers)
+
+
+def dns_config_from_mapping(values: Mapping[str, Any] | None) -> DnsConfig:
+    """The [dns] table of the TOML file; ConfigError for anything off."""
+    if values is None:
+        return DnsConfig()
+    if not isinstance(values, Mapping):
+        raise ConfigError("[dns] must be a table")
+    unknown = set(values) - {"resolv_conf", "upstream_resolv_conf", "servers"}
+    if unknown:
+        raise ConfigError(f"unknown [dns] keys: {', '.join(sorted(map(str, unknown)))}")
+    fields: dict[str, Any] = {}
+    for key in ("resolv_conf", "upstream_resolv_conf"):
+        if key in values:
+            if not isinstance(values[key], str) or not values[key]:
+                raise ConfigError(f"dns.{key}: expected a non-empty path string, got {values[key]!r}")
+            fields[key] = Path(values[key])
+    if "servers" in values:
+        servers = values["servers"]
+        if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
+            raise ConfigError("dns.servers: expected a list of IP addresses")
+        try:
+            fields["servers"] = tuple(ip_address(s) for s in servers)
+        except ValueError as exc:
+            raise ConfigError(f"dns.servers: {exc}") from None
+        if len(fields["servers"]) > MAX_NAMESERVERS:
+            raise ConfigError(f"dns.servers: at most {MAX_NAMESERVERS} (libc reads no more)")
+    return DnsConfig(**fields)
