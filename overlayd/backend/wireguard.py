@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 # an IPv6 underlay (+20): the usual WireGuard figure.
 WIREGUARD_OVERHEAD = 80
 IMPLEMENTATIONS = ("auto", "kernel", "userspace")
+# sd_notify's variables (sd_notify(3)): only the daemon talks to systemd.
+_SYSTEMD_NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 @dataclass(frozen=True)
@@ -256,8 +259,7 @@ def from_context(ctx: BackendContext) -> WireGuardBackend:
     keys = wgkeys.load_or_create(ctx.state_dir / "wireguard.key")
     return WireGuardBackend(ctx.ipr, f"{ctx.link_prefix}.wg", keys, ctx.port,
                             ctx.mtu or ctx.underlay.mtu - WIREGUARD_OVERHEAD, local_ip=ctx.underlay.ip,
-                            implementation=ctx.wireguard_implementation, socket_dir=ctx.wireguard_socket_dir,
-                            log_dir=ctx.run_dir)
+                            implementation=ctx.wireguard_implementation, socket_dir=ctx.wireguard_socket_dir)
 
 
 class WireGuardBackend:
@@ -267,7 +269,7 @@ class WireGuardBackend:
 
     def __init__(self, ipr: Any, device: str, keys: KeyPair, listen_port: int, mtu: int, *,
                  local_ip: IPAddress, implementation: str = "auto", socket_dir: Path | None = None,
-                 log_dir: Path, route_protocol: int = RTPROT_OVERLAYD) -> None:
+                 route_protocol: int = RTPROT_OVERLAYD) -> None:
         if implementation not in IMPLEMENTATIONS:
             raise ConfigError(f"wireguard implementation {implementation!r}: one of {', '.join(IMPLEMENTATIONS)}")
         self._nl = Netlink(ipr)
@@ -278,7 +280,6 @@ class WireGuardBackend:
         self.local_ip = local_ip  # our public IP: a peer claiming it is refused
         self.implementation = implementation
         self.socket_dir = socket_dir
-        self.log_dir = log_dir
         self.route_protocol = route_protocol
         self.control: DeviceControl | None = None
         self.kind: str | None = None  # "kernel" or "userspace", once set up
@@ -347,11 +348,11 @@ class WireGuardBackend:
         cmd = [sys.executable, "-m", "overlayd.wireguard.cli", self.device, "--mtu", str(self.mtu)]
         if self.socket_dir is not None:
             cmd += ["--socket-dir", str(self.socket_dir)]
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with (self.log_dir / f"{self.device}.log").open("ab") as log_file:
-            # A session of its own: the engine must outlive this daemon's restarts.
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                    start_new_session=True)
+        # The engine logs to our stderr (the journal under systemd, rotated there), and must not
+        # tell systemd READY=1 or feed the watchdog in our name: those variables are ours alone.
+        env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_NOTIFY_ENV}
+        # A session of its own: the engine must outlive this daemon's restarts.
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         from overlayd.wireguard.uapi_server import UapiClient
 
         try:
@@ -359,7 +360,7 @@ class WireGuardBackend:
         except NotFoundError:
             proc.kill()
             raise KernelError(f"userspace WireGuard engine for {self.device} did not start; "
-                              f"see {self.log_dir / (self.device + '.log')}") from None
+                              "its reason is in this daemon's log (overlayd-wg lines)") from None
         log.info("started userspace WireGuard engine on %s (pid %d)", self.device, proc.pid)
 
     # --- peers ----------------------------------------------------------------
