@@ -3,7 +3,8 @@
 # overlayd and its tests use, then overlayd itself (editable, with test extras)
 # in a fresh virtual environment holding the newest versions pyproject.toml
 # allows. The system Python is never used: its old packages would hide missing
-# or wrong requirements. The commands are linked into /usr/local/bin.
+# or wrong requirements. Then install.sh links the commands into /usr/local/bin (where the
+# unit's ExecStart looks) and installs the systemd unit and the docs.
 #
 # OVERLAYD_VENV  where the virtual environment goes (default /opt/overlayd/venv)
 set -euo pipefail
@@ -33,6 +34,4 @@ log="$venv/setup-pip.log"
 { "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
   "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade --upgrade-strategy eager -e '.[test]'
 } >"$log" 2>&1 || { cat "$log" >&2; echo "setup.sh: installing overlayd into $venv failed" >&2; exit 1; }
-for cmd in overlayd overlayctl overlayd-wg; do
-  ln -sf "$venv/bin/$cmd" "/usr/local/bin/$cmd"
-done
+OVERLAYD_VENV=$venv deploy/install.sh

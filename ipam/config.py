@@ -15,8 +15,13 @@ Bounds and why:
 - backend.type: "vxlan" (vni 1..16777215, default 1; port default 4789, the IANA VXLAN port),
   "wireguard" (no VNI; port is the listen port, default 51820) or "host-gw" (plain routes:
   neither VNI nor port). port: 1..65535.
-- backend.options: only the options the backend type knows (see _BACKENDS); unknown fields
-  anywhere are refused so a typo in etcd fails loudly instead of being ignored.
+- backend.options: checked when the backend type knows them (see _BACKENDS).
+- Fields and options this version does not know are kept verbatim (`unknown`,
+  `unknown_options`), not refused: during a rolling upgrade a newer overlayctl may write a
+  config older daemons cannot fully read, and they must keep running on what they know.
+  to_dict() writes them back, so a signature over the config covers them too
+  (overlayd/trust/configsig.py), and readers name them (unknown_fields()) to warn once.
+  An unknown backend type is still refused: nothing can be tunnelled with it.
 """
 
 from __future__ import annotations
@@ -119,14 +124,19 @@ def _backend_spec(type_: object) -> _BackendSpec:
         raise InvalidConfig("backend.type", f"unknown backend type {_show(type_)} (known: {known})") from None
 
 
-def _fields_untrusted(prefix: str | None, doc: object, known: tuple[str, ...]) -> Mapping[str, object]:
-    """Check that doc is a JSON object holding only known fields."""
+def _fields_untrusted(prefix: str | None, doc: object, known: tuple[str, ...]
+                      ) -> tuple[Mapping[str, object], dict[str, object]]:
+    """doc's known fields, and the others (kept verbatim); doc must be a JSON object."""
     if not isinstance(doc, Mapping):
         raise InvalidConfig(prefix, f"{'must' if prefix else 'config must'} be a JSON object, got {_show(doc)}")
-    for key in doc:
-        if key not in known:
-            raise InvalidConfig(_field_name(prefix, key), f"unknown field (known: {', '.join(known)})")
-    return doc
+    return ({k: v for k, v in doc.items() if k in known},
+            {k: v for k, v in doc.items() if k not in known})
+
+
+def _unknown_mapping(value: object, name: str) -> Mapping[str, object]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise InvalidConfig(name, f"must map field names to values, got {_show(value)}")
+    return MappingProxyType(dict(value))
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,9 @@ class BackendConfig:
     port: int | None = None
     # A read-only copy; excluded from the hash because mappings are unhashable.
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # Fields and options a newer version wrote: kept for to_dict(), otherwise ignored.
+    unknown: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    unknown_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         spec = _backend_spec(self.type)
@@ -159,31 +172,28 @@ class BackendConfig:
             port = _check_port("backend.port", spec.default_port if self.port is None else self.port)
         object.__setattr__(self, "vni", vni)
         object.__setattr__(self, "port", port)
-        object.__setattr__(self, "options", MappingProxyType(self._checked_options(spec)))
-
-    def _checked_options(self, spec: _BackendSpec) -> dict[str, Any]:
         if not isinstance(self.options, Mapping):
             raise InvalidConfig("backend.options", f"must be a JSON object, got {_show(self.options)}")
-        checked: dict[str, Any] = {}
-        for key, value in self.options.items():
-            check = spec.options.get(key) if isinstance(key, str) else None
-            if check is None:
-                known = ", ".join(sorted(spec.options)) or "none"
-                raise InvalidConfig(
-                    _field_name("backend.options", key),
-                    f"unknown option for backend type {self.type!r} (known: {known})",
-                )
-            checked[key] = check(f"backend.options.{key}", value)
-        return checked
+        object.__setattr__(self, "unknown", _unknown_mapping(self.unknown, "backend"))
+        unknown_options = {**_unknown_mapping(self.unknown_options, "backend.options"),
+                           **{k: v for k, v in self.options.items() if k not in spec.options}}
+        object.__setattr__(self, "unknown_options", _unknown_mapping(unknown_options, "backend.options"))
+        object.__setattr__(self, "options", MappingProxyType(
+            {k: spec.options[k](f"backend.options.{k}", v) for k, v in self.options.items() if k in spec.options}))
+
+    def unknown_fields(self) -> list[str]:
+        return sorted([_field_name("backend", k) for k in self.unknown]
+                      + [_field_name("backend.options", k) for k in self.unknown_options])
 
     @classmethod
     def from_dict_untrusted(cls, doc: object) -> BackendConfig:
-        fields = _fields_untrusted("backend", doc, ("type", "vni", "port", "options"))
+        fields, unknown = _fields_untrusted("backend", doc, ("type", "vni", "port", "options"))
         return cls(
             type=fields.get("type", "vxlan"),  # type: ignore[arg-type]  # checked in __post_init__
             vni=fields.get("vni"),  # type: ignore[arg-type]
             port=fields.get("port"),  # type: ignore[arg-type]
             options=fields.get("options", {}),  # type: ignore[arg-type]
+            unknown=unknown,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -192,8 +202,8 @@ class BackendConfig:
             doc["vni"] = self.vni
         if self.port is not None:
             doc["port"] = self.port
-        doc["options"] = dict(self.options)
-        return doc
+        doc["options"] = {**self.unknown_options, **self.options}
+        return {**self.unknown, **doc}
 
 
 def _parse_network_untrusted(value: object) -> IPNetwork:
@@ -254,8 +264,10 @@ class ClusterConfig:
     network: IPNetwork = DEFAULT_NETWORK
     subnet_len: int | None = None
     backend: BackendConfig = field(default_factory=BackendConfig)
+    unknown: Mapping[str, Any] = field(default_factory=dict, hash=False)  # see the module docstring
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "unknown", _unknown_mapping(self.unknown, "config"))
         network = _check_network(self.network)
         subnet_len = DEFAULT_SUBNET_LEN[network.version] if self.subnet_len is None else self.subnet_len
         object.__setattr__(self, "subnet_len", _check_subnet_len(network, subnet_len))
@@ -279,13 +291,18 @@ class ClusterConfig:
     @classmethod
     def from_dict_untrusted(cls, doc: object) -> ClusterConfig:
         """Parse a config dict (decoded JSON from etcd); missing fields take their defaults."""
-        fields = _fields_untrusted(None, doc, ("network", "subnet_len", "backend"))
+        fields, unknown = _fields_untrusted(None, doc, ("network", "subnet_len", "backend"))
         network = _parse_network_untrusted(fields["network"]) if "network" in fields else DEFAULT_NETWORK
         return cls(
             network=network,
             subnet_len=fields.get("subnet_len"),  # type: ignore[arg-type]  # checked in __post_init__
             backend=BackendConfig.from_dict_untrusted(fields.get("backend", {})),
+            unknown=unknown,
         )
+
+    def unknown_fields(self) -> list[str]:
+        """Dotted names of the fields this version does not know (and ignores)."""
+        return sorted([_field_name(None, k) for k in self.unknown]) + self.backend.unknown_fields()
 
     @classmethod
     def from_json_untrusted(cls, data: bytes | str) -> ClusterConfig:
@@ -301,7 +318,8 @@ class ClusterConfig:
         return cls.from_dict_untrusted(doc)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"network": str(self.network), "subnet_len": self.subnet_len, "backend": self.backend.to_dict()}
+        return {**self.unknown, "network": str(self.network), "subnet_len": self.subnet_len,
+                "backend": self.backend.to_dict()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from overlayd.errors import ConfigError
+from overlayd.logsetup import FORMATS as LOG_FORMATS
+from overlayd.logsetup import LEVELS as LOG_LEVELS
 from overlayd.metrics.http import parse_listen_address
 from overlayd.pods.dns import DnsConfig, dns_config_from_mapping
 from overlayd.trust.config import TrustConfig, trust_config_from_mapping
@@ -79,7 +81,8 @@ class DaemonConfig:
     mtu: int | None = None  # default: underlay MTU minus the backend overhead
     lease_ttl: int = 60
     metrics_address: str = "127.0.0.1:9469"  # Prometheus /metrics; "" turns it off
-    log_level: str = "info"
+    log_level: str = "info"  # any case in the file or flag; stored lower-case
+    log_format: str = "auto"  # auto: journald's format when stderr is the journal (logsetup.py)
 
     @property
     def control_socket(self) -> Path:
@@ -142,8 +145,10 @@ def _check(config: DaemonConfig) -> DaemonConfig:
                           f"{', '.join(WIREGUARD_IMPLEMENTATIONS)}")
     if config.metrics_address:
         parse_listen_address(config.metrics_address)  # ConfigError with the reason
-    if config.log_level not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"log_level {config.log_level!r}: one of debug, info, warning, error")
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level {config.log_level!r}: one of {', '.join(LOG_LEVELS)}")
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format {config.log_format!r}: one of {', '.join(LOG_FORMATS)}")
     return config
 
 
@@ -201,9 +206,12 @@ def _from_mapping(values: dict[str, Any]) -> DaemonConfig:
         if values.get(key) is not None:
             values[key] = _integer(values[key], key)
     for key in ("node_name", "netns", "public_interface", "netns_prefix", "link_prefix", "bridge_name", "log_level",
-                "metrics_address"):
+                "log_format", "metrics_address"):
         if values.get(key) is not None and not isinstance(values[key], str):
             raise ConfigError(f"{key}: expected a string, got {values[key]!r}")
+    for key in ("log_level", "log_format"):  # "INFO" in a file is as clear as "info"
+        if values.get(key) is not None:
+            values[key] = values[key].lower()
     values.setdefault("node_name", socket.gethostname().split(".")[0].lower())
     return _check(DaemonConfig(etcd=EtcdConfig(**etcd_values), wireguard=WireGuardConfig(**wg_values),
                                 trust=trust, dns=dns, **values))
@@ -272,7 +280,9 @@ def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mtu", type=int)
     parser.add_argument("--lease-ttl", dest="lease_ttl", type=int)
     parser.add_argument("--metrics-address", dest="metrics_address", help='HOST:PORT for /metrics, "" for none')
-    parser.add_argument("--log-level", dest="log_level")
+    parser.add_argument("--log-level", dest="log_level", help=f"{', '.join(LOG_LEVELS)} (any case)")
+    parser.add_argument("--log-format", dest="log_format",
+                        help="auto (journald priorities when stderr is the journal), journal or text")
 
 
 def config_from_args(args: argparse.Namespace) -> DaemonConfig:

@@ -37,10 +37,12 @@ from overlayd.config import DaemonConfig, add_daemon_arguments, config_from_args
 from overlayd.errors import ConfigError, OverlaydError, fatal_error
 from overlayd.health import HealthModel, LoggingReporter
 from overlayd.hoststate import StateFiles
+from overlayd.logsetup import setup_logging
 from overlayd.metrics import CountingReporter, DaemonMetrics, parse_listen_address, serve_metrics
 from overlayd.netns import enter_named_netns
 from overlayd.peering import PeerPolicy
 from overlayd.peerloop import PeerLoop
+from overlayd.sdwatchdog import inform_systemd, status_line
 from overlayd.startup import Host, Startup
 
 log = logging.getLogger("overlayd")
@@ -138,6 +140,7 @@ class Daemon:
                 self.health.set_ready()
                 self.metrics.ready.set(1)
                 sdnotify.notify("READY=1")
+                nursery.start_soon(inform_systemd, partial(status_line, host, peers, self.health))
                 log.info("ready: %d peers, %d pods, health %s", len(peers.programmed), len(host.pods.list()),
                          self.health.report().health)
                 task_status.started()
@@ -173,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"overlayd: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(config.log_level, config.log_format)
     try:
         if config.netns:
             # Before any thread exists, so every thread the daemon starts lives there.

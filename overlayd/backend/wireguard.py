@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,8 @@ ENGINE_READY_TIMEOUT = 10.0  # seconds for a started userspace engine to answer 
 # dir it runs in a mount namespace of its own with that dir bound over /run/wireguard:
 # it creates, watches and removes its socket there as usual. (/var/run is /run on Debian.)
 _WIREGUARD_GO_IN_DIR = 'mkdir -p /run/wireguard && mount --bind "$0" /run/wireguard && exec wireguard-go -f "$1"'
+# sd_notify's variables (sd_notify(3)): only the daemon talks to systemd.
+_SYSTEMD_NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 @dataclass(frozen=True)
@@ -264,8 +267,7 @@ def from_context(ctx: BackendContext) -> WireGuardBackend:
     keys = wgkeys.load_or_create(ctx.state_dir / "wireguard.key")
     return WireGuardBackend(ctx.ipr, f"{ctx.link_prefix}.wg", keys, port_of(ctx),
                             ctx.mtu or ctx.underlay.mtu - WIREGUARD_OVERHEAD, local_ip=ctx.underlay.ip,
-                            implementation=ctx.wireguard_implementation, socket_dir=ctx.wireguard_socket_dir,
-                            log_dir=ctx.run_dir)
+                            implementation=ctx.wireguard_implementation, socket_dir=ctx.wireguard_socket_dir)
 
 
 class WireGuardBackend:
@@ -275,7 +277,7 @@ class WireGuardBackend:
 
     def __init__(self, ipr: Any, device: str, keys: KeyPair, listen_port: int, mtu: int, *,
                  local_ip: IPAddress, implementation: str = "auto", socket_dir: Path | None = None,
-                 log_dir: Path, route_protocol: int = RTPROT_OVERLAYD) -> None:
+                 route_protocol: int = RTPROT_OVERLAYD) -> None:
         if implementation not in IMPLEMENTATIONS:
             raise ConfigError(f"wireguard implementation {implementation!r}: one of {', '.join(IMPLEMENTATIONS)}")
         self._nl = Netlink(ipr)
@@ -286,7 +288,6 @@ class WireGuardBackend:
         self.local_ip = local_ip  # our public IP: a peer claiming it is refused
         self.implementation = implementation
         self.socket_dir = socket_dir
-        self.log_dir = log_dir
         self.route_protocol = route_protocol
         self.control: DeviceControl | None = None
         self.kind: str | None = None  # "kernel", "userspace" or "wireguard-go", once set up
@@ -388,12 +389,11 @@ class WireGuardBackend:
         """Start a userspace engine and wait until it answers on its UAPI socket."""
         from overlayd.wireguard.uapi_server import UapiClient
 
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{self.device}.log"
-        with log_path.open("ab") as log_file:
-            # A session of its own: the engine must outlive this daemon's restarts.
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                    start_new_session=True)
+        # The engine logs to our stderr (the journal under systemd, rotated there), and must not
+        # tell systemd READY=1 or feed the watchdog in our name: those variables are ours alone.
+        env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_NOTIFY_ENV}
+        # A session of its own: the engine must outlive this daemon's restarts.
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         client = UapiClient(self.device, self.socket_dir)
         deadline = time.monotonic() + ENGINE_READY_TIMEOUT
         while True:
@@ -404,7 +404,8 @@ class WireGuardBackend:
                 if proc.poll() is not None or time.monotonic() >= deadline:
                     proc.kill()
                     proc.wait()
-                    raise KernelError(f"{what} for {self.device} did not start; see {log_path}") from None
+                    raise KernelError(f"{what} for {self.device} did not start; its reason is in this "
+                                      "daemon's log (the engine writes to the same stderr)") from None
                 time.sleep(0.05)
         log.info("started %s on %s (pid %d)", what, self.device, proc.pid)
 

@@ -95,6 +95,7 @@ class SubnetStore:
         self.encoder = encoder
         self.verifier = verifier
         self.config_verifier = config_verifier  # the config must pass it to be returned (configdoc.py)
+        self._unknown_warned: list[str] = []  # the unknown config fields last warned about
 
     # -- cluster config ------------------------------------------------------------------
 
@@ -104,7 +105,12 @@ class SubnetStore:
             raise NotFoundError(f"no cluster config at {self.layout.config} (run `overlayctl network init`)")
         config, signature = decode_config_untrusted(kv.value, where=self.layout.config)
         if self.config_verifier is not None:
-            self.config_verifier(self.layout.config, config, signature)
+            self.config_verifier(self.layout.config, config, signature)  # unknown fields included
+        unknown = config.unknown_fields()
+        if unknown and unknown != self._unknown_warned:  # once per set, not at every re-read
+            log.warning("cluster config at %s has fields this overlayd does not know, ignored: %s "
+                        "(written by a newer version? upgrade this host)", self.layout.config, ", ".join(unknown))
+        self._unknown_warned = unknown
         return config
 
     def put_config(self, config: ClusterConfig, *, force: bool = False, signer: ConfigSigner | None = None) -> bool:

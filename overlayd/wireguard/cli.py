@@ -22,6 +22,7 @@ from pathlib import Path
 
 from overlayd import sdnotify
 from overlayd.errors import OverlaydError
+from overlayd.logsetup import FORMATS, LEVELS, parse_level, setup_logging
 from overlayd.wireguard.engine import Engine
 from overlayd.wireguard.tun import TunDevice, check_ifname
 from overlayd.wireguard.uapi_server import UapiServer, default_socket_dir, socket_path
@@ -31,6 +32,13 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 log = logging.getLogger("overlayd-wg")
+
+
+def _level(text: str) -> str:
+    try:
+        return parse_level(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,13 +52,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mtu", type=int, default=DEFAULT_MTU, help=f"interface MTU (default {DEFAULT_MTU})")
     parser.add_argument("--no-offload", dest="offload", action="store_false",
                         help="plain TUN without TSO/GRO (one packet per read and write)")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--log-level", default="info", type=_level, help=f"{', '.join(LEVELS)} (any case)")
+    parser.add_argument("--log-format", default="auto", choices=FORMATS,
+                        help="auto: journald priorities and no timestamps when stderr is the journal")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s overlayd-wg[%(process)d] %(levelname)s %(message)s")
+    setup_logging(args.log_level, args.log_format, tag="overlayd-wg[%(process)d]")
     try:
         check_ifname(args.ifname)
     except OverlaydError as e:

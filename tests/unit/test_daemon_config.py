@@ -77,6 +77,8 @@ def test_every_wireguard_implementation_is_accepted() -> None:
 def test_the_shipped_example_config_parses() -> None:
     example = Path(__file__).parents[2] / "deploy" / "overlayd.toml"
     config = _parse(["--config", str(example), "--node-name", "h1"])
-    assert config.public_interface == "eth1"
+    # As-is on a single host (issue 9): no Vagrant interface or address, etcd on this machine.
+    assert config.public_interface is None and config.public_ip is None
+    assert config.etcd.endpoints == ("http://127.0.0.1:2379",)
     assert config.wireguard.implementation == "auto"
     assert config.metrics_address == "127.0.0.1:9469"

@@ -73,7 +73,7 @@ def test_config_signature_is_bound_to_config_key_and_ca() -> None:
 
 
 @pytest.mark.parametrize("data", [b"", b"[]", b"{", b'{"network": "10.0.0.0/8", "network": "10.0.0.0/8"}',
-                                  b'{"bogus": 1}', b"\xff", b"[" * 100000])
+                                  b'{"backend": {"type": "bogus"}}', b"\xff", b"[" * 100000])
 def test_damaged_config_documents_are_one_config_error(data: bytes) -> None:
     with pytest.raises(ConfigError, match=f"cluster config at {KEY} is invalid"):
         decode_config_untrusted(data, where=KEY)
@@ -245,3 +245,19 @@ def test_sign_host_valid_seconds_bounds(tmp_path: Path, seconds: str) -> None:
     with pytest.raises(UsageError, match="--valid-seconds"):
         _ca("ca", "sign-host", "--ca-dir", str(tmp_path), "--node", "h1", "--host-key-pub", str(tmp_path / "x"),
             "--out", str(tmp_path / "c"), "--valid-seconds", seconds)
+
+
+def test_fields_this_version_does_not_know_are_covered_by_the_signature() -> None:
+    # A newer overlayctl signed a config with a field this daemon ignores: it verifies, and
+    # an etcd writer cannot add, change or drop such a field under the CA's signature.
+    newer = ClusterConfig.from_dict_untrusted({**CONFIG.to_dict(), "ipam_mode": "dense"})
+    data = encode_config(newer, ConfigSigner(CA)(KEY, newer))
+    config, signature = decode_config_untrusted(data, where=KEY)
+    ConfigVerifier(ANCHOR)(KEY, config, signature)
+    assert config.unknown_fields() == ["ipam_mode"]
+    doc = json.loads(data)
+    for tampered in ({**doc, "ipam_mode": "sparse"}, {**doc, "other": 1},
+                     {k: v for k, v in doc.items() if k != "ipam_mode"}):
+        config, signature = decode_config_untrusted(json.dumps(tampered).encode(), where=KEY)
+        with pytest.raises(UntrustedConfig, match="does not match"):
+            ConfigVerifier(ANCHOR)(KEY, config, signature)
