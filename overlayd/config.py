@@ -18,6 +18,7 @@ from typing import Any
 
 from overlayd.errors import ConfigError
 from overlayd.metrics.http import parse_listen_address
+from overlayd.nat.ruleset import TABLE_NAME_RE as NFT_TABLE_RE
 from overlayd.trust.config import TrustConfig, trust_config_from_mapping
 
 DEFAULT_CONFIG_PATH = Path("/etc/overlayd/overlayd.toml")
@@ -74,6 +75,8 @@ class DaemonConfig:
     lease_ttl: int = 60
     metrics_address: str = "127.0.0.1:9469"  # Prometheus /metrics; "" turns it off
     log_level: str = "info"
+    ip_masq: bool = True  # masquerade pod traffic leaving the cluster network (nat/ruleset.py)
+    nft_table: str = "overlayd"  # our nftables table: inet <nft_table>
 
     @property
     def control_socket(self) -> Path:
@@ -135,6 +138,10 @@ def _check(config: DaemonConfig) -> DaemonConfig:
         raise ConfigError(f"wireguard.implementation {config.wireguard.implementation!r}: auto, kernel or userspace")
     if config.metrics_address:
         parse_listen_address(config.metrics_address)  # ConfigError with the reason
+    if not isinstance(config.ip_masq, bool):
+        raise ConfigError(f"ip_masq: expected true or false, got {config.ip_masq!r}")
+    if not isinstance(config.nft_table, str) or not NFT_TABLE_RE.match(config.nft_table):
+        raise ConfigError(f"nft_table {config.nft_table!r}: 1-32 chars, lowercase letter first, then a-z 0-9 _")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level {config.log_level!r}: one of debug, info, warning, error")
     return config
@@ -193,7 +200,7 @@ def _from_mapping(values: dict[str, Any]) -> DaemonConfig:
         if values.get(key) is not None:
             values[key] = _integer(values[key], key)
     for key in ("node_name", "netns", "public_interface", "netns_prefix", "link_prefix", "bridge_name", "log_level",
-                "metrics_address"):
+                "metrics_address", "nft_table"):
         if values.get(key) is not None and not isinstance(values[key], str):
             raise ConfigError(f"{key}: expected a string, got {values[key]!r}")
     values.setdefault("node_name", socket.gethostname().split(".")[0].lower())
@@ -265,6 +272,9 @@ def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-ttl", dest="lease_ttl", type=int)
     parser.add_argument("--metrics-address", dest="metrics_address", help='HOST:PORT for /metrics, "" for none')
     parser.add_argument("--log-level", dest="log_level")
+    parser.add_argument("--ip-masq", dest="ip_masq", action=argparse.BooleanOptionalAction, default=None,
+                        help="masquerade pod traffic leaving the cluster network (default on)")
+    parser.add_argument("--nft-table", dest="nft_table", help="name of overlayd's nftables table (inet)")
 
 
 def config_from_args(args: argparse.Namespace) -> DaemonConfig:
