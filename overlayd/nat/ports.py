@@ -22,7 +22,7 @@ _SPEC_RE = re.compile(r"^(?:(?P<host_ip>[0-9.]+):)?(?P<host_port>[0-9]{1,5}):(?P
                       r"(?:/(?P<protocol>[a-z]+))?$")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Publication:
     """Host port `host_port` (on `host_ip`, or every local address) forwarded to the pod's `pod_port`."""
 
@@ -82,12 +82,16 @@ def publications_untrusted(data: object) -> tuple[Publication, ...]:
     """A list of publications (control socket, pod store): checked, sorted, no clashes among them."""
     if not isinstance(data, list) or len(data) > MAX_PUBLICATIONS:
         raise UsageError(f"published ports: a list of at most {MAX_PUBLICATIONS}")
-    items = tuple(sorted(Publication.from_dict_untrusted(item) for item in data))
+    items = tuple(sorted((Publication.from_dict_untrusted(item) for item in data), key=sort_key))
     for i, item in enumerate(items):
         for other in items[i + 1:]:
             if item.overlaps(other):
                 raise UsageError(f"published ports {item} and {other} take the same host port")
     return items
+
+
+def sort_key(pub: Publication) -> tuple[str, int, str, int]:
+    return (pub.protocol, pub.host_port, str(pub.host_ip or ""), pub.pod_port)
 
 
 def find_clash(wanted: Iterable[Publication], taken: Mapping[str, Iterable[Publication]]) -> str | None:
