@@ -228,7 +228,9 @@ def test_lab_down_leaves_no_namespace(tmp_path: Path) -> None:
     """The outside namespace is the lab's too; our table lives in host namespaces, which go."""
     lab_run = _lab(tmp_path, 1, "vxlan")
     small = next(lab_run)  # lab up
-    assert topology.netns_exists(small.plan.outside_netns)
-    assert "managed by overlayd" in table(small.plan.hosts[0])
-    lab_run.close()  # lab down
+    try:
+        assert topology.netns_exists(small.plan.outside_netns)
+        assert "managed by overlayd" in table(small.plan.hosts[0])
+    finally:
+        lab_run.close()  # lab down
     assert not any(topology.netns_exists(n) for n in small.plan.netns_names)
