@@ -21,6 +21,7 @@ from overlayd.logsetup import FORMATS as LOG_FORMATS
 from overlayd.logsetup import LEVELS as LOG_LEVELS
 from overlayd.metrics.http import parse_listen_address
 from overlayd.pods.dns import DnsConfig, dns_config_from_mapping
+from overlayd.nat.ruleset import TABLE_NAME_RE as NFT_TABLE_RE
 from overlayd.trust.config import TrustConfig, trust_config_from_mapping
 
 DEFAULT_CONFIG_PATH = Path("/etc/overlayd/overlayd.toml")
@@ -83,6 +84,8 @@ class DaemonConfig:
     metrics_address: str = "127.0.0.1:9469"  # Prometheus /metrics; "" turns it off
     log_level: str = "info"  # any case in the file or flag; stored lower-case
     log_format: str = "auto"  # auto: journald's format when stderr is the journal (logsetup.py)
+    ip_masq: bool = True  # masquerade pod traffic leaving the cluster network (nat/ruleset.py)
+    nft_table: str = "overlayd"  # our nftables table: inet <nft_table>
 
     @property
     def control_socket(self) -> Path:
@@ -145,6 +148,10 @@ def _check(config: DaemonConfig) -> DaemonConfig:
                           f"{', '.join(WIREGUARD_IMPLEMENTATIONS)}")
     if config.metrics_address:
         parse_listen_address(config.metrics_address)  # ConfigError with the reason
+    if not isinstance(config.ip_masq, bool):
+        raise ConfigError(f"ip_masq: expected true or false, got {config.ip_masq!r}")
+    if not isinstance(config.nft_table, str) or not NFT_TABLE_RE.match(config.nft_table):
+        raise ConfigError(f"nft_table {config.nft_table!r}: 1-32 chars, lowercase letter first, then a-z 0-9 _")
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level {config.log_level!r}: one of {', '.join(LOG_LEVELS)}")
     if config.log_format not in LOG_FORMATS:
@@ -206,7 +213,7 @@ def _from_mapping(values: dict[str, Any]) -> DaemonConfig:
         if values.get(key) is not None:
             values[key] = _integer(values[key], key)
     for key in ("node_name", "netns", "public_interface", "netns_prefix", "link_prefix", "bridge_name", "log_level",
-                "log_format", "metrics_address"):
+                "log_format", "metrics_address", "nft_table"):
         if values.get(key) is not None and not isinstance(values[key], str):
             raise ConfigError(f"{key}: expected a string, got {values[key]!r}")
     for key in ("log_level", "log_format"):  # "INFO" in a file is as clear as "info"
@@ -283,6 +290,9 @@ def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", dest="log_level", help=f"{', '.join(LOG_LEVELS)} (any case)")
     parser.add_argument("--log-format", dest="log_format",
                         help="auto (journald priorities when stderr is the journal), journal or text")
+    parser.add_argument("--ip-masq", dest="ip_masq", action=argparse.BooleanOptionalAction, default=None,
+                        help="masquerade pod traffic leaving the cluster network (default on)")
+    parser.add_argument("--nft-table", dest="nft_table", help="name of overlayd's nftables table (inet)")
 
 
 def config_from_args(args: argparse.Namespace) -> DaemonConfig:

@@ -134,6 +134,7 @@ class Daemon:
                 nursery.start_soon(peers.follow, batch_recv)
                 nursery.start_soon(peers.resync_periodically)
                 nursery.start_soon(peers.observe_periodically)
+                nursery.start_soon(host.nat.resync_periodically)
                 if host.checks is not None:
                     nursery.start_soon(host.checks.run, config.trust.recheck_interval, peers.rescreen)
                 self.answers.running = Running(host, keeper, peers)

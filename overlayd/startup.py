@@ -38,6 +38,7 @@ from overlayd.errors import ClusterError, ConfigError, ConflictError, NotFoundEr
 from overlayd.health import HealthModel, Reporter
 from overlayd.hoststate import HostState, StateFiles
 from overlayd.metrics import DaemonMetrics
+from overlayd.nat.keeper import NatKeeper, nat_keeper
 from overlayd.pods.config import PodNetworkConfig
 from overlayd.pods.manager import PodManager
 from overlayd.pods.service import PodService, ReconcileReport
@@ -69,6 +70,7 @@ class Host:
     lease: Lease | None  # None: running on the saved state until the keeper claims the subnet again
     backend: Backend
     pods: PodService
+    nat: NatKeeper
 
 
 class Startup:
@@ -148,11 +150,13 @@ class Startup:
             for problem in pods.problems:
                 self._damaged(problem)
             self._report_pods(await self._kernel(pods.reconcile, renumbered=self._renumber))
+            nat = nat_keeper(config, cluster_config.network, subnet, pods.publications, self._kernel, self._report)
+            await nat.converge()  # egress masquerade and published ports (nat/)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(pods.close)
             raise
-        return Host(underlay, trust, checks, cluster, cluster_config, record, subnet, lease, backend, pods)
+        return Host(underlay, trust, checks, cluster, cluster_config, record, subnet, lease, backend, pods, nat)
 
     # --- local state ----------------------------------------------------------
 

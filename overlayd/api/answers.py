@@ -18,6 +18,7 @@ from overlayd.cluster.records import Lease
 from overlayd.config import DaemonConfig
 from overlayd.errors import ConflictError
 from overlayd.health import HealthModel
+from overlayd.nat.ports import Publication
 from overlayd.peerloop import PeerLoop
 from overlayd.pods.service import PodService
 from overlayd.startup import Host
@@ -104,11 +105,17 @@ class Answers:
             rows.append(row)
         return rows
 
-    async def pod_add(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
-        return (await self._kernel(self._pods().add, name, labels)).to_dict()
+    async def pod_add(self, name: str, labels: dict[str, str], ports: tuple[Publication, ...] = ()) -> dict[str, Any]:
+        pod = (await self._kernel(self._pods().add, name, labels, ports)).to_dict()
+        if ports:
+            await self._require().host.nat.converge()
+        return pod
 
     async def pod_del(self, name: str) -> None:
+        published = self._pods().publishes(name)
         await self._kernel(self._pods().delete, name)
+        if published:  # its DNAT rules go with it
+            await self._require().host.nat.converge()
 
     async def pod_get(self, name: str) -> dict[str, Any]:
         return self._pods().get(name).to_dict()

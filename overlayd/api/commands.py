@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from overlayd.errors import UsageError
+from overlayd.nat.ports import publications_untrusted
 from overlayd.pods.names import validate_labels, validate_pod_name
 
 
@@ -20,7 +21,7 @@ class ControlPlane(Protocol):
     async def status(self) -> dict[str, Any]: ...
     async def hosts(self) -> list[dict[str, Any]]: ...
     async def peers(self) -> list[dict[str, Any]]: ...
-    async def pod_add(self, name: str, labels: dict[str, str]) -> dict[str, Any]: ...
+    async def pod_add(self, name: str, labels: dict[str, str], **extra: Any) -> dict[str, Any]: ...
     async def pod_del(self, name: str) -> None: ...
     async def pod_get(self, name: str) -> dict[str, Any]: ...
     async def pod_list(self) -> list[dict[str, Any]]: ...
@@ -59,12 +60,22 @@ async def _peers(plane: ControlPlane, args: dict[str, Any]) -> Any:
 
 
 async def _pod_add(plane: ControlPlane, args: dict[str, Any]) -> Any:
-    _only(args, "name", "labels")
+    _only(args, "name", "labels", "ports")
     labels = args.get("labels", {})
     if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise UsageError("argument 'labels' must map strings to strings")
     validate_labels(labels)
-    return await plane.pod_add(_pod_name(args), labels)
+    extra = _published_ports(args)
+    return await plane.pod_add(_pod_name(args), labels, **extra)
+
+
+def _published_ports(args: dict[str, Any]) -> dict[str, Any]:
+    """pod.add's optional `ports` ([{protocol, host_port, pod_port, host_ip}]), checked; passed on only
+    when given, so a pod without ports is added exactly as before."""
+    if "ports" not in args:
+        return {}
+    ports = publications_untrusted(args["ports"])
+    return {"ports": ports} if ports else {}
 
 
 async def _pod_del(plane: ControlPlane, args: dict[str, Any]) -> Any:

@@ -8,6 +8,7 @@ import sys
 from overlayd.api.client import ControlClient
 from overlayd.cli.output import print_fields, print_json, print_table
 from overlayd.errors import UsageError
+from overlayd.nat.ports import parse_publish
 from overlayd.pods.exec import ExecFailed, enter_pod_namespaces, exec_command
 from overlayd.pods.names import validate_pod_name
 
@@ -21,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = pod_sub.add_parser("add", help="create a pod: namespaces, veth, address, route")
     p.add_argument("name")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--publish", action="append", default=[], metavar="[HOST_IP:]HOST_PORT:POD_PORT[/PROTO]",
+                   help="forward a host port to the pod (tcp or udp; repeatable)")
     p.set_defaults(handler=_add)
     p = pod_sub.add_parser("del", help="delete a pod and free its address")
     p.add_argument("name")
@@ -46,6 +49,13 @@ def _parse_labels(items: list[str]) -> dict[str, str]:
     return labels
 
 
+def _publish(specs: list[str]) -> dict[str, object]:
+    """--publish values, checked here (exit 2 on a bad one) before the daemon sees them."""
+    if not specs:
+        return {}
+    return {"ports": [parse_publish(spec).to_dict() for spec in specs]}
+
+
 def _name(args: argparse.Namespace) -> str:
     validate_pod_name(args.name)  # refuse locally, before talking to the daemon
     return args.name
@@ -53,7 +63,7 @@ def _name(args: argparse.Namespace) -> str:
 
 def _add(args: argparse.Namespace) -> int:
     labels = _parse_labels(args.label)
-    result = ControlClient(args.socket).call("pod.add", name=_name(args), labels=labels)
+    result = ControlClient(args.socket).call("pod.add", name=_name(args), labels=labels, **_publish(args.publish))
     print_json(result) if args.json else print_fields(result)
     return 0
 

@@ -19,6 +19,10 @@ from overlayd.errors import UsageError
 UNDERLAY = ipaddress.ip_network("198.18.0.0/24")
 UNDERLAY_GATEWAY = ipaddress.ip_address("198.18.0.1")
 ETCD_IP = ipaddress.ip_address("198.18.0.2")
+# The simulated internet beyond the underlay gateway: routed by the underlay namespace, and
+# knowing no route to any pod network (so only masqueraded pod traffic gets answers).
+OUTSIDE_LINK = ipaddress.ip_network("198.19.0.0/30")  # underlay .1, outside .2
+OUTSIDE_IP = ipaddress.ip_address("198.19.1.1")  # an "internet" address in the outside namespace
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 MAX_HOSTS = 200
@@ -74,6 +78,10 @@ class LabPlan:
         return f"{self.name}-ul"
 
     @property
+    def outside_netns(self) -> str:
+        return f"{self.name}-out"
+
+    @property
     def etcd_endpoint(self) -> str:
         return f"http://{ETCD_IP}:{ETCD_CLIENT_PORT}"
 
@@ -87,7 +95,7 @@ class LabPlan:
 
     @property
     def netns_names(self) -> list[str]:
-        return [self.underlay_netns] + [h.netns for h in self.hosts]
+        return [self.underlay_netns, self.outside_netns] + [h.netns for h in self.hosts]
 
 
 def validate_lab_name(name: str) -> str:

@@ -89,6 +89,8 @@ def build(plan: LabPlan, network_args: Sequence[str] = ()) -> None:
     _write_state(plan)
     _claim_netns(plan, plan.underlay_netns)
     topology.create_underlay(plan)
+    _claim_netns(plan, plan.outside_netns)
+    topology.create_outside(plan)
     for host in plan.hosts:
         _claim_netns(plan, host.netns)
         topology.create_host(plan, host)

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from overlayd.errors import KernelError
-from overlayd.lab.plan import UNDERLAY, UNDERLAY_GATEWAY, LabHost, LabPlan, ETCD_IP
+from overlayd.lab.plan import OUTSIDE_IP, OUTSIDE_LINK, UNDERLAY, UNDERLAY_GATEWAY, LabHost, LabPlan, ETCD_IP
 
 NETNS_DIR = Path("/run/netns")
 ETC_NETNS_DIR = Path("/etc/netns")  # per-namespace /etc files (the daemons' pod resolv.conf)
@@ -54,6 +54,24 @@ def create_underlay(plan: LabPlan) -> None:
     ip("-n", ns, "addr", "add", f"{UNDERLAY_GATEWAY}/{UNDERLAY.prefixlen}", "dev", "br0")
     ip("-n", ns, "addr", "add", f"{ETCD_IP}/{UNDERLAY.prefixlen}", "dev", "br0")
     ip("-n", ns, "link", "set", "br0", "up")
+
+
+def create_outside(plan: LabPlan) -> None:
+    """The simulated internet: a namespace behind the underlay gateway, which routes to it.
+    It routes back to the underlay only, never to a pod network, like a real upstream."""
+    ul, out = plan.underlay_netns, plan.outside_netns
+    near, far = OUTSIDE_LINK.network_address + 1, OUTSIDE_LINK.network_address + 2
+    ip("netns", "add", out)
+    ip("-n", out, "link", "set", "lo", "up")
+    ip("-n", out, "addr", "add", f"{OUTSIDE_IP}/32", "dev", "lo")
+    ip("-n", ul, "link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", out)
+    ip("-n", ul, "addr", "add", f"{near}/{OUTSIDE_LINK.prefixlen}", "dev", "out0")
+    ip("-n", ul, "link", "set", "out0", "up")
+    ip("-n", out, "addr", "add", f"{far}/{OUTSIDE_LINK.prefixlen}", "dev", "eth0")
+    ip("-n", out, "link", "set", "eth0", "up")
+    ip("-n", out, "route", "add", str(UNDERLAY), "via", str(near))
+    ip("-n", ul, "route", "add", f"{OUTSIDE_IP}/32", "via", str(far))
+    subprocess.run(["ip", "netns", "exec", ul, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
 
 
 def create_host(plan: LabPlan, host: LabHost) -> None:

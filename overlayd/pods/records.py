@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from overlayd.errors import UsageError
+from overlayd.nat.ports import Publication, publications_untrusted
 from overlayd.pods.config import PodNamespaces
 from overlayd.pods.names import validate_labels, validate_pod_name
 
@@ -30,18 +31,22 @@ class PodRecord:
     node: str
     created: str  # ISO-8601 UTC, see format_time
     labels: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[Publication, ...] = ()  # published host ports (nat/)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        record = {
             "name": self.name,
             "ip": str(self.ip),
             "node": self.node,
             "labels": dict(self.labels),
             "created": self.created,
         }
+        if self.ports:  # only then: stores of pods without ports read the same in older versions
+            record["ports"] = [p.to_dict() for p in self.ports]
+        return record
 
     @classmethod
     def from_dict_untrusted(cls, data: object) -> PodRecord:
@@ -49,7 +54,7 @@ class PodRecord:
         if not isinstance(data, Mapping):
             raise ValueError(f"a pod record must be an object, got {type(data).__name__}")
         fields = {"name", "ip", "node", "labels", "created"}
-        if set(data) != fields:
+        if set(data) - {"ports"} != fields:
             raise ValueError(f"a pod record has fields {sorted(map(str, data))}, expected {sorted(fields)}")
         name, ip, node, labels, created = (data[k] for k in ("name", "ip", "node", "labels", "created"))
         try:
@@ -64,7 +69,11 @@ class PodRecord:
             datetime.fromisoformat(created)
         except ValueError as exc:
             raise ValueError(f"pod {name}: {exc}") from None
-        return cls(name=name, ip=parsed_ip, node=node, created=created, labels=labels)
+        try:
+            ports = publications_untrusted(data.get("ports", []))
+        except UsageError as exc:
+            raise ValueError(f"pod {name}: {exc}") from None
+        return cls(name=name, ip=parsed_ip, node=node, created=created, labels=labels, ports=ports)
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,7 @@ class PodInfo:
     created: str  # ISO-8601 UTC
     netns: str  # the net namespace's name under netns_dir, for `ip netns exec`
     namespaces: PodNamespaces
+    ports: tuple[Publication, ...] = ()
 
     @classmethod
     def of(cls, record: PodRecord, namespaces: PodNamespaces) -> PodInfo:
@@ -89,6 +99,7 @@ class PodInfo:
             created=record.created,
             netns=namespaces.netns_name,
             namespaces=namespaces,
+            ports=record.ports,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,4 +112,5 @@ class PodInfo:
             "netns": self.netns,
             "namespaces": self.namespaces.to_dict(),
             "host_veth": self.namespaces.host_veth,
+            "ports": [str(p) for p in self.ports],
         }

@@ -13,7 +13,7 @@ running as it is and reported, never removed on the daemon's own initiative.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +21,9 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from ipam.errors import InvalidState, OutOfAddresses, SubnetMismatch
 from ipam.pool import AddressPool
-from overlayd.errors import ConfigError, ConflictError, KernelError, NotFoundError, OverlaydError
+from overlayd.errors import ConfigError, ConflictError, KernelError, NotFoundError, OverlaydError, UsageError
+from overlayd.nat.ports import Publication, find_clash
+from overlayd.nat.ruleset import Published
 from overlayd.pods.manager import PodManager
 from overlayd.pods.names import validate_labels, validate_pod_name
 from overlayd.pods.records import PodInfo, PodRecord, format_time
@@ -84,18 +86,20 @@ class PodService:
         self._store.close()
         self._manager.close()
 
-    def add(self, name: str, labels: Mapping[str, str]) -> PodInfo:
-        """Create a pod with the next free address; ConflictError if the name is taken."""
+    def add(self, name: str, labels: Mapping[str, str], ports: Sequence[Publication] = ()) -> PodInfo:
+        """Create a pod with the next free address; ConflictError if the name is taken,
+        UsageError if one of its published host ports is another pod's."""
         validate_pod_name(name)
         validate_labels(labels)
         if name in self._records:
             raise ConflictError(f"pod {name} already exists")
+        self._check_ports(ports)
         try:
             ip = self._pool.allocate(name)
         except OutOfAddresses as exc:
             raise ConflictError(str(exc)) from None
         self._records[name] = PodRecord(
-            name=name, ip=ip, node=self._node, created=format_time(self._clock()), labels=labels
+            name=name, ip=ip, node=self._node, created=format_time(self._clock()), labels=labels, ports=tuple(ports)
         )
         # Written ahead, while the kernel work runs: should we crash in between,
         # reconcile() drops a stored pod whose namespaces are missing or incomplete.
@@ -146,6 +150,22 @@ class PodService:
 
     def list(self) -> list[PodInfo]:
         return [self.get(name) for name in sorted(self._records)]
+
+    # --- published ports (nat/): kept with the pod, turned into DNAT rules by the NAT keeper ---
+
+    def publications(self) -> tuple[Published, ...]:
+        return tuple(Published(record.ip, port) for record in self._records.values() for port in record.ports)
+
+    def publishes(self, name: str) -> bool:
+        record = self._records.get(name)
+        return record is not None and bool(record.ports)
+
+    def _check_ports(self, ports: Sequence[Publication]) -> None:
+        if ports and self._pool.subnet.version != 4:
+            raise UsageError("published ports need an IPv4 pod network")
+        clash = find_clash(ports, {name: record.ports for name, record in self._records.items()})
+        if clash is not None:
+            raise UsageError(clash)
 
     def reconcile(self, *, renumbered: bool = False) -> ReconcileReport:
         """Make kernel and store agree after a restart (idempotent, safe to run any time).
@@ -203,8 +223,20 @@ class PodService:
             return str(exc)
         labels, created = _meta_untrusted(self._manager.read_meta(name), name, ip)
         self._records[name] = PodRecord(name=name, ip=ip, node=self._node,
-                                        created=created or format_time(self._clock()), labels=labels)
+                                        created=created or format_time(self._clock()), labels=labels,
+                                        ports=self._adopted_ports(self._manager.read_meta(name), name, ip))
         return None
+
+    def _adopted_ports(self, meta: object, name: str, ip: IPAddress) -> tuple[Publication, ...]:
+        """The published ports in an adopted pod's spare copy, unless another pod has them now."""
+        try:
+            record = PodRecord.from_dict_untrusted(meta)
+            if record.name == name and record.ip == ip:
+                self._check_ports(record.ports)
+                return record.ports
+        except (ValueError, UsageError):
+            pass
+        return ()
 
     def _load(self, subnet: IPNetwork) -> tuple[dict[str, PodRecord], AddressPool]:
         """The stored pods; a damaged store is set aside (reconcile() then adopts from the kernel)."""

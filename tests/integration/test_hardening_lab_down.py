@@ -44,8 +44,8 @@ def test_down_keeps_namespaces_that_only_share_the_prefix(tmp_path: Path, strang
             _add_netns(stranger)
     finally:
         result = runner.down(name, tmp_path)
-    assert sorted(result["namespaces_removed"]) == sorted([plan.underlay_netns, host.netns,
-                                                           f"{host.pod_netns_prefix}p1"])
+    assert sorted(result["namespaces_removed"]) == sorted([plan.underlay_netns, plan.outside_netns,
+                                                           host.netns, f"{host.pod_netns_prefix}p1"])
     for ours in result["namespaces_removed"]:
         assert not topology.netns_exists(ours)
     assert all(topology.netns_exists(s) for s in strangers), "lab down removed a namespace it did not make"
@@ -73,6 +73,7 @@ def test_a_build_stopped_by_a_foreign_namespace_cleans_up_only_its_own(tmp_path:
             runner.build(plan)
     finally:
         result = runner.down(name, tmp_path)
-    assert sorted(result["namespaces_removed"]) == sorted([plan.underlay_netns, plan.hosts[0].netns])
+    assert sorted(result["namespaces_removed"]) == sorted([plan.underlay_netns, plan.outside_netns,
+                                                           plan.hosts[0].netns])
     assert not topology.netns_exists(plan.underlay_netns) and not topology.netns_exists(plan.hosts[0].netns)
     assert topology.netns_exists(foreign)

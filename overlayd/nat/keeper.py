@@ -1,0 +1,76 @@
+"""Keeps the kernel's NAT rules matching the pods (trio): at start, after a pod with published
+ports comes or goes, and every RESYNC_INTERVAL (someone may have flushed our table, or Docker
+rebuilt its forward chain without our accept rules).
+
+A failure is reported as the "nat" health problem and retried at the next resync; the
+daemon goes on. Nothing is removed on shutdown: pod traffic keeps flowing while the daemon
+restarts, and the next start adopts the table as it is when it matches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from overlayd.backend.host import PROC_SYS, ensure_sysctl
+from overlayd.errors import OverlaydError
+from overlayd.health import Reporter
+from overlayd.nat import nft
+from overlayd.nat.ruleset import IPNetwork, NatSpec, Published
+
+if TYPE_CHECKING:
+    from overlayd.config import DaemonConfig
+
+log = logging.getLogger("overlayd")
+
+RESYNC_INTERVAL = 30.0
+Runner = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class NatKeeper:
+    spec: NatSpec  # published is replaced by each converge
+    publications: Callable[[], tuple[Published, ...]]  # read under the kernel runner, like the pod service
+    kernel: Runner
+    reporter: Reporter
+
+    def __post_init__(self) -> None:
+        self._lock = trio.Lock()
+        self.changes = 0  # times the table was rewritten (0 after a start that adopted it)
+
+    async def converge(self) -> None:
+        async with self._lock:
+            try:
+                result = await self.kernel(self._converge_now)
+            except OverlaydError as exc:
+                self.reporter.fail("nat", f"nftables: {exc}")
+                return
+            self.reporter.recover("nat")
+            if result.replaced:
+                self.changes += 1
+                log.info("nftables table inet %s written (%d published ports)", self.spec.table,
+                         len(self.spec.published))
+            for command in result.holes:
+                log.info("nftables: %s", command)
+
+    def _converge_now(self) -> nft.NatResult:
+        self.spec = replace(self.spec, published=self.publications())
+        if self.spec.network.version == 4:  # 127.0.0.1:<published> is DNATed out of the bridge (see ruleset.py)
+            ensure_sysctl(PROC_SYS / f"net/ipv4/conf/{self.spec.bridge}/route_localnet", "1")
+        return nft.converge(self.spec)
+
+    async def resync_periodically(self) -> None:
+        while True:
+            await trio.sleep(RESYNC_INTERVAL)
+            await self.converge()
+
+
+def nat_keeper(config: DaemonConfig, network: IPNetwork, subnet: IPNetwork,
+               publications: Callable[[], tuple[Published, ...]], kernel: Runner, reporter: Reporter) -> NatKeeper:
+    spec = NatSpec(table=config.nft_table, network=network, subnet=subnet, bridge=config.bridge_name,
+                   ip_masq=config.ip_masq)
+    return NatKeeper(spec, publications, kernel, reporter)
