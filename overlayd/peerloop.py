@@ -105,12 +105,12 @@ class PeerLoop:
             try:
                 result = await self._kernel(self.backend.reconcile, desired.peers)
             except OverlaydError as exc:
-                self._metrics.reconcile_runs.inc(result="error")
+                self._metrics.reconcile_runs.labels(result="error").inc()
                 self._report.fail("kernel", f"reconcile failed: {exc}")
                 return
             finally:
                 self._metrics.reconcile_duration.observe(time.monotonic() - started)
-            self._metrics.reconcile_runs.inc(result="ok")
+            self._metrics.reconcile_runs.labels(result="ok").inc()
             self._report.recover("kernel")
             self.refused = len(desired.unfit) + len(result.refused)
             self._metrics.peers.set(len(desired.peers) - len(result.refused))
