@@ -117,7 +117,8 @@ class Daemon:
         host: Host | None = None
         try:
             async with trio.open_nursery() as nursery:
-                server = ControlServer(config.control_socket, self.answers, group=config.socket_group)
+                server = ControlServer(config.control_socket, self.answers, group=config.socket_group,
+                                       on_refused=self.metrics.count_refusal)
                 await nursery.start(server.serve)
                 await self._serve_metrics(nursery)
                 startup = Startup(config, renumber=self._renumber, files=self._files, health=self.health,
