@@ -81,7 +81,8 @@ class Daemon:
             return
         host, port = parse_listen_address(self.config.metrics_address)
         # Read at each scrape, from memory: the pod store once start-up has made one.
-        self.metrics.set_pods_source(lambda: len(running.host.pods.list()) if (running := self.answers.running) else None)
+        self.metrics.set_pods_source(
+            lambda: len(running.host.pods.list()) if (running := self.answers.running) else None)
         try:
             await nursery.start(serve_metrics, self.metrics.render, self.health.unready, host, port)
         except OSError as exc:  # a busy port must not stop the daemon

@@ -165,8 +165,8 @@ class _WireGuardDrops(Collector):
             return
         if drops is None:
             return
-        family = CounterMetricFamily("overlayd_wireguard_drops_total", "Packets the WireGuard engine dropped, by reason",
-                                     labels=("reason",))
+        family = CounterMetricFamily("overlayd_wireguard_drops_total",
+                                     "Packets the WireGuard engine dropped, by reason", labels=("reason",))
         for reason, count in sorted(drops.items()):
             family.add_metric((str(reason),), float(count))
         yield family

@@ -116,7 +116,8 @@ class _Handler:
                     head = await _read_head(stream)
                     if head == b"":
                         return
-                    reply = _response(431, b"request too large\n") if head is None else answer(head, self.render, self.unready)
+                    reply = (_response(431, b"request too large\n") if head is None
+                             else answer(head, self.render, self.unready))
                     await stream.send_all(reply)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
