@@ -82,8 +82,11 @@ class Daemon:
         if not self.config.metrics_address:
             return
         host, port = parse_listen_address(self.config.metrics_address)
+        # Read at each scrape, from memory: the pod store once start-up has made one.
+        self.metrics.set_pods_source(
+            lambda: len(running.host.pods.list()) if (running := self.answers.running) else None)
         try:
-            await nursery.start(serve_metrics, self.metrics.registry, host, port)
+            await nursery.start(serve_metrics, self.metrics.render, self.health.unready, host, port)
         except OSError as exc:  # a busy port must not stop the daemon
             self._note(f"metrics endpoint {self.config.metrics_address}: {exc.strerror or exc}")
 
@@ -117,7 +120,8 @@ class Daemon:
         host: Host | None = None
         try:
             async with trio.open_nursery() as nursery:
-                server = ControlServer(config.control_socket, self.answers, group=config.socket_group)
+                server = ControlServer(config.control_socket, self.answers, group=config.socket_group,
+                                       on_refused=self.metrics.count_refusal)
                 await nursery.start(server.serve)
                 await self._serve_metrics(nursery)
                 startup = Startup(config, renumber=self._renumber, files=self._files, health=self.health,

@@ -87,6 +87,14 @@ class HealthModel:
         health: Health = "starting" if not self._ready else "degraded" if problems else "ok"
         return HealthReport(health, problems, self.last_error)
 
+    def unready(self) -> list[str]:
+        """Why this host is not ready to carry traffic (for /readyz): empty only when health is "ok"."""
+        report = self.report()
+        if report.health == "starting":
+            return ["starting: start-up has not finished"]
+        now = self._clock()
+        return [problem.describe(now) for problem in report.problems]
+
     def now(self) -> float:
         return self._clock()
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from overlayd.backend.contract import BACKEND_MISMATCH
+from overlayd.cluster.errors import Rejection
 from overlayd.cluster.grace import PeerGrace
 from overlayd.cluster.keys import IPNetwork
 from overlayd.cluster.records import HostRecord, Lease
@@ -85,8 +87,9 @@ class PeerPolicy:
         for subnet, lease in leases.items():
             try:
                 peers[subnet] = self._parse(lease.record, lease.create_revision)
-            except OverlaydError as exc:
-                unfit.append(f"peer {lease.record.node} ({subnet}) not programmed: {exc}")
+            except OverlaydError as exc:  # the message keeps the reason, for overlayd_dropped_records_total
+                unfit.append(Rejection(f"peer {lease.record.node} ({subnet}) not programmed: {exc}",
+                                       getattr(exc, "reason", BACKEND_MISMATCH)))
         return Desired(MappingProxyType(leases), MappingProxyType(peers), tuple(unfit))
 
     def next_deadline(self) -> float | None:

@@ -19,7 +19,8 @@ from typing import Any
 
 import trio
 
-from overlayd.backend.contract import Backend, Observations
+from overlayd.backend.contract import Backend, Observations, Refusal
+from overlayd.cluster.errors import Rejection
 from overlayd.cluster.keys import IPNetwork
 from overlayd.cluster.records import HostRecord, Lease
 from overlayd.cluster.watch import WatchBatch
@@ -27,6 +28,7 @@ from overlayd.errors import OverlaydError
 from overlayd.health import HealthModel, Reporter
 from overlayd.hoststate import StateFiles
 from overlayd.metrics import DaemonMetrics, HandshakeTracker
+from overlayd.metrics.daemon import DROP_CONFLICT
 from overlayd.peering import PeerPolicy
 
 log = logging.getLogger("overlayd")
@@ -52,6 +54,7 @@ class PeerLoop:
         self._lock = trio.Lock()  # one convergence at a time, each from the newest state
         self._saved: dict[IPNetwork, HostRecord] | None = None
         self._handshakes = HandshakeTracker()
+        self._unprogrammed: frozenset[str] = frozenset()  # drops of the last convergence, already counted
         self.programmed: Mapping[IPNetwork, Lease] = MappingProxyType({})  # the leases last asked for
         self.refused = 0  # peers wanted but not programmed at the last convergence
         self.observations = Observations()
@@ -105,14 +108,15 @@ class PeerLoop:
             try:
                 result = await self._kernel(self.backend.reconcile, desired.peers)
             except OverlaydError as exc:
-                self._metrics.reconcile_runs.inc(result="error")
+                self._metrics.reconcile_runs.labels(result="error").inc()
                 self._report.fail("kernel", f"reconcile failed: {exc}")
                 return
             finally:
                 self._metrics.reconcile_duration.observe(time.monotonic() - started)
-            self._metrics.reconcile_runs.inc(result="ok")
+            self._metrics.reconcile_runs.labels(result="ok").inc()
             self._report.recover("kernel")
             self.refused = len(desired.unfit) + len(result.refused)
+            self._count_unprogrammed(desired.unfit, result.refused)
             self._metrics.peers.set(len(desired.peers) - len(result.refused))
             self._metrics.refused_peers.set(self.refused)
             if self.refused:  # a host we cannot reach is not a healthy cluster, whoever is at fault
@@ -157,6 +161,13 @@ class PeerLoop:
             self._note(f"cannot save the peer set: {exc}")
             return
         self._saved = records
+
+    def _count_unprogrammed(self, unfit: tuple[str, ...], refused: tuple[Refusal, ...]) -> None:
+        """Count records the backend cannot program (by their reason) and peers it refused
+        (conflict), each once: every convergence repeats them until their record changes."""
+        now = frozenset((*unfit, *(Rejection(f"peer {r.subnet} refused: {r.reason}", DROP_CONFLICT) for r in refused)))
+        self._metrics.count_dropped(sorted(now - self._unprogrammed))
+        self._unprogrammed = now
 
     def _report_dropped(self) -> None:
         dropped, self.policy.dropped = self.policy.dropped, []

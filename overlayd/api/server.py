@@ -12,13 +12,15 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from overlayd.api import protocol
-from overlayd.api.commands import ControlPlane, dispatch
+from overlayd.api.commands import COMMANDS, ControlPlane, dispatch
 from overlayd.errors import OverlaydError, UsageError
+from overlayd.metrics.daemon import REFUSED_MALFORMED, REFUSED_OVERSIZED, REFUSED_TIMEOUT, REFUSED_UID
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,14 @@ _REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request line
 # little (a busy loop would not free anything) and try again.
 _ACCEPT_STARVED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_BACKOFF = 0.1
+
+
+class Refused(UsageError):
+    """A request turned away before any command ran; `reason` is its overlayd_control_refusals_total label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def peer_uid(sock: socket.socket | trio.socket.SocketType) -> int:
@@ -64,14 +74,15 @@ async def _read_line(stream: trio.SocketStream) -> bytes:
             break
         buffer += chunk
         if len(buffer) > protocol.MAX_REQUEST_BYTES:
-            raise UsageError(f"request larger than {protocol.MAX_REQUEST_BYTES} bytes")
+            raise Refused(REFUSED_OVERSIZED, f"request larger than {protocol.MAX_REQUEST_BYTES} bytes")
     return bytes(buffer).split(b"\n", 1)[0]
 
 
 class ControlServer:
     def __init__(self, path: Path, plane: ControlPlane, *, allowed_uids: frozenset[int] = frozenset({0}),
-                 group: int | None = None) -> None:
+                 group: int | None = None, on_refused: Callable[[str], None] = lambda reason: None) -> None:
         self.path = path
+        self.on_refused = on_refused  # told each refusal's reason (the daemon counts them)
         self.plane = plane
         self.allowed_uids = allowed_uids | {os.getuid()}
         self.group = group
@@ -139,23 +150,37 @@ class ControlServer:
         sock.listen(64)
         return trio.socket.from_stdlib_socket(sock)
 
+    async def _read_request(self, stream: trio.SocketStream) -> tuple[str, dict]:
+        """The request's command and arguments, or Refused with the reason."""
+        if not self._allowed(stream.socket):
+            uid = peer_uid(stream.socket)
+            log.warning("control socket: refused request from uid %d", uid)
+            raise Refused(REFUSED_UID, f"uid {uid} may not use this socket")
+        try:
+            with trio.fail_after(_REQUEST_TIMEOUT):
+                line = await _read_line(stream)
+        except trio.TooSlowError:
+            raise Refused(REFUSED_TIMEOUT, "request not received in time") from None
+        try:
+            cmd, args = protocol.decode_request_untrusted(line)
+        except UsageError as exc:
+            raise Refused(REFUSED_MALFORMED, str(exc)) from None
+        if cmd not in COMMANDS:
+            raise Refused(REFUSED_MALFORMED, f"unknown command {cmd!r}; known: {', '.join(sorted(COMMANDS))}")
+        return cmd, args
+
     async def _handle(self, stream: trio.SocketStream) -> None:
         async with stream:
             try:
-                if not self._allowed(stream.socket):
-                    uid = peer_uid(stream.socket)
-                    self.refused += 1
-                    log.warning("control socket: refused request from uid %d", uid)
-                    raise UsageError(f"uid {uid} may not use this socket")
-                with trio.fail_after(_REQUEST_TIMEOUT):
-                    line = await _read_line(stream)
-                cmd, args = protocol.decode_request_untrusted(line)
+                cmd, args = await self._read_request(stream)
                 result = await dispatch(self.plane, cmd, args)
                 reply = protocol.encode_reply(result)
+            except Refused as exc:
+                self.refused += 1
+                self.on_refused(exc.reason)
+                reply = protocol.encode_error(exc)
             except OverlaydError as exc:
                 reply = protocol.encode_error(exc)
-            except trio.TooSlowError:
-                reply = protocol.encode_error(UsageError("request not received in time"))
             except trio.BrokenResourceError:
                 return
             except Exception as exc:  # a bug must not kill the daemon; log it, answer, go on

@@ -1,16 +1,31 @@
 """The metrics overlayd exports, in one object the daemon owns and updates.
 
-Names carry the `overlayd_` prefix; counters end in `_total`, durations are seconds.
-Label values come from the fixed sets below, never from etcd data, so a hostile
-record cannot blow up the number of time series.
+Built on prometheus_client, each daemon with a private CollectorRegistry (tests run several
+daemons in one process; the library's global REGISTRY would mix them). Names carry the
+`overlayd_` prefix; counters end in `_total`, durations are seconds. The registry also
+carries the library's `process_*` and `python_info` metrics. Label values come from the
+fixed sets below, never from etcd data, so a hostile record cannot blow up the number of
+time series.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
-from overlayd.metrics.registry import MetricFamily, Registry, family
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from overlayd import __version__
+
+log = logging.getLogger(__name__)
+
+# A `_created` series per counter and histogram doubles the series for a timestamp nobody
+# graphs; the switch is process-wide, and this process is the daemon.
+prometheus_client.disable_created_metrics()
 
 
 class Reporter(Protocol):
@@ -18,6 +33,7 @@ class Reporter(Protocol):
 
     def fail(self, component: str, message: str) -> None: ...
     def recover(self, component: str) -> None: ...
+
 
 # Backend reconciles take milliseconds (netlink) to seconds (many peers, WireGuard via UAPI).
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -49,67 +65,111 @@ REFUSAL_REASONS = (REFUSED_UID, REFUSED_OVERSIZED, REFUSED_MALFORMED, REFUSED_TI
 ETCD_OPERATIONS = ("config", "lease", "watch")
 
 WireGuardDrops = Callable[[], Mapping[str, int] | None]
+PodCount = Callable[[], int | None]
 
 
 class DaemonMetrics:
     def __init__(self) -> None:
-        r = self.registry = Registry()
-        self.ready = r.gauge("overlayd_ready", "1 once the host's pods and peers are programmed, else 0")
-        self.etcd_reachable = r.gauge("overlayd_etcd_reachable", "1 if the last etcd call succeeded, else 0")
-        self.leases = r.gauge("overlayd_leases", "Subnet leases in the cluster as last seen, own included")
-        self.peers = r.gauge("overlayd_peers", "Peers the last reconcile programmed into the kernel")
-        self.refused_peers = r.gauge("overlayd_peers_refused", "Peers the last reconcile refused to program")
-        self.reconcile_runs = r.counter("overlayd_reconcile_runs_total", "Backend reconciles, by result (ok, error)",
-                                        ("result",))
-        self.reconcile_duration = r.histogram("overlayd_reconcile_duration_seconds",
-                                              "Duration of backend reconciles", RECONCILE_BUCKETS)
-        self.event_to_kernel = r.histogram(
+        r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Gauge("overlayd_build_info", "Always 1; the version label says which overlayd runs",
+                                ("version",), registry=r)
+        self.build_info.labels(version=__version__).set(1)
+        self.ready = Gauge("overlayd_ready", "1 once the host's pods and peers are programmed, else 0", registry=r)
+        self.etcd_reachable = Gauge("overlayd_etcd_reachable", "1 if the last etcd call succeeded, else 0",
+                                    registry=r)
+        self.leases = Gauge("overlayd_leases", "Subnet leases in the cluster as last seen, own included", registry=r)
+        self.peers = Gauge("overlayd_peers", "Peers the last reconcile programmed into the kernel", registry=r)
+        self.refused_peers = Gauge("overlayd_peers_refused", "Peers the last reconcile refused to program",
+                                   registry=r)
+        self.pods = Gauge("overlayd_pods", "Pods on this host", registry=r)
+        self.reconcile_runs = Counter("overlayd_reconcile_runs_total", "Backend reconciles, by result (ok, error)",
+                                      ("result",), registry=r)
+        self.reconcile_duration = Histogram("overlayd_reconcile_duration_seconds", "Duration of backend reconciles",
+                                            buckets=RECONCILE_BUCKETS, registry=r)
+        self.event_to_kernel = Histogram(
             "overlayd_event_to_kernel_seconds",
             "Time from an etcd watch event reaching this daemon to the kernel being programmed for it",
-            EVENT_TO_KERNEL_BUCKETS)
-        self.etcd_errors = r.counter("overlayd_etcd_errors_total", "Failed etcd operations, by operation",
-                                     ("operation",))
-        self.dropped_records = r.counter("overlayd_dropped_records_total",
-                                         "Host records skipped and never programmed, by reason", ("reason",))
-        self.control_refusals = r.counter("overlayd_control_refusals_total",
-                                          "Control socket requests refused, by reason", ("reason",))
-        self.wireguard_handshakes = r.counter("overlayd_wireguard_handshakes_total",
-                                              "WireGuard handshakes completed with peers")
-        self.state_damaged = r.counter("overlayd_state_files_damaged_total",
-                                       "Local state files found damaged, set aside and rebuilt from kernel and etcd")
+            buckets=EVENT_TO_KERNEL_BUCKETS, registry=r)
+        self.etcd_errors = Counter("overlayd_etcd_errors_total", "Failed etcd operations, by operation",
+                                   ("operation",), registry=r)
+        self.dropped_records = Counter("overlayd_dropped_records_total",
+                                       "Host records skipped and never programmed, by reason", ("reason",), registry=r)
+        self.control_refusals = Counter("overlayd_control_refusals_total",
+                                        "Control socket requests refused, by reason", ("reason",), registry=r)
+        self.wireguard_handshakes = Counter("overlayd_wireguard_handshakes_total",
+                                            "WireGuard handshakes completed with peers", registry=r)
+        self.state_damaged = Counter("overlayd_state_files_damaged_total",
+                                     "Local state files found damaged, set aside and rebuilt from kernel and etcd",
+                                     registry=r)
         # Every known label value shows from the start: a rate() over a series that appears late misses its first step.
         for reason in DROP_REASONS:
-            self.dropped_records.inc(0, reason=reason)
+            self.dropped_records.labels(reason=reason)
         for reason in REFUSAL_REASONS:
-            self.control_refusals.inc(0, reason=reason)
+            self.control_refusals.labels(reason=reason)
         for operation in ETCD_OPERATIONS:
-            self.etcd_errors.inc(0, operation=operation)
+            self.etcd_errors.labels(operation=operation)
         for result in ("ok", "error"):
-            self.reconcile_runs.inc(0, result=result)
-        self._wireguard_drops: WireGuardDrops | None = None
-        r.add_collector(self._collect_wireguard)
+            self.reconcile_runs.labels(result=result)
+        self._pods_source: PodCount | None = None
+        self.pods.set_function(self._pod_count)
+        self._wireguard = _WireGuardDrops()
+        r.register(self._wireguard)
 
     def count_dropped(self, rejected: Iterable[str]) -> None:
         """Count skipped etcd entries (WatchBatch.rejected) by the reason each carries."""
         for text in rejected:
             reason = getattr(text, "reason", DROP_MALFORMED)  # a cluster.errors.Rejection, or plain text
-            self.dropped_records.inc(reason=reason if reason in DROP_REASONS else DROP_MALFORMED)
+            self.dropped_records.labels(reason=reason if reason in DROP_REASONS else DROP_MALFORMED).inc()
+
+    def count_refusal(self, reason: str) -> None:
+        """One control socket request refused (REFUSAL_REASONS; anything else counts as malformed)."""
+        self.control_refusals.labels(reason=reason if reason in REFUSAL_REASONS else REFUSED_MALFORMED).inc()
+
+    def set_pods_source(self, source: PodCount | None) -> None:
+        """source() returns the number of pods (None before start-up is done); it runs at every
+        scrape, so it must read memory, not the kernel."""
+        self._pods_source = source
 
     def set_wireguard_drops_source(self, source: WireGuardDrops | None) -> None:
         """source() returns the WireGuard engine's drop counts by reason (Device.drops), or None
         when unknown; it runs at every scrape, so it must return a cached snapshot, not do I/O."""
-        self._wireguard_drops = source
+        self._wireguard.source = source
 
-    def _collect_wireguard(self) -> Iterable[MetricFamily]:
-        drops = self._wireguard_drops() if self._wireguard_drops is not None else None
+    def _pod_count(self) -> float:
+        count = self._pods_source() if self._pods_source is not None else None
+        return float(count or 0)
+
+    def render(self) -> bytes:
+        """The text exposition format (0.0.4) of everything in the registry."""
+        return prometheus_client.generate_latest(self.registry)
+
+    def exported_names(self) -> frozenset[str]:
+        """Every sample name a scrape can show now (a dashboard may query only these)."""
+        return frozenset(sample.name for family in self.registry.collect() for sample in family.samples)
+
+
+class _WireGuardDrops(Collector):
+    """overlayd_wireguard_drops_total{reason}, read from the engine's counters at each scrape;
+    absent while no source is set or the source knows nothing."""
+
+    def __init__(self) -> None:
+        self.source: WireGuardDrops | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            drops = self.source() if self.source is not None else None
+        except Exception:  # a broken source must not cost the other metrics their scrape
+            log.exception("reading the WireGuard drop counters failed")
+            return
         if drops is None:
-            return ()
-        values = {(str(reason),): float(count) for reason, count in drops.items()}
-        return (family("overlayd_wireguard_drops_total", "counter",
-                       "Packets the WireGuard engine dropped, by reason", values, ("reason",)),)
-
-    def render(self) -> str:
-        return self.registry.render()
+            return
+        family = CounterMetricFamily("overlayd_wireguard_drops_total",
+                                     "Packets the WireGuard engine dropped, by reason", labels=("reason",))
+        for reason, count in sorted(drops.items()):
+            family.add_metric((str(reason),), float(count))
+        yield family
 
 
 class CountingReporter:
@@ -124,7 +184,7 @@ class CountingReporter:
 
     def fail(self, component: str, message: str) -> None:
         if component in ETCD_OPERATIONS:
-            self._metrics.etcd_errors.inc(operation=component)
+            self._metrics.etcd_errors.labels(operation=component).inc()
             self._failing.add(component)
             self._metrics.etcd_reachable.set(0)
         self._inner.fail(component, message)

@@ -124,7 +124,8 @@ def _child_as_nobody(path: Path) -> dict[str, Any]:
 
 
 def _run_with_server(path: Path, plane: StubPlane, client_side) -> ControlServer:
-    server = ControlServer(path, plane)
+    server = ControlServer(path, plane, on_refused=lambda reason: server.reasons.append(reason))
+    server.reasons = []  # type: ignore[attr-defined]  (what the daemon counts, by reason)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -165,6 +166,8 @@ def test_oversized_and_malformed_requests_are_refused_and_serving_goes_on(socket
             assert _serves(path), f"server stopped answering after {data[:40]!r}"
         # Client errors never reached the plane: only the good status calls did.
         assert plane.status_calls == 1 + len(cases)
+        # Refused before any command ran, by reason; the bad pod name is the command's own error.
+        assert server.reasons == ["oversized"] * 2 + ["malformed"] * 7
 
     _run_with_server(path, plane, client_side)
 
@@ -186,7 +189,7 @@ def test_uid_not_allowed_is_refused_by_peer_credentials(socket_dir: Path) -> Non
             reply = json.loads(result["reply"])
             assert reply["ok"] is False and reply["error"]["kind"] == "usage"
             assert f"uid {NOBODY} may not use this socket" in reply["error"]["message"]
-            assert server.refused == attempt
+            assert server.refused == attempt and server.reasons == ["uid"] * attempt
             assert _serves(path)
         assert plane.status_calls == 2  # only root's requests reached the plane
 

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from ipam.config import ClusterConfig
-from overlayd.backend.contract import Observations, ReconcileResult
+from overlayd.backend.contract import Observations, ReconcileResult, Refusal
 from overlayd.backend.peers import PeerVtep
 from overlayd.cluster.diff import HostRemoved
 from overlayd.cluster.grace import PeerGrace
@@ -61,12 +61,13 @@ class FakeBackend:
     def __init__(self) -> None:
         self.programmed: list[set[IPNetwork]] = []
         self.fail = False
+        self.refuse: dict[IPNetwork, str] = {}  # subnet -> conflict the backend reports
 
     def reconcile(self, peers: Mapping[IPNetwork, Any]) -> ReconcileResult:
         if self.fail:
             raise KernelError("netlink: no buffer space")
-        self.programmed.append(set(peers))
-        return ReconcileResult()
+        self.programmed.append(set(peers) - set(self.refuse))
+        return ReconcileResult(refused=tuple(Refusal(s, why) for s, why in self.refuse.items() if s in peers))
 
     def observe(self) -> Observations:
         return Observations()
@@ -86,12 +87,16 @@ class Bench:
         self.health = HealthModel()
         self.health.set_ready()
         self.files = StateFiles(state_dir)
+        self.metrics = DaemonMetrics()
         self.loop = PeerLoop(self.backend, PeerPolicy(parse, PeerGrace(GRACE), screen), files=self.files,  # type: ignore[arg-type]
-                             metrics=DaemonMetrics(), reporter=LoggingReporter(logging.getLogger("t"), self.health),
+                             metrics=self.metrics, reporter=LoggingReporter(logging.getLogger("t"), self.health),
                              health=self.health, kernel=direct, disk=direct)
 
     def saved(self) -> set[IPNetwork]:
         return set(self.files.load_peers(CONFIG)[0])
+
+    def dropped(self, reason: str) -> float | None:
+        return self.metrics.registry.get_sample_value("overlayd_dropped_records_total", {"reason": reason})
 
     def components(self) -> set[str]:
         return {p.component for p in self.health.report().problems}
@@ -171,6 +176,26 @@ def test_refused_records_and_unfit_peers_keep_health_degraded_while_they_last(be
         assert bench.components() == {"peers"} and bench.backend.now == {A.subnet} and bench.loop.refused == 1
         await deliver(batch(A))
         assert bench.health.report().health == "ok" and bench.loop.refused == 0
+
+    bench.run(scenario)
+
+
+def test_unfit_and_refused_peers_are_dropped_records_counted_once_by_reason(bench: Bench) -> None:
+    odd = lease("10.244.4.0/24", "odd", 14, backend_type="wireguard")  # fine, but not for a VXLAN backend
+
+    async def scenario(deliver: Any, elapse: Any) -> None:
+        bench.backend.refuse = {B.subnet: "VTEP MAC is our own"}
+        await deliver(batch(A, B, odd))
+        assert (bench.dropped("backend_mismatch"), bench.dropped("conflict")) == (1, 1)
+        await bench.loop.converge()  # every resync repeats them: still one drop each
+        await deliver(batch(A, B, odd, C))
+        assert (bench.dropped("backend_mismatch"), bench.dropped("conflict")) == (1, 1)
+        assert bench.dropped("malformed") == 0
+        bench.backend.refuse = {}
+        await deliver(batch(A, B, C))
+        bench.backend.refuse = {B.subnet: "VTEP MAC is our own"}  # refused again after a good spell
+        await deliver(batch(A, B, C))
+        assert (bench.dropped("backend_mismatch"), bench.dropped("conflict")) == (1, 2)
 
     bench.run(scenario)
 
