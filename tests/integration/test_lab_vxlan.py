@@ -35,7 +35,11 @@ def test_every_pod_reaches_every_other_pod(lab3: Lab) -> None:
             if src != dst:
                 assert matrix[src][dst]["icmp"], f"ICMP {src} -> {dst}"
                 # The probe server answers with its hostname: the pod's own name.
-                assert matrix[src][dst]["tcp"] == dst, f"TCP {src} -> {dst}"
+                assert matrix[src][dst]["tcp"] is True, f"TCP {src} -> {dst}"
+                assert matrix[src][dst]["tcp_hostname"] == dst, f"TCP {src} -> {dst}"
+                # One type per field, so JSON consumers need no special cases.
+                assert {k: type(v) for k, v in matrix[src][dst].items()} == {
+                    "icmp": bool, "tcp": bool, "tcp_hostname": str}
     subnets = [h["subnet"] for h in lab3.result["hosts"]]
     assert len(set(subnets)) == 3
 

@@ -29,7 +29,7 @@ def test_every_pod_reaches_every_other_pod_over_wireguard(lab_wg: Lab) -> None:
     for src, row in matrix.items():
         for dst, result in row.items():
             assert result["icmp"], f"ICMP {src} -> {dst}"
-            assert result["tcp"] == dst, f"TCP {src} -> {dst}"
+            assert result["tcp"] is True and result["tcp_hostname"] == dst, f"TCP {src} -> {dst}"
     assert len(matrix) == 3
 
 
