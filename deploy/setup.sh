@@ -13,7 +13,7 @@ venv=${OVERLAYD_VENV:-/opt/overlayd/venv}
 
 packages=(etcd-server etcd-client wireguard-go wireguard-tools iperf3 tcpdump nftables
           iproute2 iputils-ping procps util-linux containernetworking-plugins python3-venv
-          dnsmasq-base)
+          dnsmasq-base zsh)  # zsh: the tests run the completion script overlayctl generates for it
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

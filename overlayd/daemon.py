@@ -44,6 +44,7 @@ from overlayd.peering import PeerPolicy
 from overlayd.peerloop import PeerLoop
 from overlayd.sdwatchdog import inform_systemd, status_line
 from overlayd.startup import Host, Startup
+from overlayd.version import version_text
 
 log = logging.getLogger("overlayd")
 T = TypeVar("T")
@@ -171,6 +172,8 @@ async def _serve_until_signalled(daemon: Daemon) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="overlayd", description="overlayd: pod overlay network daemon")
+    parser.add_argument("--version", action="version", version=version_text("overlayd"),
+                        help="print the version and exit")
     add_daemon_arguments(parser)
     parser.add_argument("--renumber", action="store_true",
                         help="give up this host's subnet and claim a new one; pods of the old subnet are deleted")

@@ -78,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           help=f"validity in seconds ({MIN_SECONDS}..{MAX_SECONDS}): short-lived certificates")
     sign.set_defaults(handler=_sign_host)
     show = ca_sub.add_parser("show", help="print a host certificate, verified against a trust anchor if given")
-    show.add_argument("--cert", type=Path, required=True)
+    show.add_argument("--cert", type=Path, required=True, help="the host certificate file to show")
     show.add_argument("--ca-file", type=Path, help="trust anchor (ca.pub) to verify against")
     show.set_defaults(handler=_show)
     revoke = ca_sub.add_parser("revoke", help="add host certificates to the CA-signed revocation list in etcd")

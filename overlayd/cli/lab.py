@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from overlayd.cli.output import print_json, print_table
-from overlayd.errors import UsageError
+from overlayd.cli.output import Style, print_json, print_table
+from overlayd.cli.privilege import require_root
+from overlayd.errors import OverlaydError, UsageError
 from overlayd.lab import runner
 from overlayd.config import WIREGUARD_IMPLEMENTATIONS
 from overlayd.lab.plan import BACKENDS, DEFAULT_BASE_DIR, make_plan, validate_lab_name
@@ -26,8 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--dir", type=Path, default=DEFAULT_BASE_DIR, help=f"base dir (default {DEFAULT_BASE_DIR})")
         p.set_defaults(handler=handler)
         if name == "up":
-            p.add_argument("--hosts", type=int, default=3)
-            p.add_argument("--backend", default="vxlan", choices=BACKENDS)
+            p.add_argument("--hosts", type=int, default=3, help="number of simulated hosts (default 3)")
+            p.add_argument("--backend", default="vxlan", choices=BACKENDS,
+                           help="how the hosts carry pod traffic (default vxlan)")
             p.add_argument("--wireguard-implementation", default="auto", choices=WIREGUARD_IMPLEMENTATIONS,
                            help="the daemons' [wireguard] implementation (default auto)")
 
@@ -42,15 +45,15 @@ def _plan_from_state(args: argparse.Namespace):
     return make_plan(args.name, state["hosts"], state["backend"], args.dir)
 
 
-def _print_result(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
+def _print_result(result: dict[str, Any], style: Style) -> None:
+    if style.json:
         print_json(result)
         return
     print(f"lab {result['name']}  backend {result['backend']}  etcd {result['etcd']}\n")
     print_table(result["hosts"], [("name", "HOST"), ("netns", "NETNS"), ("underlay_ip", "UNDERLAY IP"),
-                                  ("subnet", "POD SUBNET"), ("peers", "PEERS"), ("health", "HEALTH")])
+                                  ("subnet", "POD SUBNET"), ("peers", "PEERS"), ("health", "HEALTH")], style)
     print()
-    print_table(result["pods"], [("name", "POD"), ("host", "HOST"), ("ip", "IP"), ("netns", "NETNS")])
+    print_table(result["pods"], [("name", "POD"), ("host", "HOST"), ("ip", "IP"), ("netns", "NETNS")], style)
     print("\nreachability (ICMP+TCP, row = from, column = to):")
     names = [p["name"] for p in result["pods"]]
     rows = []
@@ -64,25 +67,54 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
                 row[dst] = "ok" if r.get("icmp") and r.get("tcp") else \
                     "icmp-only" if r.get("icmp") else "tcp-only" if r.get("tcp") else "FAIL"
         rows.append(row)
-    print_table(rows, [("from", "FROM")] + [(n, n) for n in names])
+    print_table(rows, [("from", "FROM")] + [(n, n) for n in names])  # its header names the columns: always shown
     print("\nall pod pairs reachable" if result["ok"] else "\nSOME POD PAIRS UNREACHABLE")
 
 
 def _up(args: argparse.Namespace) -> int:
+    require_root("lab up")
     plan = make_plan(args.name, args.hosts, args.backend, args.dir,
                      wireguard_implementation=args.wireguard_implementation)
-    result = runner.up(plan)
-    _print_result(result, args.json)
+    made = _missing_dirs(args.dir)
+    try:
+        result = runner.up(plan)
+    except (OSError, subprocess.CalledProcessError) as exc:  # a tool missing or failing: one line, no traceback
+        _remove_empty(made)
+        raise OverlaydError(f"lab up failed (the lab is removed again): {exc}") from None
+    except BaseException:
+        _remove_empty(made)  # runner.up removed the lab's own dir; the base dirs it made go too
+        raise
+    _print_result(result, args.style)
     return 0 if result["ok"] else 1
 
 
+def _missing_dirs(path: Path) -> list[Path]:
+    """path and its parents that do not exist yet, deepest first."""
+    missing = []
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:  # not empty (someone else's) or already gone
+            return
+
+
 def _status(args: argparse.Namespace) -> int:
+    require_root("lab status")
     result = runner.status(_plan_from_state(args))
-    _print_result(result, args.json)
+    _print_result(result, args.style)
     return 0 if result["ok"] else 1
 
 
 def _down(args: argparse.Namespace) -> int:
+    require_root("lab down")
     validate_lab_name(args.name)
     result = runner.down(args.name, args.dir)
     if args.json:

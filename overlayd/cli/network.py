@@ -15,7 +15,7 @@ import trio
 
 from ipam.config import BackendConfig, ClusterConfig
 from ipam.errors import InvalidConfig
-from overlayd.cli.output import print_json
+from overlayd.cli.output import print_fields, print_json
 from overlayd.cluster.client import ClusterClient
 from overlayd.config import EtcdConfig
 from overlayd.errors import ConfigError, OverlaydError, UsageError
@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     init = net_sub.add_parser("init", help="write the cluster config (refused under live leases without --force)")
     init.add_argument("--cidr", default="10.244.0.0/16", help="pod network (default 10.244.0.0/16)")
     init.add_argument("--subnet-len", type=int, help="per-host subnet prefix length (default /24, IPv6 /64)")
-    init.add_argument("--backend", default="vxlan", choices=["vxlan", "wireguard", "host-gw"])
+    init.add_argument("--backend", default="vxlan", choices=["vxlan", "wireguard", "host-gw"],
+                      help="how hosts carry pod traffic (default vxlan)")
     init.add_argument("--vni", type=int, help="VXLAN network identifier (default 1)")
     init.add_argument("--port", type=int, help="UDP port (VXLAN default 4789, WireGuard 51820; host-gw has none)")
     init.add_argument("--force", action="store_true", help="change the config even while hosts hold leases")
@@ -41,12 +42,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_etcd_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of every overlayctl command that talks to etcd directly."""
-    parser.add_argument("--etcd-endpoints", default="http://127.0.0.1:2379", help="comma-separated URLs")
-    parser.add_argument("--etcd-prefix", default="/overlayd/network")
-    parser.add_argument("--etcd-ca", type=Path)
-    parser.add_argument("--etcd-cert", type=Path)
-    parser.add_argument("--etcd-key", type=Path)
+    """The options of every overlayctl command that talks to etcd directly; unset ones come
+    from the environment or the config file (settings.py), so the defaults live there."""
+    group = parser.add_argument_group("etcd")
+    group.add_argument("--etcd-endpoints", metavar="URL,...",
+                       help="comma-separated etcd URLs (env ETCDCTL_ENDPOINTS; default 127.0.0.1:2379, "
+                            "https with TLS files)")
+    group.add_argument("--etcd-prefix", metavar="PREFIX",
+                       help="key prefix of the cluster (env OVERLAYCTL_ETCD_PREFIX; default /overlayd/network)")
+    group.add_argument("--etcd-ca", type=Path, metavar="FILE", help="CA certificate of etcd (env ETCDCTL_CACERT)")
+    group.add_argument("--etcd-cert", type=Path, metavar="FILE", help="client certificate (env ETCDCTL_CERT)")
+    group.add_argument("--etcd-key", type=Path, metavar="FILE", help="client key (env ETCDCTL_KEY)")
 
 
 def etcd_config(args: argparse.Namespace) -> EtcdConfig:
@@ -122,5 +128,5 @@ def _show(args: argparse.Namespace) -> int:
         return await cluster.get_config()
 
     config = trio.run(with_cluster, etcd_config(args), job)
-    print_json(config.to_dict()) if args.json else print(config.to_json())
+    print_json(config.to_dict()) if args.json else print_fields(config.to_dict())
     return 0

@@ -2,7 +2,9 @@
 
 `serve PORT` answers every TCP connection with the pod's hostname; `check PORT
 IP...` sends one ICMP echo (raw socket, so no ping binary is needed) and opens
-one TCP connection to each IP, and prints the results as JSON.
+one TCP connection to each IP, and prints the results as JSON, one type per field:
+{"IP": {"icmp": bool, "tcp": bool, "tcp_hostname": str | null}} (the hostname the
+server answered with, null when TCP failed).
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def check(ips: list[str], port: int, timeout: float = 3.0) -> dict[str, dict[str
     def one(item: tuple[int, str]) -> tuple[str, dict[str, object]]:
         n, ip = item
         ident = (os.getpid() + n) & 0xFFFF
-        return ip, {"icmp": icmp_echo(ip, timeout, ident), "tcp": tcp_hello(ip, port, timeout)}
+        hostname = tcp_hello(ip, port, timeout)
+        return ip, {"icmp": icmp_echo(ip, timeout, ident), "tcp": hostname is not None, "tcp_hostname": hostname}
 
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(ips)))) as pool:
         return dict(pool.map(one, enumerate(ips)))

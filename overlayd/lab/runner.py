@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from overlayd.api.client import ControlClient
+from overlayd.cli.settings import isolated_env  # the lab's overlayctl runs ignore the caller's settings
 from overlayd.lab.etcd_process import EtcdProcess
 from overlayd.lab.procs import alive, kill_netns_processes, pids_naming, send_signal
 from overlayd.errors import ConflictError, OverlaydError
@@ -116,7 +117,7 @@ def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log_file:
         # A session of its own: the lab outlives the `lab up` command.
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                start_new_session=True)
+                                start_new_session=True, env=isolated_env())
 
 
 def start_etcd(plan: LabPlan) -> None:
@@ -130,7 +131,7 @@ def _init_network(plan: LabPlan, network_args: Sequence[str] = ()) -> None:
     cmd = ["ip", "netns", "exec", plan.underlay_netns] + _python(
         "overlayd.cli.main", "network", "init", "--etcd-endpoints", plan.etcd_endpoint,
         "--backend", plan.backend, *network_args)
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=isolated_env())
     if result.returncode != 0:
         raise OverlaydError(f"network init failed: {result.stderr.strip()}")
 
@@ -192,11 +193,10 @@ def _probe_from(plan: LabPlan, pod: dict[str, Any], targets: list[dict[str, Any]
     host = next(h for h in plan.hosts if h.name == pod["host"])
     cmd = _overlayctl(host, "pod", "exec", pod["name"], "--") + _python(
         "overlayd.lab.probe", "check", str(PROBE_PORT), *[t["ip"] for t in targets])
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=isolated_env())
     by_ip = json.loads(result.stdout) if result.returncode == 0 else {}
-    empty = {"icmp": False, "tcp": None}
-    return {t["name"]: {"icmp": by_ip.get(t["ip"], empty)["icmp"], "tcp": by_ip.get(t["ip"], empty)["tcp"]}
-            for t in targets}
+    unreached = {"icmp": False, "tcp": False, "tcp_hostname": None}  # the probe's shape (probe.py)
+    return {t["name"]: by_ip.get(t["ip"], unreached) for t in targets}
 
 
 def _check_matrix(plan: LabPlan, pods: list[dict[str, Any]], *, wait: bool) -> Matrix:

@@ -23,6 +23,7 @@ from pathlib import Path
 from overlayd import sdnotify
 from overlayd.errors import OverlaydError
 from overlayd.logsetup import FORMATS, LEVELS, parse_level, setup_logging
+from overlayd.version import version_text
 from overlayd.wireguard.engine import Engine
 from overlayd.wireguard.tun import TunDevice, check_ifname
 from overlayd.wireguard.uapi_server import UapiServer, default_socket_dir, socket_path
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="overlayd-wg", description="Userspace WireGuard interface, configured with `wg` like wireguard-go."
     )
+    parser.add_argument("--version", action="version", version=version_text("overlayd-wg"),
+                        help="print the version and exit")
     parser.add_argument("ifname", metavar="IFNAME", help="name of the TUN interface to create")
     parser.add_argument("-f", "--foreground", action="store_true", help="run in the foreground (always the case)")
     parser.add_argument("--socket-dir", type=Path, default=None,

@@ -48,7 +48,11 @@ def test_every_pod_reaches_every_other_pod(case: str, tmp_path: Path) -> None:
                 if src != dst:
                     assert result["matrix"][src][dst]["icmp"], f"ICMP {src} -> {dst}"
                     # The probe server answers with its hostname: the pod's own name.
-                    assert result["matrix"][src][dst]["tcp"] == dst, f"TCP {src} -> {dst}"
+                    assert result["matrix"][src][dst]["tcp"] is True, f"TCP {src} -> {dst}"
+                    assert result["matrix"][src][dst]["tcp_hostname"] == dst, f"TCP {src} -> {dst}"
+                    # One type per field, so JSON consumers need no special cases.
+                    assert {k: type(v) for k, v in result["matrix"][src][dst].items()} == {
+                        "icmp": bool, "tcp": bool, "tcp_hostname": str}
         assert len({h["subnet"] for h in result["hosts"]}) == 3
         assert all(h["peers"] == 2 and h["health"] == "ok" for h in result["hosts"]), result["hosts"]
         link = json.loads(netns_exec(result["pods"][0]["netns"], "ip", "-j", "link", "show", "eth0").stdout)[0]
