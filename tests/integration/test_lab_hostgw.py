@@ -11,8 +11,8 @@ import time
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
-from overlayd.lab import runner
 from tests.integration.conftest import Lab, netns_exec, overlayctl
+from tests.integration.labtools import etcdctl
 from tests.integration.wire import UnderlayCapture
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ def test_a_peer_that_is_not_on_link_is_refused(lab_hostgw: Lab) -> None:
     key = f"{PREFIX}/subnets/{subnet.replace('/', '-')}"
     # 203.0.113.5 (TEST-NET-3) is on no network of the lab's underlay segment.
     record = {"node": "far", "public_ip": "203.0.113.5", "backend": {"type": "host-gw"}}
-    runner.etcdctl(lab_hostgw.plan, "put", key, json.dumps(record))
+    etcdctl(lab_hostgw.plan, "put", key, json.dumps(record))
     try:
         deadline = time.monotonic() + 15
         while (status := _status(lab_hostgw, "h2"))["health"] != "degraded" and time.monotonic() < deadline:
@@ -77,7 +77,7 @@ def test_a_peer_that_is_not_on_link_is_refused(lab_hostgw: Lab) -> None:
                           check=False)
         assert ping.returncode == 0, ping.stdout  # the others are unaffected
     finally:
-        runner.etcdctl(lab_hostgw.plan, "del", key)
+        etcdctl(lab_hostgw.plan, "del", key)
     deadline = time.monotonic() + 15
     while _status(lab_hostgw, "h2")["health"] != "ok" and time.monotonic() < deadline:
         time.sleep(0.2)
