@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from overlayd.cni.spec import CniError, check_container_id, check_ifname
 from overlayd.errors import UsageError
 from overlayd.pods.names import validate_labels, validate_pod_name
 
@@ -24,6 +25,12 @@ class ControlPlane(Protocol):
     async def pod_del(self, name: str) -> None: ...
     async def pod_get(self, name: str) -> dict[str, Any]: ...
     async def pod_list(self) -> list[dict[str, Any]]: ...
+    # CNI attachments (overlayd-cni)
+    async def cni_add(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]: ...
+    async def cni_del(self, network: str, container_id: str, ifname: str) -> None: ...
+    async def cni_check(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]: ...
+    async def cni_gc(self, network: str, valid: list[tuple[str, str]]) -> list[str]: ...
+    async def cni_list(self) -> list[dict[str, Any]]: ...
 
 
 Handler = Callable[[ControlPlane, dict[str, Any]], Awaitable[Any]]
@@ -83,6 +90,61 @@ async def _pod_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
     return await plane.pod_list()
 
 
+# --- CNI attachments: the requests overlayd-cni sends --------------------------------
+
+
+def _cni_key(args: dict[str, Any]) -> tuple[str, str, str]:
+    network, container_id, ifname = args.get("network"), args.get("container_id"), args.get("ifname")
+    try:
+        check_container_id(network)
+        check_container_id(container_id)
+        check_ifname(ifname)
+    except CniError as exc:
+        raise UsageError(f"{exc.msg} (network, container_id, ifname)") from None
+    return network, container_id, ifname  # type: ignore[return-value]
+
+
+def _cni_netns(args: dict[str, Any]) -> str:
+    netns = args.get("netns")
+    if not isinstance(netns, str) or not netns.startswith("/") or "\0" in netns or len(netns) > 4096:
+        raise UsageError("argument 'netns' must be an absolute path")
+    return netns
+
+
+async def _cni_add(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args, "network", "container_id", "ifname", "netns")
+    return await plane.cni_add(*_cni_key(args), _cni_netns(args))
+
+
+async def _cni_del(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args, "network", "container_id", "ifname")
+    await plane.cni_del(*_cni_key(args))
+    return None
+
+
+async def _cni_check(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args, "network", "container_id", "ifname", "netns")
+    return await plane.cni_check(*_cni_key(args), _cni_netns(args))
+
+
+async def _cni_gc(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args, "network", "valid")
+    network, valid = args.get("network"), args.get("valid")
+    try:
+        check_container_id(network)
+    except CniError as exc:
+        raise UsageError(f"network: {exc.msg}") from None
+    if not isinstance(valid, list) or not all(isinstance(pair, list) and len(pair) == 2
+                                              and all(isinstance(x, str) for x in pair) for pair in valid):
+        raise UsageError("argument 'valid' must be a list of [container_id, ifname] pairs")
+    return await plane.cni_gc(network, [(cid, ifname) for cid, ifname in valid])  # type: ignore[arg-type]
+
+
+async def _cni_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args)
+    return await plane.cni_list()
+
+
 COMMANDS: dict[str, Handler] = {
     "status": _status,
     "hosts": _hosts,
@@ -91,6 +153,11 @@ COMMANDS: dict[str, Handler] = {
     "pod.del": _pod_del,
     "pod.get": _pod_get,
     "pod.list": _pod_list,
+    "cni.add": _cni_add,
+    "cni.del": _cni_del,
+    "cni.check": _cni_check,
+    "cni.gc": _cni_gc,
+    "cni.list": _cni_list,
 }
 
 

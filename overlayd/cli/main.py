@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from overlayd.cli import ca, lab, network, pod, status
+from overlayd.cli import ca, cni, lab, network, pod, status
 from overlayd.errors import OverlaydError, UsageError
 
 DEFAULT_SOCKET = Path("/run/overlayd/overlayd.sock")
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"control socket of the daemon to talk to (default {DEFAULT_SOCKET})")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for module in (status, pod, network, lab, ca):
+    for module in (status, pod, network, lab, ca, cni):
         module.register(sub)
     return parser
 

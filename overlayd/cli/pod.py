@@ -66,9 +66,23 @@ def _del(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    result = ControlClient(args.socket).call("pod.list")
-    print_json(result) if args.json else print_table(result, _POD_COLUMNS)
+    client = ControlClient(args.socket)
+    result = client.call("pod.list")
+    attachments = client.call("cni.list")
+    if args.json:
+        print_json(result + [row | {"kind": "cni"} for row in attachments])
+        return 0
+    print_table(result, _POD_COLUMNS)
+    if attachments:
+        print()
+        print_table([row | {"container_id": row["container_id"][:12]} for row in attachments], _CNI_COLUMNS)
     return 0
+
+
+# --- CNI attachments in `pod ls` (container IDs cut to 12 characters, as runtimes print them) ---
+
+_CNI_COLUMNS = [("container_id", "CONTAINER"), ("ip", "IP"), ("network", "CNI NETWORK"), ("ifname", "IFNAME"),
+                ("netns", "NETNS"), ("created", "CREATED")]
 
 
 def _get(args: argparse.Namespace) -> int:

@@ -77,6 +77,7 @@ class DaemonMetrics:
                                               "WireGuard handshakes completed with peers")
         self.state_damaged = r.counter("overlayd_state_files_damaged_total",
                                        "Local state files found damaged, set aside and rebuilt from kernel and etcd")
+        self.cni_attachments = r.gauge("overlayd_cni_attachments", "CNI attachments (overlayd-cni) on this host")
         # Every known label value shows from the start: a rate() over a series that appears late misses its first step.
         for reason in DROP_REASONS:
             self.dropped_records.inc(0, reason=reason)
