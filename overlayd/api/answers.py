@@ -15,6 +15,7 @@ from typing import Any
 
 from overlayd.cluster.keeper import LeaseKeeper
 from overlayd.cluster.records import Lease
+from overlayd.cni.handler import handle as handle_cni_call
 from overlayd.cni.service import CniService
 from overlayd.config import DaemonConfig
 from overlayd.errors import ConflictError
@@ -135,6 +136,9 @@ class Answers:
 
     async def cni_list(self) -> list[dict[str, Any]]:
         return self._cni().list()
+
+    async def cni_exec(self, env: dict[str, str], stdin: bytes) -> tuple[str, int]:
+        return await handle_cni_call(env, stdin, self)
 
 
 def _lease_row(lease: Lease) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from overlayd.cni.spec import CniError, check_container_id, check_ifname
 from overlayd.errors import UsageError
 from overlayd.pods.names import validate_labels, validate_pod_name
 
@@ -26,10 +25,7 @@ class ControlPlane(Protocol):
     async def pod_get(self, name: str) -> dict[str, Any]: ...
     async def pod_list(self) -> list[dict[str, Any]]: ...
     # CNI attachments (overlayd-cni)
-    async def cni_add(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]: ...
-    async def cni_del(self, network: str, container_id: str, ifname: str) -> None: ...
-    async def cni_check(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]: ...
-    async def cni_gc(self, network: str, valid: list[tuple[str, str]]) -> list[str]: ...
+    async def cni_exec(self, env: dict[str, str], stdin: bytes) -> tuple[str, int]: ...
     async def cni_list(self) -> list[dict[str, Any]]: ...
 
 
@@ -90,54 +86,26 @@ async def _pod_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
     return await plane.pod_list()
 
 
-# --- CNI attachments: the requests overlayd-cni sends --------------------------------
+# --- CNI attachments: the calls overlayd-cni forwards, and `pod ls` --------------------
+
+_CNI_ENV_MAX = 16  # CNI_* variables a call may carry; the spec defines 6
 
 
-def _cni_key(args: dict[str, Any]) -> tuple[str, str, str]:
-    network, container_id, ifname = args.get("network"), args.get("container_id"), args.get("ifname")
+async def _cni_exec(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    """One CNI call as the runtime made it; the handler parses it (untrusted) and answers stdout and exit."""
+    _only(args, "env", "stdin_hex")
+    env, stdin_hex = args.get("env"), args.get("stdin_hex")
+    if not isinstance(env, dict) or len(env) > _CNI_ENV_MAX or not all(
+            isinstance(k, str) and k.startswith("CNI_") and isinstance(v, str) for k, v in env.items()):
+        raise UsageError(f"argument 'env' must map at most {_CNI_ENV_MAX} CNI_* names to strings")
     try:
-        check_container_id(network)
-        check_container_id(container_id)
-        check_ifname(ifname)
-    except CniError as exc:
-        raise UsageError(f"{exc.msg} (network, container_id, ifname)") from None
-    return network, container_id, ifname  # type: ignore[return-value]
-
-
-def _cni_netns(args: dict[str, Any]) -> str:
-    netns = args.get("netns")
-    if not isinstance(netns, str) or not netns.startswith("/") or "\0" in netns or len(netns) > 4096:
-        raise UsageError("argument 'netns' must be an absolute path")
-    return netns
-
-
-async def _cni_add(plane: ControlPlane, args: dict[str, Any]) -> Any:
-    _only(args, "network", "container_id", "ifname", "netns")
-    return await plane.cni_add(*_cni_key(args), _cni_netns(args))
-
-
-async def _cni_del(plane: ControlPlane, args: dict[str, Any]) -> Any:
-    _only(args, "network", "container_id", "ifname")
-    await plane.cni_del(*_cni_key(args))
-    return None
-
-
-async def _cni_check(plane: ControlPlane, args: dict[str, Any]) -> Any:
-    _only(args, "network", "container_id", "ifname", "netns")
-    return await plane.cni_check(*_cni_key(args), _cni_netns(args))
-
-
-async def _cni_gc(plane: ControlPlane, args: dict[str, Any]) -> Any:
-    _only(args, "network", "valid")
-    network, valid = args.get("network"), args.get("valid")
-    try:
-        check_container_id(network)
-    except CniError as exc:
-        raise UsageError(f"network: {exc.msg}") from None
-    if not isinstance(valid, list) or not all(isinstance(pair, list) and len(pair) == 2
-                                              and all(isinstance(x, str) for x in pair) for pair in valid):
-        raise UsageError("argument 'valid' must be a list of [container_id, ifname] pairs")
-    return await plane.cni_gc(network, [(cid, ifname) for cid, ifname in valid])  # type: ignore[arg-type]
+        stdin = bytes.fromhex(stdin_hex) if isinstance(stdin_hex, str) else None
+    except ValueError:
+        stdin = None
+    if stdin is None:
+        raise UsageError("argument 'stdin_hex' must be the config in hexadecimal")
+    stdout, code = await plane.cni_exec(env, stdin)
+    return {"exit": code, "stdout": stdout}
 
 
 async def _cni_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
@@ -153,10 +121,7 @@ COMMANDS: dict[str, Handler] = {
     "pod.del": _pod_del,
     "pod.get": _pod_get,
     "pod.list": _pod_list,
-    "cni.add": _cni_add,
-    "cni.del": _cni_del,
-    "cni.check": _cni_check,
-    "cni.gc": _cni_gc,
+    "cni.exec": _cni_exec,
     "cni.list": _cni_list,
 }
 

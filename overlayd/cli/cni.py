@@ -39,13 +39,14 @@ def conflist(network: str, socket: Path) -> dict:
 
 
 def launcher() -> str:
-    """The plugin executable: this Python, without site (start-up is the plugin's cost), on this overlayd."""
+    """The plugin executable: this Python, isolated and without site (start-up is the plugin's cost: see
+    overlayd.cni.client), importing this overlayd."""
     package_root = Path(overlayd.__file__).resolve().parent.parent
-    return (f"#!{sys.executable} -S\n"
+    return (f"#!{sys.executable} -IS\n"
             "# overlayd-cni, installed by `overlayctl cni install`\n"
             "import sys\n"
             f"sys.path[:0] = [{str(package_root)!r}]\n"
-            "from overlayd.cni.plugin import main\n"
+            "from overlayd.cni.client import main\n"
             "sys.exit(main())\n")
 
 

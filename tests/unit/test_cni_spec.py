@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
+from typing import Any
 
 import pytest
+import trio
 
-from overlayd.cni import plugin, spec
+from overlayd.cni import client, handler, spec
 from overlayd.cni.spec import CniError
+from overlayd.errors import ConflictError, KernelError
 
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
        "CNI_PATH": "/opt/cni/bin"}
@@ -18,10 +20,38 @@ def _conf(**extra: object) -> bytes:
     return json.dumps({"cniVersion": "1.0.0", "name": "overlayd", "type": "overlayd-cni"} | extra).encode()
 
 
-def _run(conf: bytes, **env: str) -> tuple[int, dict]:
-    out = io.StringIO()
-    code = plugin.main(ENV | env, io.BytesIO(conf), out)
-    return code, json.loads(out.getvalue()) if out.getvalue() else {}
+class FakeDaemon:
+    """The daemon's operations as the handler calls them, answering from memory."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.fail = fail
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def status(self) -> dict[str, Any]:
+        return {"ready": True, "subnet": "10.5.1.0/24"}
+
+    async def cni_add(self, *key: str) -> dict[str, Any]:
+        self.calls.append(("add", *key))
+        if self.fail:
+            raise self.fail
+        return {"host_veth": "ovlz1234567", "host_mac": "aa:aa:aa:aa:aa:aa", "ifname": key[2],
+                "container_mac": "bb:bb:bb:bb:bb:bb", "netns": key[3], "ip": "10.5.1.2", "prefixlen": 24,
+                "gateway": "10.5.1.1"}
+
+    async def cni_del(self, *key: str) -> None:
+        self.calls.append(("del", *key))
+
+    async def cni_check(self, *key: str) -> dict[str, Any]:
+        raise KernelError("eth0 lacks its address")
+
+    async def cni_gc(self, network: str, valid: list[tuple[str, str]]) -> list[str]:
+        self.calls.append(("gc", network, valid))
+        return []
+
+
+def _run(conf: bytes, daemon: FakeDaemon | None = None, **env: str) -> tuple[int, dict]:
+    out, code = trio.run(handler.handle, ENV | env, conf, daemon or FakeDaemon())
+    return code, json.loads(out) if out else {}
 
 
 def test_a_good_config_parses_with_defaults() -> None:
@@ -68,17 +98,44 @@ def test_environment(env: dict[str, str], ok: bool) -> None:
         assert err.value.code == 4
 
 
-def test_version_answers_without_a_daemon_and_even_without_stdin() -> None:
-    assert _run(_conf(), CNI_COMMAND="VERSION") == (0, {"cniVersion": "1.0.0",
-                                                       "supportedVersions": ["1.0.0", "1.1.0"]})
-    assert _run(b"", CNI_COMMAND="VERSION")[1]["cniVersion"] == "1.1.0"
+def test_the_client_answers_version_without_a_daemon_and_even_without_stdin() -> None:
+    out, code = client.run({"CNI_COMMAND": "VERSION"}, _conf())
+    assert (json.loads(out), code) == ({"cniVersion": "1.0.0", "supportedVersions": ["1.0.0", "1.1.0"]}, 0)
+    assert json.loads(client.run({"CNI_COMMAND": "VERSION"}, b"")[0])["cniVersion"] == "1.1.0"
+    assert client.SUPPORTED_VERSIONS == list(spec.SUPPORTED_VERSIONS)
+
+
+@pytest.mark.parametrize(("command", "code"), [("ADD", 11), ("STATUS", 50)])
+def test_the_client_reports_an_unreachable_daemon_as_spec_json(command: str, code: int) -> None:
+    out, exit_code = client.run(ENV | {"CNI_COMMAND": command}, _conf(socket="/nonexistent/overlayd.sock"))
+    error = json.loads(out)
+    assert exit_code == 1 and error["code"] == code and "cannot reach overlayd" in error["msg"]
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1, 2", '{"a": NaN}x', "\udcff"])
+def test_the_client_decoder_never_raises(text: str) -> None:
+    assert client._decode(text) is None
 
 
 def test_errors_are_json_on_stdout_with_the_config_version() -> None:
     code, out = _run(_conf(cniVersion="0.3.1"))
     assert code == 1 and out["code"] == 1 and out["cniVersion"] == "0.3.1" and "not supported" in out["msg"]
-    code, out = _run(_conf(socket="/nonexistent/overlayd.sock"))
-    assert code == 1 and out["code"] == 11 and "cannot reach overlayd" in out["msg"]
+    code, out = _run(_conf(), FakeDaemon(fail=ConflictError("overlayd is still starting (no subnet yet)")))
+    assert code == 1 and out["code"] == 11
+    code, out = _run(_conf(), FakeDaemon(fail=ConflictError("no free address")))
+    assert code == 1 and out["code"] == 100
+
+
+def test_add_check_del_gc_through_the_handler() -> None:
+    daemon = FakeDaemon()
+    code, result = _run(_conf(dns={"nameservers": ["10.5.1.1"]}), daemon)
+    assert code == 0 and result["ips"][0]["address"] == "10.5.1.2/24" and result["dns"]["nameservers"]
+    code, error = _run(_conf(prevResult=result), daemon, CNI_COMMAND="CHECK")
+    assert code == 1 and error["code"] == 101 and "lacks its address" in error["msg"]
+    assert _run(_conf(), daemon, CNI_COMMAND="DEL", CNI_NETNS="") == (0, {})
+    gc = _conf(cniVersion="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "k", "ifname": "eth0"}]})
+    assert _run(gc, daemon, CNI_COMMAND="GC") == (0, {})
+    assert daemon.calls[1:] == [("del", "overlayd", "abc123", "eth0"), ("gc", "overlayd", [("k", "eth0")])]
 
 
 def test_result_has_interfaces_ips_routes_and_dns() -> None:
