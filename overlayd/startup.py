@@ -217,10 +217,10 @@ class Startup:
         for problem in cni.problems:
             self._damaged(problem)
         report = cni.reconcile()
-        if report.waiting or report.failed or report.unknown_links:
+        if report.waiting or report.failed or report.unknown_links or report.finished_deletes:
             log.warning("CNI attachments: %d kept, waiting for DEL (netns gone) %s, failed %s, "
-                        "links without a record left alone %s", len(report.kept), report.waiting, report.failed,
-                        report.unknown_links)
+                        "links without a record left alone %s, deletes finished %s", len(report.kept),
+                        report.waiting, report.failed, report.unknown_links, report.finished_deletes)
         if report.failed:
             self._report.fail("cni", "CNI attachments not restored: " + "; ".join(
                 f"{name} ({why})" for name, why in report.failed.items()))

@@ -4,7 +4,9 @@ The store is written before an answer leaves the daemon, so a restarted daemon
 knows every attachment. Nothing here deletes an attachment on its own
 initiative: only DEL and GC (the runtime's explicit orders) do. At start,
 reconcile() keeps every stored attachment (repairing those whose namespace
-still exists) and leaves CNI links it has no record of as they are, reported.
+still exists), finishes deleting the links of DELs a crash cut short (their
+records are gone and the links detached), and leaves any other CNI link it
+has no record of as it is, reported.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class CniReconcileReport:
     waiting: list[str] = field(default_factory=list)  # netns gone: kept until the runtime's DEL or GC
     failed: dict[str, str] = field(default_factory=dict)  # repair or address failed: key -> error
     unknown_links: list[str] = field(default_factory=list)  # CNI links of ours with no record: left alone
+    finished_deletes: list[str] = field(default_factory=list)  # detached links of a DEL cut short: deleted
 
 
 class CniService:
@@ -137,7 +140,14 @@ class CniService:
             except KernelError as exc:
                 report.failed[name] = str(exc)
         known = {a.host_veth for a in self._attachments.values()}
-        report.unknown_links = sorted(self._wiring.cni_links() - known)
+        for name, detached in sorted(self._wiring.cni_links().items()):
+            if name in known:
+                continue
+            if detached:  # a DEL whose deletion a crash cut short: ours, and already given up
+                self._wiring.detach(name)
+                report.finished_deletes.append(name)
+            else:
+                report.unknown_links.append(name)
         self._on_count(len(self._attachments))
         return report
 

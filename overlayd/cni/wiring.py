@@ -12,13 +12,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from overlayd.errors import ConflictError, KernelError, UsageError
-from overlayd.pods import links, nsfiles, nsutil
+from overlayd.pods import links, nsfiles
 from overlayd.pods.config import PodNetworkConfig
 from overlayd.pods.rtnl import NetlinkError, Rtnl, attr_str, attr_u32, parse_attrs
 
@@ -52,6 +52,10 @@ class CniWiring:
     def __init__(self, config: PodNetworkConfig) -> None:
         self._config = config
         self._host = Rtnl()
+        # Deletes detached pairs off the request path (see detach()); its socket is made here, in the host's netns.
+        self._reaper_rtnl = Rtnl()
+        self._reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overlayd-cni-reaper")
+        self._reaping: dict[str, Future[bool]] = {}
         self._nsfs_dev = os.stat("/proc/thread-self/ns/net").st_dev
         # Never a container's: the daemon's own network namespace and init's (the machine's).
         self._host_netns = {_identity(Path(p)) for p in ("/proc/thread-self/ns/net", "/proc/1/ns/net")} - {None}
@@ -61,6 +65,8 @@ class CniWiring:
         return self._config
 
     def close(self) -> None:
+        self._reaper.shutdown(wait=True)
+        self._reaper_rtnl.close()
         self._host.close()
 
     def netns_exists(self, netns: Path) -> bool:
@@ -70,6 +76,7 @@ class CniWiring:
     def attach(self, host_veth: str, netns: Path, ifname: str, ip: IPAddress) -> Macs:
         """Create the veth, its container end `ifname` in `netns` with ip and default route; undone on failure."""
         fd = self._open_netns(netns)
+        self._wait_reaped(host_veth)
         try:
             try:
                 links.create_veth(self._host, host_veth, ifname, mtu=self._config.mtu,
@@ -116,25 +123,30 @@ class CniWiring:
         return found
 
     def detach(self, host_veth: str) -> bool:
-        """Cut the pair off and have the kernel delete it; False if it was gone.
+        """Cut the pair off at once (host end down, out of the bridge) and delete it in the background;
+        False if it was gone.
 
-        Deleting a link waits for an RCU barrier (15-35 ms here, most of a DEL). Instead
-        the host end goes down, out of the bridge, and into a network namespace nothing
-        else holds; closing our only handle on that namespace frees it, and the pair with
-        it, in the kernel's cleanup worker. The container end goes with it moments later.
+        Deleting (or moving) a link waits for an RCU barrier, 15-35 ms here: most of a DEL
+        if the runtime had to wait for it. The reaper thread deletes the pair with its own
+        netlink socket; an ADD that needs the same name waits for that (see attach()).
+        A crash before the reaper ran leaves a detached link of ours: reconcile deletes it.
         """
         if not links.detach_link(self._host, host_veth):
             return False
-        fd = _doomed_netns()
-        try:
-            body = links._ifinfomsg() + attr_str(links.IFLA_IFNAME, host_veth) + attr_u32(links.IFLA_NET_NS_FD, fd)
-            self._host.request(links.RTM_NEWLINK, body, what=f"hand {host_veth} to the kernel to delete")
-        finally:
-            os.close(fd)
+        self._reaping[host_veth] = self._reaper.submit(links.delete_link, self._reaper_rtnl, host_veth)
         return True
 
-    def cni_links(self) -> set[str]:
-        return {link.name for link in links.list_links(self._host)
+    def _wait_reaped(self, host_veth: str) -> None:
+        pending = self._reaping.pop(host_veth, None)
+        if pending is not None:
+            try:
+                pending.result()
+            except KernelError:
+                pass  # the name is still taken then: create_veth reports it
+
+    def cni_links(self) -> dict[str, bool]:
+        """Our CNI host ends: name -> whether detached (down and in no bridge: a DEL the reaper did not finish)."""
+        return {link.name: not link.up and link.master is None for link in links.list_links(self._host)
                 if link.kind == "veth" and is_cni_veth_name(self._config.link_prefix, link.name)}
 
     def _open_netns(self, netns: Path) -> int:
@@ -172,26 +184,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _doomed_netns() -> int:
-    """A handle on a new, otherwise unreferenced network namespace (made in a thread that exits at once)."""
-    result: list[int] = []
-    error: list[BaseException] = []
-
-    def make() -> None:
-        try:
-            nsutil.unshare(nsutil.CLONE_NEWNET)
-            result.append(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
-        except BaseException as exc:  # handed to the caller below
-            error.append(exc)
-
-    thread = threading.Thread(target=make, name="overlayd-cni-del", daemon=True)
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
 
 
 def _mac(rtnl: Rtnl, ifname: str) -> str:

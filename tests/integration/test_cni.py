@@ -176,8 +176,8 @@ def test_chained_add_gives_a_spec_result_the_reference_plugins_accept(
 
     delete(runtime, netlist, c, caps)
     assert _attachments(h1) == []
-    assert not _link_exists(h1.netns, host_if["name"])
-    _wait_gone(c.netns_name, "eth0")  # the kernel's cleanup worker deletes the pair (see CniWiring.detach)
+    _wait_gone(h1.netns, host_if["name"])  # the daemon deletes the pair after answering (CniWiring.detach)
+    _wait_gone(c.netns_name, "eth0")
     assert f"--dport {HOST_PORT}" not in netns_exec(h1.netns, "iptables-save").stdout
 
 
@@ -218,7 +218,7 @@ def test_del_is_idempotent_and_fine_for_unknown_containers_and_missing_netns(
     gone.remove()  # the runtime lost the sandbox before DEL
     delete(runtime, ours, gone)
     assert _attachments(h1) == []
-    assert not _link_exists(h1.netns, result["interfaces"][0]["name"])
+    _wait_gone(h1.netns, result["interfaces"][0]["name"])
 
 
 def test_gc_removes_attachments_not_listed_as_valid(
@@ -232,7 +232,7 @@ def test_gc_removes_attachments_not_listed_as_valid(
                "cni.dev/valid-attachments": [{"containerID": keep.id, "ifname": "eth0"}]}
     assert runtime.call("overlayd-cni", "GC", gc_conf) is None
     assert [a["container_id"] for a in _attachments(h1)] == [keep.id]
-    assert not _link_exists(h1.netns, stale_veth)
+    _wait_gone(h1.netns, stale_veth)
     _wait_gone(stale.netns_name, "eth0")
     check(runtime, ours, keep)
     delete(runtime, ours, keep)
