@@ -311,3 +311,26 @@ def test_a_daemon_restart_keeps_every_attachment(
     assert len(_attachments(h1)) == 3
     for c in (first, second, third):
         delete(runtime, ours, c)
+
+
+def test_start_finishes_a_cut_short_del_and_leaves_unrecorded_attached_links_alone(
+        lab: Lab, runtime: Runtime, netlist: dict[str, Any], containers: list[Container]) -> None:
+    h1 = lab.host("h1")
+    ours = _ours(netlist)
+    deleted, unknown = _new(containers), _new(containers)
+    deleted_veth = add(runtime, ours, deleted)["interfaces"][0]["name"]
+    unknown_veth = add(runtime, ours, unknown)["interfaces"][0]["name"]
+    stop_daemon(h1, 9)
+    # As a crash leaves them: one DEL answered (record gone, link detached, not yet deleted); one link with its
+    # record lost (a damaged store), still attached and carrying traffic.
+    store = h1.dir / "state" / "cni.json"
+    doc = json.loads(store.read_text())
+    doc["attachments"] = []
+    store.write_text(json.dumps(doc))
+    netns_exec(h1.netns, "ip", "link", "set", deleted_veth, "down", "nomaster")
+    runner.start_daemon(lab.plan, h1)
+    runner.wait_ready(h1)
+    _wait_gone(h1.netns, deleted_veth)
+    assert _link_exists(h1.netns, unknown_veth)
+    assert _reaches(lab.pod_netns("pod2"), unknown.result["ips"][0]["address"].split("/")[0])
+    netns_exec(h1.netns, "ip", "link", "del", unknown_veth)
