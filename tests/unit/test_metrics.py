@@ -208,6 +208,7 @@ def test_daemon_metrics_render_every_documented_family() -> None:
         "overlayd_etcd_errors_total": "counter", "overlayd_dropped_records_total": "counter",
         "overlayd_control_refusals_total": "counter", "overlayd_wireguard_handshakes_total": "counter",
         "overlayd_wireguard_drops_total": "counter", "overlayd_state_files_damaged_total": "counter",
+        "overlayd_cni_attachments": "gauge",
     }
     assert {name: f["type"] for name, f in parsed.items()} == expected
     assert parsed["overlayd_wireguard_drops_total"]["samples"] == {
