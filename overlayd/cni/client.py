@@ -22,7 +22,8 @@ import sys
 DEFAULT_SOCKET = "/run/overlayd/overlayd.sock"
 SUPPORTED_VERSIONS = ["1.0.0", "1.1.0"]  # restated from overlayd.cni.spec: importing it costs start-up time
 MAX_CONFIG_BYTES = 1 << 20
-ERR_DECODE, ERR_TRY_AGAIN, ERR_NOT_AVAILABLE = 6, 11, 50
+ERR_DECODE, ERR_INVALID_CONFIG, ERR_TRY_AGAIN, ERR_NOT_AVAILABLE = 6, 7, 11, 50
+MAX_REQUEST_BYTES = 64 * 1024  # the control socket's limit (overlayd.api.protocol), restated
 TIMEOUT_S = 60.0
 
 
@@ -115,8 +116,12 @@ def run(env: dict[str, str], raw: bytes) -> tuple[str, int]:
         return _error(config, ERR_DECODE, "network config on stdin is not a JSON object")
     path = _socket_path(config)
     unavailable = ERR_NOT_AVAILABLE if command == "STATUS" else ERR_TRY_AGAIN
+    request = _request(env, raw)
+    if len(request) > MAX_REQUEST_BYTES:
+        return _error(config, ERR_INVALID_CONFIG, f"network config too large ({len(raw)} bytes; at most about "
+                                                  f"{MAX_REQUEST_BYTES // 2 // 1024} KiB)")
     try:
-        reply = _decode(_ask(path, _request(env, raw)))
+        reply = _decode(_ask(path, request))
     except OSError as exc:
         return _error(config, unavailable, f"cannot reach overlayd at {path}: {exc.strerror or exc}")
     if not isinstance(reply, dict):

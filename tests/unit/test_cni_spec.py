@@ -173,3 +173,12 @@ def test_stored_attachments_are_parsed_as_untrusted(row: object) -> None:
 
     with pytest.raises(ValueError):
         Attachment.from_dict_untrusted(row)
+
+
+def test_the_client_refuses_a_config_the_control_socket_would_not_take() -> None:
+    from overlayd.api import protocol
+
+    assert client.MAX_REQUEST_BYTES == protocol.MAX_REQUEST_BYTES
+    big = _conf(socket="/nonexistent/overlayd.sock", pad="x" * 40_000)
+    out, code = client.run(ENV, big)
+    assert code == 1 and json.loads(out)["code"] == 7
