@@ -154,6 +154,7 @@ class Daemon:
             with trio.CancelScope(shield=True):
                 if host is not None:
                     await trio.to_thread.run_sync(host.pods.close)
+                    await trio.to_thread.run_sync(host.cni.close)
                     await host.cluster.aclose()  # no release: the lease outlives a restart
                 await trio.to_thread.run_sync(ipr.close)
 

@@ -33,6 +33,9 @@ from overlayd.cluster.client import ClusterClient
 from overlayd.cluster.errors import SubnetTaken
 from overlayd.cluster.keys import IPNetwork, KeyLayout
 from overlayd.cluster.records import HostRecord, Lease
+from overlayd.cni.service import CniService
+from overlayd.cni.store import AttachmentStore
+from overlayd.cni.wiring import CniWiring
 from overlayd.config import DaemonConfig
 from overlayd.errors import ClusterError, ConfigError, ConflictError, NotFoundError
 from overlayd.health import HealthModel, Reporter
@@ -71,6 +74,7 @@ class Host:
     backend: Backend
     pods: PodService
     nat: NatKeeper
+    cni: CniService  # attachments of container runtimes (overlayd-cni), sharing the pods' address pool
 
 
 class Startup:
@@ -150,13 +154,14 @@ class Startup:
             for problem in pods.problems:
                 self._damaged(problem)
             self._report_pods(await self._kernel(pods.reconcile, renumbered=self._renumber))
+            cni = await self._kernel(self._open_cni, pods, subnet, network.gateway, backend.mtu)
             nat = nat_keeper(config, cluster_config.network, subnet, pods.publications, self._kernel, self._report)
             await nat.converge()  # egress masquerade and published ports (nat/)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(pods.close)
             raise
-        return Host(underlay, trust, checks, cluster, cluster_config, record, subnet, lease, backend, pods, nat)
+        return Host(underlay, trust, checks, cluster, cluster_config, record, subnet, lease, backend, pods, nat, cni)
 
     # --- local state ----------------------------------------------------------
 
@@ -200,12 +205,35 @@ class Startup:
         config = self.config
         if self._renumber:  # the operator's order: the pods of the old subnet go with it
             (config.state_dir / "pods.json").unlink(missing_ok=True)
-        pod_network = PodNetworkConfig(
+        return PodService(PodManager(self._pod_network(subnet, gateway, mtu, resolv)),
+                          PodStore(config.state_dir / "pods.json"), subnet, config.node_name)
+
+    def _pod_network(self, subnet: IPNetwork, gateway: Any, mtu: int, resolv: str | None = None) -> PodNetworkConfig:
+        """How pods (and CNI attachments, whose DNS the runtime sets up) are wired."""
+        config = self.config
+        return PodNetworkConfig(
             bridge=config.bridge_name, gateway=gateway.ip, prefixlen=subnet.prefixlen,
             link_prefix=config.link_prefix, netns_dir=config.netns_dir, netns_prefix=config.netns_prefix,
             pod_run_dir=config.pod_run_dir, mtu=mtu, etc_netns_dir=config.etc_netns_dir, resolv_conf=resolv)
-        return PodService(PodManager(pod_network), PodStore(config.state_dir / "pods.json"), subnet,
-                          config.node_name)
+
+    # --- CNI attachments ----------------------------------------------------------
+
+    def _open_cni(self, pods: PodService, subnet: IPNetwork, gateway: Any, mtu: int) -> CniService:
+        """The CNI attachments, after the pods (they share its pool); every stored one is kept."""
+        wiring = CniWiring(self._pod_network(subnet, gateway, mtu))
+        cni = CniService(wiring, AttachmentStore(self.config.state_dir / "cni.json"), pods.pool,
+                         on_count=self._metrics.cni_attachments.set)
+        for problem in cni.problems:
+            self._damaged(problem)
+        report = cni.reconcile()
+        if report.waiting or report.failed or report.unknown_links or report.finished_deletes:
+            log.warning("CNI attachments: %d kept, waiting for DEL (netns gone) %s, failed %s, "
+                        "links without a record left alone %s, deletes finished %s", len(report.kept),
+                        report.waiting, report.failed, report.unknown_links, report.finished_deletes)
+        if report.failed:
+            self._report.fail("cni", "CNI attachments not restored: " + "; ".join(
+                f"{name} ({why})" for name, why in report.failed.items()))
+        return cni
 
     def _report_pods(self, report: ReconcileReport) -> None:
         """Pods are never deleted at start, except those of the old subnet when the operator renumbers."""

@@ -15,6 +15,8 @@ from typing import Any
 
 from overlayd.cluster.keeper import LeaseKeeper
 from overlayd.cluster.records import Lease
+from overlayd.cni.handler import handle as handle_cni_call
+from overlayd.cni.service import CniService
 from overlayd.config import DaemonConfig
 from overlayd.errors import ConflictError
 from overlayd.health import HealthModel
@@ -122,6 +124,29 @@ class Answers:
 
     async def pod_list(self) -> list[dict[str, Any]]:
         return [pod.to_dict() for pod in self._pods().list()]
+
+    # --- CNI attachments -------------------------------------------------------
+
+    def _cni(self) -> CniService:
+        return self._require().host.cni
+
+    async def cni_add(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]:
+        return await self._kernel(self._cni().add, network, container_id, ifname, netns)
+
+    async def cni_del(self, network: str, container_id: str, ifname: str) -> None:
+        await self._kernel(self._cni().delete, network, container_id, ifname)
+
+    async def cni_check(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]:
+        return await self._kernel(self._cni().check, network, container_id, ifname, netns)
+
+    async def cni_gc(self, network: str, valid: list[tuple[str, str]]) -> list[str]:
+        return await self._kernel(self._cni().gc, network, valid)
+
+    async def cni_list(self) -> list[dict[str, Any]]:
+        return self._cni().list()
+
+    async def cni_exec(self, env: dict[str, str], stdin: bytes) -> tuple[str, int]:
+        return await handle_cni_call(env, stdin, self)
 
 
 def _lease_row(lease: Lease) -> dict[str, Any]:

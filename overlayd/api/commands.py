@@ -25,6 +25,9 @@ class ControlPlane(Protocol):
     async def pod_del(self, name: str) -> None: ...
     async def pod_get(self, name: str) -> dict[str, Any]: ...
     async def pod_list(self) -> list[dict[str, Any]]: ...
+    # CNI attachments (overlayd-cni)
+    async def cni_exec(self, env: dict[str, str], stdin: bytes) -> tuple[str, int]: ...
+    async def cni_list(self) -> list[dict[str, Any]]: ...
 
 
 Handler = Callable[[ControlPlane, dict[str, Any]], Awaitable[Any]]
@@ -94,6 +97,33 @@ async def _pod_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
     return await plane.pod_list()
 
 
+# --- CNI attachments: the calls overlayd-cni forwards, and `pod ls` --------------------
+
+_CNI_ENV_MAX = 16  # CNI_* variables a call may carry; the spec defines 6
+
+
+async def _cni_exec(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    """One CNI call as the runtime made it; the handler parses it (untrusted) and answers stdout and exit."""
+    _only(args, "env", "stdin_hex")
+    env, stdin_hex = args.get("env"), args.get("stdin_hex")
+    if not isinstance(env, dict) or len(env) > _CNI_ENV_MAX or not all(
+            isinstance(k, str) and k.startswith("CNI_") and isinstance(v, str) for k, v in env.items()):
+        raise UsageError(f"argument 'env' must map at most {_CNI_ENV_MAX} CNI_* names to strings")
+    try:
+        stdin = bytes.fromhex(stdin_hex) if isinstance(stdin_hex, str) else None
+    except ValueError:
+        stdin = None
+    if stdin is None:
+        raise UsageError("argument 'stdin_hex' must be the config in hexadecimal")
+    stdout, code = await plane.cni_exec(env, stdin)
+    return {"exit": code, "stdout": stdout}
+
+
+async def _cni_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args)
+    return await plane.cni_list()
+
+
 COMMANDS: dict[str, Handler] = {
     "status": _status,
     "hosts": _hosts,
@@ -102,6 +132,8 @@ COMMANDS: dict[str, Handler] = {
     "pod.del": _pod_del,
     "pod.get": _pod_get,
     "pod.list": _pod_list,
+    "cni.exec": _cni_exec,
+    "cni.list": _cni_list,
 }
 
 

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from overlayd.cli import ca, completion, lab, network, pod, status
+from overlayd.cli import ca, cni, completion, lab, network, pod, status
 from overlayd.cli.output import OUTPUT_FORMATS, Style
 from overlayd.cli.settings import config_path, load_config_file, resolve
 from overlayd.errors import OverlaydError, UsageError
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_text("overlayctl"),
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
-    for module in (status, pod, network, lab, ca, completion):
+    for module in (status, pod, network, lab, ca, cni, completion):
         module.register(sub)
     for p in [parser, *_subparsers(parser)]:
         add_global_arguments(p)

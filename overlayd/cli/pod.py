@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from overlayd.api.client import ControlClient
-from overlayd.cli.output import Column, emit, print_json
+from overlayd.cli.output import Column, emit, print_json, print_table
 from overlayd.cli.privilege import require_root
 from overlayd.errors import UsageError
 from overlayd.nat.ports import parse_publish
@@ -81,9 +81,24 @@ def _del(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    result = ControlClient(args.socket).call("pod.list")
-    emit(result, args.style, columns=_POD_COLUMNS)
+    client = ControlClient(args.socket)
+    result = client.call("pod.list")
+    attachments = client.call("cni.list")
+    if args.style.json:
+        print_json(result + [row | {"kind": "cni"} for row in attachments])
+        return 0
+    print_table(result, _POD_COLUMNS, args.style)
+    if attachments:
+        print()
+        print_table([row | {"container_id": row["container_id"][:12]} for row in attachments], _CNI_COLUMNS,
+                    args.style)
     return 0
+
+
+# --- CNI attachments in `pod ls` (container IDs cut to 12 characters, as runtimes print them) ---
+
+_CNI_COLUMNS = [("container_id", "CONTAINER"), ("ip", "IP"), ("network", "CNI NETWORK"), ("ifname", "IFNAME"),
+                ("netns", "NETNS"), ("created", "CREATED")]
 
 
 def _get(args: argparse.Namespace) -> int:

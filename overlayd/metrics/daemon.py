@@ -103,6 +103,8 @@ class DaemonMetrics:
         self.state_damaged = Counter("overlayd_state_files_damaged_total",
                                      "Local state files found damaged, set aside and rebuilt from kernel and etcd",
                                      registry=r)
+        self.cni_attachments = Gauge("overlayd_cni_attachments", "CNI attachments (overlayd-cni) on this host",
+                                     registry=r)
         # Every known label value shows from the start: a rate() over a series that appears late misses its first step.
         for reason in DROP_REASONS:
             self.dropped_records.labels(reason=reason)

@@ -52,6 +52,7 @@ def test_daemon_metrics_render_every_documented_family() -> None:
         "overlayd_etcd_errors": "counter", "overlayd_dropped_records": "counter",
         "overlayd_control_refusals": "counter", "overlayd_wireguard_handshakes": "counter",
         "overlayd_wireguard_drops": "counter", "overlayd_state_files_damaged": "counter",
+        "overlayd_cni_attachments": "gauge",
     }
     assert {name: f["type"] for name, f in parsed.items() if name.startswith("overlayd_")} == expected
     assert {"process_cpu_seconds", "process_resident_memory_bytes", "python_info"} <= set(parsed)
