@@ -8,6 +8,9 @@ address; for every remote host with subnet S, public IP P and VTEP MAC M we keep
     fdb        M -> dst P (permanent) on <vxlan>
 
 Nothing here touches the kernel; vxlan.py executes the actions in the order given.
+`plan_peers` plans from a dump of the kernel (start-up, periodic repair); between dumps,
+`plan_peer_changes` plans one change of the peer set from the set last programmed, in time
+that grows with the change, not with the cluster (a single new peer among thousands).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 
 from .objects import (
     IP6_RT_PRIO_USER,
+    NUD_PERMANENT,
+    RT_TABLE_MAIN,
     RTN_UNICAST,
     RTPROT_KERNEL,
     FdbEntry,
@@ -184,6 +189,8 @@ def plan_peers(
     return fdb_sets + neighbour_sets + route_sets + route_deletes + neighbour_deletes + fdb_deletes
 
 
+_RT_SCOPE_UNIVERSE = 0  # the scope of a route with a gateway
+
 # Each planner returns (creations and changes, deletions).
 _Halves = tuple[list[Action], list[Action]]
 
@@ -270,3 +277,46 @@ def _is_desired_route(route: Route, gateway: IPAddress, ifindex: int, protocol: 
 def _is_ours(route: Route, ifindex: int, protocol: int) -> bool:
     """Routes we may delete: those with our mark, and any on our device the kernel did not make."""
     return route.protocol == protocol or (route.oif == ifindex and route.protocol != RTPROT_KERNEL)
+
+
+# -- planning a change without a dump --------------------------------------------------------
+
+
+def programmed_state(peers: Mapping[IPNetwork, PeerVtep], *, ifindex: int, protocol: int) -> Observed:
+    """Our routes, neighbours and FDB entries as a dump shows them once the actions of
+    `plan_peers(peers, ...)` are applied (objects that are not ours are not modelled)."""
+    return Observed(
+        routes=[
+            Route(dst=subnet, table=RT_TABLE_MAIN, protocol=protocol, type=RTN_UNICAST, oif=ifindex,
+                  gateway=gateway_of_peer(subnet), onlink=True, priority=_default_priority(subnet), tos=0,
+                  scope=_RT_SCOPE_UNIVERSE)
+            for subnet in peers
+        ],
+        neighbours=[Neighbour(ifindex, gateway_of_peer(subnet), peer.vtep_mac, NUD_PERMANENT)
+                    for subnet, peer in peers.items()],
+        fdb=[FdbEntry(ifindex, mac, dst) for mac, dst in {p.vtep_mac: p.public_ip for p in peers.values()}.items()],
+    )
+
+
+def plan_peer_changes(
+    before: Mapping[IPNetwork, PeerVtep],
+    after: Mapping[IPNetwork, PeerVtep],
+    *,
+    ifindex: int,
+    protocol: int,
+) -> list[Action]:
+    """The actions of `plan_peers(after, programmed_state(before))`, planned from the peers that
+    changed only: for a kernel that a reconcile to `before` left complete, with nothing changed
+    behind our back since (the periodic full reconcile repairs that case).
+
+    FDB entries are per VTEP MAC and one host may hold several subnets, so every peer sharing a
+    MAC with a changed peer takes part; all others cannot produce an action and are left out.
+    """
+    macs = {peer.vtep_mac for subnet, peer in after.items() if before.get(subnet) != peer}
+    macs.update(peer.vtep_mac for subnet, peer in before.items() if after.get(subnet) != peer)
+    if not macs:
+        return []
+    involved_after = {subnet: peer for subnet, peer in after.items() if peer.vtep_mac in macs}
+    involved_before = {subnet: peer for subnet, peer in before.items() if peer.vtep_mac in macs}
+    observed = programmed_state(involved_before, ifindex=ifindex, protocol=protocol)
+    return plan_peers(involved_after, observed, ifindex=ifindex, protocol=protocol)

@@ -30,8 +30,9 @@ from overlayd.backend.objects import RTPROT_OVERLAYD, IPNetwork
 from overlayd.backend.peers import PeerVtep
 from overlayd.backend.underlay import Underlay, detect_underlay
 from overlayd.backend.contract import ReconcileResult
+from overlayd.backend.netlink import Netlink
 from overlayd.backend.vxlan import VxlanBackend
-from overlayd.backend.vxlan_plan import vxlan_mtu
+from overlayd.backend.vxlan_plan import Observed, programmed_state, vxlan_mtu
 from overlayd.errors import ConfigError
 
 pytestmark = pytest.mark.integration
@@ -441,3 +442,26 @@ def test_ipv6_pod_network_over_ipv4_underlay(make_cluster: Callable[..., Cluster
     assert ping(n2.pod_netns, n1.pod_ip)
     forwarding = sh("ip", "netns", "exec", n1.netns, "cat", "/proc/sys/net/ipv6/conf/all/forwarding")
     assert forwarding.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("pod_version", [4, 6])
+def test_programmed_state_is_what_the_kernel_dump_shows(make_cluster: Callable[..., Cluster],
+                                                        pod_version: int) -> None:
+    """plan_peer_changes plans from programmed_state instead of a dump: it must model the
+    kernel's own report of what a reconcile programmed, field by field."""
+    cluster = make_cluster(3, pod_version=pod_version)
+    cluster.reconcile_all()
+    n1 = cluster.nodes[0]
+    ifindex = n1.vxlan_ifindex()
+
+    def ours(nl: Netlink) -> Observed:
+        routes = [r for r in nl.main_routes(pod_version) if r.protocol == RTPROT_OVERLAYD]
+        neighbours = [n for n in nl.neighbours(pod_version, ifindex) if n.permanent]
+        return Observed(routes, neighbours, nl.fdb(ifindex))
+
+    dumped = n1.run(lambda: ours(Netlink(n1.ipr)))
+    modelled = programmed_state(cluster.peers_of(n1), ifindex=ifindex, protocol=RTPROT_OVERLAYD)
+    assert len(dumped.routes) == 2
+    assert sorted(dumped.routes, key=str) == sorted(modelled.routes, key=str)
+    assert sorted(dumped.neighbours, key=str) == sorted(modelled.neighbours, key=str)
+    assert sorted(dumped.fdb, key=str) == sorted(modelled.fdb, key=str)

@@ -19,7 +19,9 @@ from overlayd.backend.vxlan_plan import (
     VxlanSpec,
     device_address,
     link_changes,
+    plan_peer_changes,
     plan_peers,
+    programmed_state,
     recreate_reason,
     vxlan_mtu,
 )
@@ -220,6 +222,50 @@ def test_plan_converges_in_one_pass_and_spares_what_is_not_ours(desired, routes,
     assert all(n.ip in {s.network_address for s in desired} for n in state.neighbours if n.permanent)
     counted = [a.change for a in actions]
     assert counted.count(Change.ADD) + counted.count(Change.CHANGE) + counted.count(Change.REMOVE) == len(actions)
+
+
+# -- planning a change without a dump ------------------------------------------------------------
+
+
+def test_programmed_state_is_what_plan_peers_leaves() -> None:
+    assert plan(PEERS, programmed_state(PEERS, ifindex=VX, protocol=PROTO)) == []
+    state = programmed_state(PEERS, ifindex=VX, protocol=PROTO)
+    assert sorted(state.routes, key=lambda r: r.dst) == IN_PLACE.routes[:2]
+    assert (state.neighbours, state.fdb) == (IN_PLACE.neighbours, IN_PLACE.fdb)
+
+
+def test_one_new_peer_among_many_is_three_actions() -> None:
+    many = {net(f"10.{i // 256}.{i % 256}.0/24"):
+            PeerVtep(ip(f"198.19.{i // 256}.{i % 256}"), f"02:01:00:00:{i // 256:02x}:{i % 256:02x}")
+            for i in range(1, 2001)}
+    new = net("10.200.0.0/24")
+    grown = {**many, new: peer(9)}
+    assert plan_peer_changes(many, grown, ifindex=VX, protocol=PROTO) == [
+        SetFdb(peer(9).vtep_mac, peer(9).public_ip, Change.ADD),
+        SetNeighbour(new.network_address, peer(9).vtep_mac, Change.ADD),
+        SetRoute(new, new.network_address, Change.ADD),
+    ]
+    assert plan_peer_changes(grown, grown, ifindex=VX, protocol=PROTO) == []
+
+
+def test_a_host_moving_one_of_two_subnets_keeps_its_fdb_entry() -> None:
+    # One host (one MAC) holds .2 and .3; it gives up .3: the FDB entry stays for .2.
+    both = {net("10.244.2.0/24"): peer(2), net("10.244.3.0/24"): peer(2)}
+    one = {net("10.244.2.0/24"): peer(2)}
+    actions = plan_peer_changes(both, one, ifindex=VX, protocol=PROTO)
+    assert [type(a) for a in actions] == [DeleteRoute, DeleteNeighbour]
+
+
+subnet_peers = st.dictionaries(st.sampled_from(SUBNETS), st.integers(2, 6).map(peer), max_size=6)
+# Several subnets per host (a shared MAC and IP) as well as hosts that moved to another IP.
+moved_peers = st.dictionaries(st.sampled_from(SUBNETS), st.builds(
+    lambda n, h: PeerVtep(ip(f"198.18.0.{10 + h}"), f"02:00:00:00:00:{n:02x}"), st.integers(2, 4), st.integers(2, 4)))
+
+
+@given(st.one_of(subnet_peers, moved_peers), st.one_of(subnet_peers, moved_peers))
+def test_changes_planned_without_a_dump_equal_a_full_plan(before, after) -> None:
+    full = plan(after, programmed_state(before, ifindex=VX, protocol=PROTO))
+    assert plan_peer_changes(before, after, ifindex=VX, protocol=PROTO) == full
 
 
 # -- the device --------------------------------------------------------------------------------

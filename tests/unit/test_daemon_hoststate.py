@@ -16,6 +16,7 @@ from ipam.config import BackendConfig, ClusterConfig
 from overlayd.cluster.records import HostRecord, Lease
 from overlayd.hoststate import (
     HostState,
+    PeerEntries,
     StateFiles,
     host_state_from_dict_untrusted,
     peers_from_dict_untrusted,
@@ -99,6 +100,35 @@ def test_peers_round_trip_keeps_records_only(tmp_path: Path) -> None:
     assert {s: lease.record for s, lease in loaded.items()} == {s: lease.record for s, lease in PEERS.items()}
     doc = json.loads(files.peers_path.read_text())
     assert [p["subnet"] for p in doc["peers"]] == ["10.244.1.0/24", "10.244.2.0/24"]  # stable order
+
+
+subnets = st.sampled_from([f"10.244.{i}.0/24" for i in range(1, 6)])
+peer_sets = st.dictionaries(subnets, st.tuples(st.sampled_from(["h1", "h2"]), st.integers(11, 13)), max_size=5)
+
+
+@given(st.lists(peer_sets, min_size=1, max_size=6))
+def test_saving_a_changing_peer_set_again_and_again_writes_what_peers_to_dict_says(sets: list) -> None:
+    """PeerEntries reuses the entries of unchanged leases; every document must still be exact."""
+    entries = PeerEntries()
+    current: dict = {}
+    for wanted in sets:
+        # Unchanged peers keep their lease object (as the watch does); others get a new one.
+        fresh = {}
+        for text, (node, host) in wanted.items():
+            lease = current.get(ip_network(text))
+            if lease is None or (lease.record.node, int(lease.record.public_ip.packed[3])) != (node, host):
+                lease = peer(text, node, host)
+            fresh[lease.subnet] = lease
+        current = fresh
+        assert entries.to_dict(current) == peers_to_dict(current)
+
+
+def test_peer_entries_forget_peers_that_left() -> None:
+    entries = PeerEntries()
+    entries.to_dict(PEERS)
+    (kept, _), = [(s, lease) for s, lease in PEERS.items() if str(s) == "10.244.1.0/24"]
+    assert entries.to_dict({kept: PEERS[kept]}) == peers_to_dict({kept: PEERS[kept]})
+    assert len(entries._built) == 1
 
 
 def test_peers_that_no_longer_fit_the_cluster_are_dropped() -> None:
