@@ -49,6 +49,7 @@ class PeerPolicy:
         self._listed: Mapping[IPNetwork, Lease] = MappingProxyType({})  # the newest set etcd (or saved state) gave
         self._known: Mapping[IPNetwork, Lease] = MappingProxyType({})  # _listed less dropped certificates
         self.dropped: list[str] = []  # certificate drops not yet reported (the caller takes and clears them)
+        self._parsed: dict[IPNetwork, tuple[Lease, Any]] = {}  # subnet -> (lease, its peer or why it is unfit)
 
     @property
     def held(self) -> Mapping[IPNetwork, Lease]:
@@ -84,12 +85,24 @@ class PeerPolicy:
         leases = self._grace.wanted(self._known, now)
         peers: dict[IPNetwork, Any] = {}
         unfit = []
+        parsed: dict[IPNetwork, tuple[Lease, Any]] = {}
         for subnet, lease in leases.items():
+            cached = self._parsed.get(subnet)
+            # The same lease parses the same way: among thousands of peers one event changes one.
+            if cached is not None and (cached[0] is lease or cached[0] == lease):
+                parsed[subnet] = cached
+                continue
             try:
-                peers[subnet] = self._parse(lease.record, lease.create_revision)
+                parsed[subnet] = (lease, self._parse(lease.record, lease.create_revision))
             except OverlaydError as exc:  # the message keeps the reason, for overlayd_dropped_records_total
-                unfit.append(Rejection(f"peer {lease.record.node} ({subnet}) not programmed: {exc}",
-                                       getattr(exc, "reason", BACKEND_MISMATCH)))
+                parsed[subnet] = (lease, Rejection(f"peer {lease.record.node} ({subnet}) not programmed: {exc}",
+                                                   getattr(exc, "reason", BACKEND_MISMATCH)))
+        self._parsed = parsed
+        for subnet, (_, peer) in parsed.items():
+            if isinstance(peer, Rejection):
+                unfit.append(peer)
+            else:
+                peers[subnet] = peer
         return Desired(MappingProxyType(leases), MappingProxyType(peers), tuple(unfit))
 
     def next_deadline(self) -> float | None:

@@ -97,8 +97,9 @@ class PeerLoop:
             if received_at is not None:
                 self._metrics.event_to_kernel.observe(time.monotonic() - received_at)
 
-    async def converge(self) -> None:
-        """Program what the policy wants now and save it for the next start."""
+    async def converge(self, *, full: bool = False) -> None:
+        """Program what the policy wants now and save it for the next start. full: the backend
+        reads the kernel and repairs everything (else it may plan from what it programmed)."""
         async with self._lock:
             desired = self.policy.desired(trio.current_time())
             self.programmed = desired.leases
@@ -106,7 +107,7 @@ class PeerLoop:
                 self._note(message)
             started = time.monotonic()
             try:
-                result = await self._kernel(self.backend.reconcile, desired.peers)
+                result = await self._kernel(self.backend.reconcile, desired.peers, full=full)
             except OverlaydError as exc:
                 self._metrics.reconcile_runs.labels(result="error").inc()
                 self._report.fail("kernel", f"reconcile failed: {exc}")
@@ -139,7 +140,7 @@ class PeerLoop:
     async def resync_periodically(self) -> None:
         while True:
             await trio.sleep(RESYNC_INTERVAL)
-            await self.converge()
+            await self.converge(full=True)
 
     async def observe_periodically(self) -> None:
         """Handshakes and drops the data path reports, polled (the WireGuard engine is another process)."""

@@ -66,7 +66,7 @@ class HostGwBackend:
     def observe(self) -> Observations:
         return Observations()
 
-    def reconcile(self, peers: Mapping[IPNetwork, PeerGateway]) -> ReconcileResult:
+    def reconcile(self, peers: Mapping[IPNetwork, PeerGateway], *, full: bool = False) -> ReconcileResult:
         """Make our routes match `peers` (our own subnet must not be in it)."""
         own_subnet = self._own_subnet
         if own_subnet is None:

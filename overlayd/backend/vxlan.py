@@ -22,9 +22,9 @@ from .addresses import converge_addresses
 from .contract import BackendContext, port_of, Observations, ReconcileResult, Refusal
 from .mac import parse_mac_untrusted
 from .netlink import Netlink
-from .objects import RTPROT_OVERLAYD, IPAddress, IPNetwork, Link
+from .objects import RTPROT_OVERLAYD, IPAddress, IPNetwork, Link, Route
 from .overlap import foreign_route_conflicts
-from .peers import PeerVtep, screen_peers
+from .peers import PeerVtep, Screened, screen_peers
 from .underlay import Underlay
 from .vxlan_plan import (
     VXLAN_OVERHEAD,
@@ -40,6 +40,7 @@ from .vxlan_plan import (
     VxlanSpec,
     device_address,
     link_changes,
+    plan_peer_changes,
     plan_peers,
     recreate_reason,
     vxlan_mtu,
@@ -90,6 +91,9 @@ class VxlanBackend:
         )
         self.route_protocol = route_protocol
         self._own_subnet: IPNetwork | None = None
+        self._programmed: dict[IPNetwork, PeerVtep] | None = None  # as last applied; None: unknown
+        self._programmed_on = 0  # the device's ifindex then
+        self._routes: list[Route] = []  # the main table as of the last full reconcile
 
     @classmethod
     def for_underlay(
@@ -136,28 +140,39 @@ class VxlanBackend:
     def observe(self) -> Observations:
         return Observations()  # the kernel's VXLAN keeps no per-peer state worth reporting
 
-    def reconcile(self, peers: Mapping[IPNetwork, PeerVtep]) -> ReconcileResult:
-        """Make routes, neighbours and FDB match `peers` (our own subnet must not be in it)."""
+    def reconcile(self, peers: Mapping[IPNetwork, PeerVtep], *, full: bool = False) -> ReconcileResult:
+        """Make routes, neighbours and FDB match `peers` (our own subnet must not be in it).
+
+        A full reconcile dumps the kernel and plans against what is there. Otherwise, after a
+        full one succeeded, only the peers that changed since are planned (vxlan_plan's
+        plan_peer_changes), against what we programmed: dumping thousands of routes,
+        neighbours and FDB entries costs over a second. Anything changed behind our back is
+        put right by the next full reconcile (the daemon's periodic resync)."""
         own_subnet = self._own_subnet
         if own_subnet is None:
             raise UsageError("VxlanBackend.reconcile() called before setup()")
         # Cheap (one link get + one address dump) and it heals a device deleted behind our back.
         link = self._ensure_device(own_subnet)
+        if link.index != self._programmed_on:
+            full = True  # a new device: whatever we programmed went with the old one
         screened = screen_peers(peers, own_subnet=own_subnet, own_ip=self.spec.local_ip, own_identity=self.spec.mac)
-        observed = Observed(
-            routes=self._nl.main_routes(own_subnet.version),
-            neighbours=self._nl.neighbours(own_subnet.version, link.index),
-            fdb=self._nl.fdb(link.index),
-        )
-        taken = foreign_route_conflicts(screened.accepted, observed.routes, ifindex=link.index,
-                                        protocol=self.route_protocol)
-        refusals = [*screened.refused, *(Refusal(subnet, reason) for subnet, reason in taken.items())]
-        for refusal in refusals:
-            log.warning("refusing peer %s: %s", refusal.subnet, refusal.reason)
-        accepted = {subnet: peer for subnet, peer in screened.accepted.items() if subnet not in taken}
-        actions = plan_peers(accepted, observed, ifindex=link.index, protocol=self.route_protocol)
+        if full or self._programmed is None:
+            self._programmed = None  # until this run is applied
+            observed = Observed(
+                routes=self._nl.main_routes(own_subnet.version),
+                neighbours=self._nl.neighbours(own_subnet.version, link.index),
+                fdb=self._nl.fdb(link.index),
+            )
+            self._routes = observed.routes
+            accepted, refusals = self._checked(screened, link.index)
+            actions = plan_peers(accepted, observed, ifindex=link.index, protocol=self.route_protocol)
+        else:
+            accepted, refusals = self._checked(screened, link.index)
+            actions = plan_peer_changes(self._programmed, accepted, ifindex=link.index, protocol=self.route_protocol)
+            self._programmed = None  # until this run is applied: a failed action means a full one next
         for action in actions:
             self._apply(link.index, action)
+        self._programmed, self._programmed_on = accepted, link.index
         counts = Counter(action.change for action in actions)
         result = ReconcileResult(
             added=counts[Change.ADD],
@@ -171,6 +186,15 @@ class VxlanBackend:
             )
         return result
 
+    def _checked(self, screened: Screened[PeerVtep], ifindex: int) -> tuple[dict[IPNetwork, PeerVtep], list[Refusal]]:
+        """Screened peers less those whose subnet a route not ours already claims (as of the
+        last kernel dump: such routes come from the operator and rarely change)."""
+        taken = foreign_route_conflicts(screened.accepted, self._routes, ifindex=ifindex, protocol=self.route_protocol)
+        refusals = [*screened.refused, *(Refusal(subnet, reason) for subnet, reason in taken.items())]
+        for refusal in refusals:
+            log.warning("refusing peer %s: %s", refusal.subnet, refusal.reason)
+        return {subnet: peer for subnet, peer in screened.accepted.items() if subnet not in taken}, refusals
+
     def teardown(self) -> None:
         """Delete the device (its routes, neighbours and FDB go with it) and our stray routes."""
         link = self._nl.link(self.spec.name)
@@ -181,6 +205,7 @@ class VxlanBackend:
                 if route.protocol == self.route_protocol:
                     self._nl.delete_route(route)
         self._own_subnet = None
+        self._programmed = None
 
     def _ensure_device(self, own_subnet: IPNetwork) -> Link:
         spec = self.spec

@@ -411,7 +411,7 @@ class WireGuardBackend:
 
     # --- peers ----------------------------------------------------------------
 
-    def reconcile(self, peers: Mapping[IPNetwork, WgPeer]) -> ReconcileResult:
+    def reconcile(self, peers: Mapping[IPNetwork, WgPeer], *, full: bool = False) -> ReconcileResult:
         if self.control is None or self._own_subnet is None:
             raise UsageError("WireGuardBackend.reconcile() called before setup()")
         link = self._nl.link(self.device)

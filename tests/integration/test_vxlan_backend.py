@@ -19,6 +19,7 @@ import secrets
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -96,9 +97,9 @@ class Node:
         assert self.underlay is not None
         return self.run(VxlanBackend.for_underlay, self.ipr, VXLAN, vni, PORT, self.underlay, self.vtep_mac)
 
-    def reconcile(self, peers: dict[IPNetwork, PeerVtep]) -> ReconcileResult:
+    def reconcile(self, peers: dict[IPNetwork, PeerVtep], *, full: bool = False) -> ReconcileResult:
         assert self.backend is not None
-        return self.run(self.backend.reconcile, peers)
+        return self.run(partial(self.backend.reconcile, peers, full=full))
 
     def vxlan_ifindex(self) -> int:
         return ip_json(self.netns, "link", "show", VXLAN)[0]["ifindex"]
@@ -298,7 +299,9 @@ def test_strays_are_removed_and_desired_state_kept(make_cluster: Callable[..., C
     sh("bridge", "-n", ns, "fdb", "append", "00:00:00:00:00:00", "dev", VXLAN, "dst", "198.18.0.98")  # flooding
     sh("ip", "-n", ns, "route", "add", "10.250.0.0/24", "via", "198.18.0.1")  # not ours: must stay
 
-    assert n1.reconcile(cluster.peers_of(n1)) == ReconcileResult(removed=7)
+    # Only a full reconcile (start-up, the daemon's periodic resync) reads the kernel again.
+    assert n1.reconcile(cluster.peers_of(n1)) == ReconcileResult()
+    assert n1.reconcile(cluster.peers_of(n1), full=True) == ReconcileResult(removed=7)
     assert [(r["dst"], r.get("metric", 0)) for r in n1.our_routes()] == [("10.244.2.0/24", 0)]
     assert [r["dst"] for r in ip_json(ns, "route", "show", "dev", VXLAN)] == ["10.244.2.0/24"]
     assert [n["dst"] for n in n1.vxlan_neighbours()] == ["10.244.2.0"]
@@ -318,7 +321,7 @@ def test_wrong_entries_are_changed_in_place(make_cluster: Callable[..., Cluster]
     sh("bridge", "-n", ns, "fdb", "replace", n2.vtep_mac, "dev", VXLAN, "dst", "198.18.0.77")
     assert not ping(n1.pod_netns, n2.pod_ip)
 
-    assert n1.reconcile(cluster.peers_of(n1)) == ReconcileResult(changed=3)
+    assert n1.reconcile(cluster.peers_of(n1), full=True) == ReconcileResult(changed=3)
     assert [(r["dst"], r["gateway"]) for r in n1.our_routes()] == [("10.244.2.0/24", "10.244.2.0")]
     assert [(n["dst"], n["lladdr"]) for n in n1.vxlan_neighbours()] == [("10.244.2.0", n2.vtep_mac)]
     assert [(f["mac"], f["dst"]) for f in n1.vxlan_fdb()] == [(n2.vtep_mac, "198.18.0.12")]

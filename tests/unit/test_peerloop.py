@@ -63,7 +63,7 @@ class FakeBackend:
         self.fail = False
         self.refuse: dict[IPNetwork, str] = {}  # subnet -> conflict the backend reports
 
-    def reconcile(self, peers: Mapping[IPNetwork, Any]) -> ReconcileResult:
+    def reconcile(self, peers: Mapping[IPNetwork, Any], *, full: bool = False) -> ReconcileResult:
         if self.fail:
             raise KernelError("netlink: no buffer space")
         self.programmed.append(set(peers) - set(self.refuse))
