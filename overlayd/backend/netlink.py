@@ -166,6 +166,26 @@ class Netlink:
                 table=RT_TABLE_MAIN,
             )
 
+    def route_oif(self, dst: IPAddress) -> int | None:
+        """The interface the kernel would send to `dst` through (None: no route)."""
+        try:
+            answer = self._ipr.route("get", dst=str(dst))
+        except (NetlinkError, OSError):
+            return None
+        return answer[0].get_attr("RTA_OIF") if answer else None
+
+    def add_onlink_route(self, dst: IPNetwork, gateway: IPAddress, oif: int, protocol: int) -> bool:
+        """Like replace_onlink_route, but never over an existing route to `dst`: False if one is there."""
+        try:
+            with _kernel(f"add route {dst} via {gateway}"):
+                self._ipr.route("add", dst=str(dst), gateway=str(gateway), oif=oif, flags=RTNH_F_ONLINK,
+                                proto=protocol, table=RT_TABLE_MAIN)
+        except KernelError as exc:
+            if isinstance(exc.__cause__, NetlinkError) and exc.__cause__.code == errno.EEXIST:
+                return False
+            raise
+        return True
+
     def replace_gateway_route(self, dst: IPNetwork, gateway: IPAddress, oif: int, protocol: int) -> None:
         """`dst via gateway dev <oif>`: the kernel checks that the gateway is on-link (host-gw)."""
         with _kernel(f"set route {dst} via {gateway}"):

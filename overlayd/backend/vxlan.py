@@ -39,6 +39,7 @@ from .vxlan_plan import (
     SetRoute,
     VxlanSpec,
     device_address,
+    gateway_of_peer,
     link_changes,
     plan_peer_changes,
     plan_peers,
@@ -152,9 +153,9 @@ class VxlanBackend:
         if own_subnet is None:
             raise UsageError("VxlanBackend.reconcile() called before setup()")
         # Cheap (one link get + one address dump) and it heals a device deleted behind our back.
-        link = self._ensure_device(own_subnet)
-        if link.index != self._programmed_on:
-            full = True  # a new device: whatever we programmed went with the old one
+        link, repaired = self._ensure_device(own_subnet)
+        if repaired or link.index != self._programmed_on or not self._routes_still_there(link.index):
+            full = True  # a device recreated, or set down and up, lost its routes and neighbours
         screened = screen_peers(peers, own_subnet=own_subnet, own_ip=self.spec.local_ip, own_identity=self.spec.mac)
         if full or self._programmed is None:
             self._programmed = None  # until this run is applied
@@ -166,12 +167,14 @@ class VxlanBackend:
             self._routes = observed.routes
             accepted, refusals = self._checked(screened, link.index)
             actions = plan_peers(accepted, observed, ifindex=link.index, protocol=self.route_protocol)
+            for action in actions:
+                self._apply(link.index, action)
         else:
             accepted, refusals = self._checked(screened, link.index)
             actions = plan_peer_changes(self._programmed, accepted, ifindex=link.index, protocol=self.route_protocol)
             self._programmed = None  # until this run is applied: a failed action means a full one next
-        for action in actions:
-            self._apply(link.index, action)
+            if not self._apply_changes(link.index, actions):
+                return self.reconcile(peers, full=True)  # someone else's route is there: see whose, and refuse
         self._programmed, self._programmed_on = accepted, link.index
         counts = Counter(action.change for action in actions)
         result = ReconcileResult(
@@ -185,6 +188,24 @@ class VxlanBackend:
                 "vxlan reconcile: %d added, %d changed, %d removed", result.added, result.changed, result.removed
             )
         return result
+
+    def _routes_still_there(self, ifindex: int) -> bool:
+        """One route lookup: a device set down (even if up again) has lost every route on it."""
+        if not self._programmed:
+            return True
+        subnet = next(iter(self._programmed))
+        return self._nl.route_oif(gateway_of_peer(subnet)) == ifindex
+
+    def _apply_changes(self, ifindex: int, actions: list[Action]) -> bool:
+        """Apply incrementally planned actions; a new subnet's route is only added where no route to
+        it exists (the kernel may have one we did not see: we did not dump). False on such a route."""
+        for action in actions:
+            if isinstance(action, SetRoute) and action.change is Change.ADD:
+                if not self._nl.add_onlink_route(action.dst, action.gateway, ifindex, self.route_protocol):
+                    return False
+            else:
+                self._apply(ifindex, action)
+        return True
 
     def _checked(self, screened: Screened[PeerVtep], ifindex: int) -> tuple[dict[IPNetwork, PeerVtep], list[Refusal]]:
         """Screened peers less those whose subnet a route not ours already claims (as of the
@@ -207,15 +228,18 @@ class VxlanBackend:
         self._own_subnet = None
         self._programmed = None
 
-    def _ensure_device(self, own_subnet: IPNetwork) -> Link:
+    def _ensure_device(self, own_subnet: IPNetwork) -> tuple[Link, bool]:
+        """The device as the spec wants it; True if anything had to change (a device recreated,
+        set up again or readdressed has lost the routes and neighbours on it)."""
         spec = self.spec
         link = self._nl.link(spec.name)
+        repaired = link is None
         if link is not None:
             reason = recreate_reason(spec, link)
             if reason is not None:
                 log.warning("recreating VXLAN device %s: %s", spec.name, reason)
                 self._nl.delete_link(link)
-                link = None
+                link, repaired = None, True
         if link is None:
             link = self._create_device()
             log.info("created VXLAN device %s (VNI %d, port %d, local %s)",
@@ -223,8 +247,8 @@ class VxlanBackend:
         changes = link_changes(spec, link)
         if changes:
             self._nl.set_link(link, **changes)
-        converge_addresses(self._nl, link.index, {device_address(own_subnet)}, self.route_protocol)
-        return link
+        plan = converge_addresses(self._nl, link.index, {device_address(own_subnet)}, self.route_protocol)
+        return link, repaired or bool(changes) or bool(plan.add or plan.remove)
 
     def _create_device(self) -> Link:
         spec = self.spec

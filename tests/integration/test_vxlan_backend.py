@@ -369,6 +369,39 @@ def test_reconcile_recreates_a_deleted_device(make_cluster: Callable[..., Cluste
     assert ping(n1.pod_netns, n2.pod_ip)
 
 
+def test_a_device_set_down_and_up_gets_its_routes_back_at_the_next_event(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """Setting a link down makes the kernel drop its routes and neighbours; an event-driven
+    (not full) reconcile must notice the device was repaired and program everything again."""
+    cluster = make_cluster(2)
+    cluster.reconcile_all()
+    n1, n2 = cluster.nodes
+    sh("ip", "-n", n1.netns, "link", "set", VXLAN, "down")
+    sh("ip", "-n", n1.netns, "link", "set", VXLAN, "up")
+    assert n1.our_routes() == []
+    assert n1.reconcile(cluster.peers_of(n1)).added >= 2  # route and neighbour (the FDB entry survives)
+    assert [r["dst"] for r in n1.our_routes()] == [str(n2.subnet)]
+    assert ping(n1.pod_netns, n2.pod_ip)
+
+
+def test_a_route_not_ours_is_never_taken_over_between_full_reconciles(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """After a full reconcile the backend plans from what it programmed; a route the operator
+    added since must still not be replaced by a new peer's."""
+    cluster = make_cluster(2)
+    cluster.reconcile_all()
+    n1, _ = cluster.nodes
+    sh("ip", "-n", n1.netns, "route", "add", "10.244.200.0/24", "via", "198.18.0.1")
+    peers = cluster.peers_of(n1)
+    peers[ipaddress.ip_network("10.244.200.0/24")] = PeerVtep(ipaddress.ip_address("198.18.0.50"), "02:00:00:00:00:50")
+    result = n1.reconcile(peers)
+    assert [str(r.subnet) for r in result.refused] == ["10.244.200.0/24"]
+    (route,) = ip_json(n1.netns, "route", "show", "10.244.200.0/24")
+    assert route.get("gateway") == "198.18.0.1" and route.get("protocol") != str(RTPROT_OVERLAYD)
+
+
 def test_unsafe_peers_are_refused_not_programmed(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(2)
     n1, n2 = cluster.nodes
