@@ -12,6 +12,7 @@ import ipaddress
 import re
 import socket
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,23 @@ class DaemonConfig:
         return self.run_dir / "pods"
 
 
+def check_etcd_endpoint(endpoint: str) -> None:
+    """ConfigError unless `endpoint` is http(s)://host[:port] with a usable host and port."""
+    problem = None
+    if not re.match(r"^https?://[^/\s]+$", endpoint):
+        problem = "expected http(s)://host:port"
+    else:
+        try:
+            parts = urllib.parse.urlsplit(endpoint)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+            if not parts.hostname:
+                problem = "no host"
+        except ValueError as exc:
+            problem = str(exc)
+    if problem:
+        raise ConfigError(f"etcd endpoint {endpoint!r}: {problem}")
+
+
 def _as_path(value: Any, key: str) -> Path:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key}: expected a non-empty path string, got {value!r}")
@@ -137,8 +155,7 @@ def _check(config: DaemonConfig) -> DaemonConfig:
     if not config.etcd.endpoints:
         raise ConfigError("etcd.endpoints: at least one endpoint is needed")
     for endpoint in config.etcd.endpoints:
-        if not re.match(r"^https?://[^/\s]+$", endpoint):
-            raise ConfigError(f"etcd endpoint {endpoint!r}: expected http(s)://host:port")
+        check_etcd_endpoint(endpoint)
     if not config.etcd.prefix.startswith("/") or config.etcd.prefix.endswith("/"):
         raise ConfigError(f"etcd.prefix {config.etcd.prefix!r}: must start with '/' and not end with '/'")
     if (config.etcd.cert_file is None) != (config.etcd.key_file is None):
@@ -257,6 +274,10 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
 
 
 def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:

@@ -102,7 +102,6 @@ class PeerLoop:
         reads the kernel and repairs everything (else it may plan from what it programmed)."""
         async with self._lock:
             desired = self.policy.desired(trio.current_time())
-            self.programmed = desired.leases
             for message in desired.unfit:
                 self._note(message)
             started = time.monotonic()
@@ -116,6 +115,7 @@ class PeerLoop:
                 self._metrics.reconcile_duration.observe(time.monotonic() - started)
             self._metrics.reconcile_runs.labels(result="ok").inc()
             self._report.recover("kernel")
+            self.programmed = desired.leases  # only now: a failed reconcile left the kernel as it was
             self.refused = len(desired.unfit) + len(result.refused)
             self._count_unprogrammed(desired.unfit, result.refused)
             self._metrics.peers.set(len(desired.peers) - len(result.refused))

@@ -75,6 +75,7 @@ class Host:
     pods: PodService
     nat: NatKeeper
     cni: CniService  # attachments of container runtimes (overlayd-cni), sharing the pods' address pool
+    pod_resolv: str  # the resolv.conf pods get (pods/dns.py); CNI results carry it as `dns`
 
 
 class Startup:
@@ -161,7 +162,8 @@ class Startup:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(pods.close)
             raise
-        return Host(underlay, trust, checks, cluster, cluster_config, record, subnet, lease, backend, pods, nat, cni)
+        return Host(underlay, trust, checks, cluster, cluster_config, record, subnet, lease, backend, pods, nat, cni,
+                    resolv)
 
     # --- local state ----------------------------------------------------------
 
@@ -302,12 +304,18 @@ class Startup:
 
     async def _find_own_subnet(self, cluster: ClusterClient, cluster_config: ClusterConfig,
                                record: HostRecord) -> IPNetwork | None:
-        """With nothing saved or in the kernel: a key in etcd naming this node and public IP."""
-        try:
-            found = await cluster.find_own(cluster_config, record)
-        except ClusterError as exc:
-            self._report.fail("lease", f"looking for this host's subnet in etcd failed: {exc}")
-            return None
+        """With nothing saved or in the kernel: a key in etcd naming this node and public IP.
+        Retried until etcd answers: guessing "none" would claim this host a second subnet."""
+        backoff = START_BACKOFF[0]
+        while True:
+            try:
+                found = await cluster.find_own(cluster_config, record)
+                break
+            except ClusterError as exc:
+                self._report.fail("lease", f"looking for this host's subnet in etcd failed: {exc}")
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, START_BACKOFF[1])
+        self._report.recover("lease")
         if found is not None:
             log.warning("subnet %s recalled from etcd (its key names %s at %s)", found, record.node, record.public_ip)
         return found

@@ -22,6 +22,7 @@ from overlayd.errors import ConflictError
 from overlayd.health import HealthModel
 from overlayd.nat.ports import Publication
 from overlayd.peerloop import PeerLoop
+from overlayd.pods.dns import cni_dns
 from overlayd.pods.service import PodService
 from overlayd.startup import Host
 
@@ -131,7 +132,8 @@ class Answers:
         return self._require().host.cni
 
     async def cni_add(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]:
-        return await self._kernel(self._cni().add, network, container_id, ifname, netns)
+        attachment = await self._kernel(self._cni().add, network, container_id, ifname, netns)
+        return attachment | {"dns": cni_dns(self._require().host.pod_resolv)}
 
     async def cni_del(self, network: str, container_id: str, ifname: str) -> None:
         await self._kernel(self._cni().delete, network, container_id, ifname)

@@ -42,6 +42,13 @@ def _plan_from_state(args: argparse.Namespace):
         state = json.loads(state_path.read_text())
     except FileNotFoundError:
         raise UsageError(f"lab {args.name!r} is not up (no {state_path})") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"lab {args.name!r}: its state file {state_path} is damaged ({exc}); "
+                         f"`overlayctl lab down --name {args.name}` removes what is left") from None
+    if not isinstance(state, dict) or not isinstance(state.get("hosts"), int) or not isinstance(
+            state.get("backend"), str):
+        raise UsageError(f"lab {args.name!r}: its state file {state_path} is damaged (no hosts or backend); "
+                         f"`overlayctl lab down --name {args.name}` removes what is left")
     return make_plan(args.name, state["hosts"], state["backend"], args.dir)
 
 

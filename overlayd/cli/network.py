@@ -17,7 +17,7 @@ from ipam.config import BackendConfig, ClusterConfig
 from ipam.errors import InvalidConfig
 from overlayd.cli.output import print_fields, print_json
 from overlayd.cluster.client import ClusterClient
-from overlayd.config import EtcdConfig
+from overlayd.config import EtcdConfig, check_etcd_endpoint
 from overlayd.errors import ConfigError, OverlaydError, UsageError
 
 
@@ -56,7 +56,13 @@ def add_etcd_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def etcd_config(args: argparse.Namespace) -> EtcdConfig:
-    return EtcdConfig(endpoints=tuple(e for e in args.etcd_endpoints.split(",") if e), prefix=args.etcd_prefix,
+    endpoints = tuple(e for e in args.etcd_endpoints.split(",") if e)
+    for endpoint in endpoints:
+        try:
+            check_etcd_endpoint(endpoint)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+    return EtcdConfig(endpoints=endpoints, prefix=args.etcd_prefix,
                       ca_file=args.etcd_ca, cert_file=args.etcd_cert, key_file=args.etcd_key)
 
 

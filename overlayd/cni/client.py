@@ -134,7 +134,7 @@ def run(env: dict[str, str], raw: bytes) -> tuple[str, int]:
 
 
 def main() -> int:
-    raw = sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1)
+    raw = sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1) if sys.stdin is not None else b""  # closed: no config
     env = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in posix.environ.items()
            if k.startswith(b"CNI_")}
     out, code = run(env, raw)

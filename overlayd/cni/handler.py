@@ -48,7 +48,8 @@ async def _run(env: Env, conf: NetConf, ops: CniOps) -> dict[str, Any] | None:
         return {"cniVersion": conf.cni_version, "supportedVersions": list(spec.SUPPORTED_VERSIONS)}
     if env.command == "ADD":
         attachment = await _call(ops.cni_add(*key, env.netns))
-        return spec.build_result(conf.cni_version, attachment, conf.dns)
+        # The network config's own dns wins; else the resolvers the host's pods use.
+        return spec.build_result(conf.cni_version, attachment, conf.dns or attachment.get("dns") or {})
     if env.command == "DEL":
         await _call(ops.cni_del(*key))
         return None

@@ -39,6 +39,8 @@ def _nft(*args: str, stdin: str | None = None) -> str:
         done = subprocess.run([binary, *args], input=stdin, capture_output=True, text=True, timeout=NFT_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise KernelError(f"nft {' '.join(args)}: no answer in {NFT_TIMEOUT:g}s") from None
+    except OSError as exc:  # could not run it at all: an error like any other, not the daemon's end
+        raise KernelError(f"nft {' '.join(args)}: {exc.strerror or exc}") from None
     if done.returncode != 0:
         raise KernelError(f"nft {' '.join(args)}: {done.stderr.strip() or f'exit {done.returncode}'}")
     return done.stdout

@@ -78,6 +78,14 @@ def pod_resolv(host: str, upstream: str | None = None, servers: Sequence[IPAddre
     return "\n".join(lines) + "\n", problem
 
 
+def cni_dns(resolv_text: str) -> dict[str, list[str]]:
+    """The pods' resolv.conf as a CNI result's `dns` (nameservers, search, options)."""
+    parsed = parse_resolv_conf_untrusted(resolv_text)
+    dns = {"nameservers": [str(ns) for ns in parsed.nameservers], "search": list(parsed.search),
+           "options": list(parsed.options)}
+    return {key: value for key, value in dns.items() if value}
+
+
 @dataclass(frozen=True)
 class DnsConfig:
     """The daemon config's [dns] table."""
@@ -120,6 +128,10 @@ def dns_config_from_mapping(values: Mapping[str, Any] | None) -> DnsConfig:
             fields["servers"] = tuple(ip_address(s) for s in servers)
         except ValueError as exc:
             raise ConfigError(f"dns.servers: {exc}") from None
+        loopback = [str(ns) for ns in fields["servers"] if ns.is_loopback]
+        if loopback:
+            raise ConfigError(f"dns.servers: {', '.join(loopback)} is loopback, which a pod cannot reach "
+                              "(it is the pod's own loopback inside its namespace)")
         if len(fields["servers"]) > MAX_NAMESERVERS:
             raise ConfigError(f"dns.servers: at most {MAX_NAMESERVERS} (libc reads no more)")
     return DnsConfig(**fields)

@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except OverlaydError as e:
         print(f"overlayd-wg: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as e:  # e.g. a socket dir that cannot be made
+        print(f"overlayd-wg: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def run(ifname: str, path: Path, *, mtu: int, offload: bool) -> int:

@@ -22,6 +22,8 @@ import pytest
 from overlayd.api.client import ControlClient
 from overlayd.lab import runner
 from overlayd.lab.plan import LabHost, make_plan
+from overlayd.lab.topology import ETC_NETNS_DIR
+from overlayd.pods.dns import cni_dns
 from tests.integration.cni_runtime import REFERENCE_PLUGINS, Container, PluginFailed, Runtime, add, check, delete
 from tests.integration.conftest import Lab, netns_exec, overlayctl, unique_name
 from tests.integration.labfaults import stop_daemon
@@ -135,6 +137,9 @@ def test_chained_add_gives_a_spec_result_the_reference_plugins_accept(
     assert ip["interface"] == 1 and ipaddress.ip_address(address) in subnet
     assert gateway == str(next(subnet.hosts()))
     assert {"dst": "0.0.0.0/0", "gw": gateway} in result["routes"]
+    # The resolvers the host's pods get (the conflist names none), as the spec's `dns`.
+    pod_resolv = (ETC_NETNS_DIR / lab.pod_netns("pod1") / "resolv.conf").read_text()
+    assert result["dns"] == cni_dns(pod_resolv)
     # The kernel has what the result says: eth0 with the address and default route, the MTU, the host veth.
     shown = json.loads(subprocess.run(["ip", "-n", c.netns_name, "-j", "addr", "show", "eth0"],
                                       capture_output=True, text=True, check=True).stdout)[0]

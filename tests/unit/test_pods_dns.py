@@ -7,7 +7,7 @@ from ipaddress import ip_address
 from hypothesis import given
 from hypothesis import strategies as st
 
-from overlayd.pods.dns import parse_resolv_conf_untrusted, pod_resolv
+from overlayd.pods.dns import cni_dns, parse_resolv_conf_untrusted, pod_resolv
 
 RESOLVED_STUB = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch corp.example\n"
 RESOLVED_UPSTREAMS = "# upstreams\nnameserver 192.0.2.53\nnameserver 2001:db8::53\nsearch corp.example\n"
@@ -54,3 +54,10 @@ def test_parser_skips_what_libc_skips() -> None:
 def test_any_text_gives_a_resolv_conf_and_never_raises(text: str) -> None:
     written, _ = pod_resolv(text)
     assert written.endswith("\n") and all(not ns.startswith("127.") for ns in nameservers(written))
+
+
+def test_the_cni_result_dns_is_the_pods_resolv_conf() -> None:
+    text, _ = pod_resolv(RESOLVED_STUB, RESOLVED_UPSTREAMS)
+    assert cni_dns(text) == {"nameservers": ["192.0.2.53", "2001:db8::53"], "search": ["corp.example"],
+                             "options": ["edns0", "trust-ad"]}
+    assert cni_dns("# nothing reachable\n") == {}
