@@ -285,10 +285,10 @@ def test_bash_completion_from_the_generated_script(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     script.write_text(result.stdout)
     assert _bash_complete(script, ["overlayctl", ""]) == sorted(
-        ["status", "hosts", "peers", "pod", "network", "lab", "ca", "completion"])
+        ["status", "hosts", "peers", "pod", "network", "lab", "ca", "cni", "completion"])
     assert _bash_complete(script, ["overlayctl", "pod", ""]) == ["add", "del", "exec", "get", "ls"]
     assert _bash_complete(script, ["overlayctl", "--socket", "/x", "pod", "a"]) == ["add"]
-    assert _bash_complete(script, ["overlayctl", "lab", "up", "--backend", ""]) == ["vxlan", "wireguard"]
+    assert _bash_complete(script, ["overlayctl", "lab", "up", "--backend", ""]) == ["host-gw", "vxlan", "wireguard"]
     assert _bash_complete(script, ["overlayctl", "pod", "ls", "-o", "w"]) == ["wide"]
     assert "--no-headers" in _bash_complete(script, ["overlayctl", "pod", "ls", "--no"])
     assert "--label" in _bash_complete(script, ["overlayctl", "pod", "add", "--"])
@@ -312,7 +312,7 @@ def test_zsh_completion_from_the_generated_script(tmp_path: Path) -> None:
     pods = complete("overlayctl", "pod", "")
     assert [w.split(":")[0] for w in pods] == ["add", "del", "ls", "get", "exec"]
     assert "add:create a pod: namespaces, veth, address, route" in pods
-    assert complete("overlayctl", "network", "init", "--backend", "") == ["vxlan", "wireguard"]
+    assert complete("overlayctl", "network", "init", "--backend", "") == ["vxlan", "wireguard", "host-gw"]
     assert complete("overlayctl", "pod", "ls", "--socket", "") == ["FILES"]
     assert "--no-headers:print tables without their header line" in complete("overlayctl", "status", "--")
 

@@ -88,6 +88,9 @@ class StubPlane:
     async def pod_list(self) -> list[dict[str, Any]]:
         return []
 
+    async def cni_list(self) -> list[dict[str, Any]]:
+        return []
+
 
 @pytest.fixture
 def socket_dir() -> Iterator[Path]:
