@@ -51,6 +51,7 @@ from overlayd.lab import runner
 from overlayd.lab.plan import ETCD_CLIENT_PORT, ETCD_IP, LabHost, LabPlan, make_plan
 from overlayd.netns import enter_named_netns
 from overlayd.pods.nsutil import CLONE_NEWNET, setns
+from tests.integration.labfaults import stop_daemon  # the same "stop one daemon of a lab" the tests use
 
 RESULTS = Path(__file__).parent / "results" / "scale.json"
 NETWORK = ipaddress.ip_network("10.0.0.0/8")  # 65,536 host /24s
@@ -228,7 +229,7 @@ def measure_resync(plan: LabPlan, host: LabHost, peers: int, rounds: int) -> dic
     """Cold restarts: the daemon programs all N peers into an empty kernel."""
     to_kernel, reconcile, ready = [], [], []
     for _ in range(rounds):
-        runner.stop_daemon(host)
+        stop_daemon(host)
         subprocess.run(["ip", "-n", host.netns, "link", "del", VXLAN_DEVICE], check=True)
         monitor = RouteMonitor(host.netns)
         try:

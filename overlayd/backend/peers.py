@@ -72,47 +72,56 @@ def screen_peers(
     identity_name: str = "VTEP MAC",
 ) -> Screened[P]:
     """Split `peers` into the ones safe to program and the refused ones (with reasons).
-    identity_name says what a peer's `identity` is, for the reasons."""
-    refused: dict[IPNetwork, str] = {}
-    for subnet, peer in peers.items():
-        reason = _own_conflict(subnet, peer, own_subnet, own_ip, own_identity, identity_name)
-        if reason:
-            refused[subnet] = reason
+    identity_name says what a peer's `identity` is, for the reasons.
 
-    candidates = sorted((s for s in peers if s not in refused), key=lambda s: (int(s.network_address), s.prefixlen))
+    Works on positions in one list rather than on dicts keyed by network: hashing an
+    ip_network is slow, and this runs on every peer event among thousands of peers."""
+    entries = list(peers.items())
+    own_range = (int(own_subnet.network_address), int(own_subnet.broadcast_address))
+    refused: dict[int, str] = {}
+    for i, (subnet, peer) in enumerate(entries):
+        reason = _own_conflict(subnet, peer, own_subnet, own_range, own_ip, own_identity, identity_name)
+        if reason:
+            refused[i] = reason
+    starts = [int(subnet.network_address) for subnet, _ in entries]
+    ends = [int(subnet.broadcast_address) for subnet, _ in entries]
+
+    candidates = sorted((i for i in range(len(entries)) if i not in refused),
+                        key=lambda i: (starts[i], entries[i][0].prefixlen))
     # Sorted by start address, a subnet overlaps an earlier one iff it starts before the
     # furthest end seen so far; every member of such a chain is refused. (All candidates
     # have our IP version, so comparing addresses as integers is sound.)
-    furthest: IPNetwork | None = None
-    for subnet in candidates:
-        if furthest is not None and int(subnet.network_address) <= int(furthest.broadcast_address):
-            refused[subnet] = f"subnet overlaps peer subnet {furthest}"
-            refused.setdefault(furthest, f"subnet overlaps peer subnet {subnet}")
-        if furthest is None or int(subnet.broadcast_address) > int(furthest.broadcast_address):
-            furthest = subnet
+    furthest: int | None = None
+    for i in candidates:
+        if furthest is not None and starts[i] <= ends[furthest]:
+            refused[i] = f"subnet overlaps peer subnet {entries[furthest][0]}"
+            refused.setdefault(furthest, f"subnet overlaps peer subnet {entries[i][0]}")
+        if furthest is None or ends[i] > ends[furthest]:
+            furthest = i
 
     # A host's claim on its identity is as old as its oldest record (one host may hold several subnets).
     hosts_by_identity: dict[Hashable, dict[IPAddress, int]] = defaultdict(dict)
-    for subnet in candidates:
-        if subnet not in refused:
-            peer = peers[subnet]
+    for i in candidates:
+        if i not in refused:
+            peer = entries[i][1]
             hosts = hosts_by_identity[peer.identity]
             hosts[peer.public_ip] = min(hosts.get(peer.public_ip, peer.create_revision), peer.create_revision)
-    for subnet in candidates:
-        peer = peers[subnet]
+    for i in candidates:
+        peer = entries[i][1]
         hosts = hosts_by_identity[peer.identity]
-        if subnet not in refused and len(hosts) > 1:
+        if i not in refused and len(hosts) > 1:
             elder = oldest_claimant(hosts)
             shown = _shown(peer.identity)
             if elder is None:
-                refused[subnet] = f"{identity_name} {shown} is claimed by several hosts, none with an older record"
+                refused[i] = f"{identity_name} {shown} is claimed by several hosts, none with an older record"
             elif peer.public_ip != elder:
-                refused[subnet] = (f"{identity_name} {shown} belongs to host {elder}, whose record is older"
-                                   " (a cloned host?)")
+                refused[i] = (f"{identity_name} {shown} belongs to host {elder}, whose record is older"
+                              " (a cloned host?)")
 
     return Screened(
-        accepted={s: p for s, p in peers.items() if s not in refused},
-        refused=tuple(Refusal(s, refused[s]) for s in sorted(refused, key=lambda s: (s.version, s))),
+        accepted={subnet: peer for i, (subnet, peer) in enumerate(entries) if i not in refused},
+        refused=tuple(sorted((Refusal(entries[i][0], reason) for i, reason in refused.items()),
+                             key=lambda r: (r.subnet.version, r.subnet))),
     )
 
 
@@ -128,13 +137,13 @@ def _shown(identity: Hashable) -> str:
     return base64.b64encode(identity).decode() if isinstance(identity, bytes) else str(identity)
 
 
-def _own_conflict(subnet: IPNetwork, peer: BackendPeer, own_subnet: IPNetwork, own_ip: IPAddress,
-                  own_identity: Hashable, identity_name: str) -> str | None:
+def _own_conflict(subnet: IPNetwork, peer: BackendPeer, own_subnet: IPNetwork, own_range: tuple[int, int],
+                  own_ip: IPAddress, own_identity: Hashable, identity_name: str) -> str | None:
     if subnet.version != own_subnet.version:
         return f"subnet is IPv{subnet.version}, ours is IPv{own_subnet.version}"
     if peer.public_ip.version != own_ip.version:
         return f"public IP {peer.public_ip} is not IPv{own_ip.version} like our underlay"
-    if subnet.overlaps(own_subnet):
+    if int(subnet.network_address) <= own_range[1] and own_range[0] <= int(subnet.broadcast_address):
         return f"subnet overlaps our own subnet {own_subnet}"
     if peer.public_ip == own_ip:
         return f"public IP {peer.public_ip} is our own"
