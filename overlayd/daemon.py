@@ -171,14 +171,18 @@ async def _serve_until_signalled(daemon: Daemon) -> None:
                 break
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="overlayd", description="overlayd: pod overlay network daemon")
     parser.add_argument("--version", action="version", version=version_text("overlayd"),
                         help="print the version and exit")
     add_daemon_arguments(parser)
     parser.add_argument("--renumber", action="store_true",
                         help="give up this host's subnet and claim a new one; pods of the old subnet are deleted")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     renumber = vars(args).pop("renumber")  # an action for this start, not a setting
     try:
         config = config_from_args(args)

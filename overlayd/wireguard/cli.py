@@ -43,6 +43,10 @@ def _level(text: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="overlayd-wg", description="Userspace WireGuard interface, configured with `wg` like wireguard-go."
     )
@@ -58,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="info", type=_level, help=f"{', '.join(LEVELS)} (any case)")
     parser.add_argument("--log-format", default="auto", choices=FORMATS,
                         help="auto: journald priorities and no timestamps when stderr is the journal")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

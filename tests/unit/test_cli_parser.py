@@ -1,4 +1,5 @@
-"""overlayctl's argparse tree: every argument explained, global options anywhere, "--" splitting."""
+"""The commands' argparse trees: every argument explained (overlayctl, overlayd, overlayd-wg),
+overlayctl's global options anywhere, "--" splitting."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import argparse
 
 import pytest
 
+from overlayd import daemon
 from overlayd.cli.main import _subparsers, build_parser, parse
+from overlayd.wireguard import cli as wg_cli
 
 
 def _all_parsers() -> list[argparse.ArgumentParser]:
     top = build_parser()
-    return [top, *_subparsers(top)]
+    return [top, *_subparsers(top), daemon.build_parser(), wg_cli.build_parser()]
 
 
 def test_every_argument_and_subcommand_has_help_text() -> None:
