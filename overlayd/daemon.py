@@ -137,6 +137,7 @@ class Daemon:
                                                    reporter=self.reporter)
                 await nursery.start(keeper.run)
                 nursery.start_soon(peers.follow, batch_recv)
+                nursery.start_soon(peers.save_pending)
                 nursery.start_soon(peers.resync_periodically)
                 nursery.start_soon(peers.observe_periodically)
                 nursery.start_soon(host.nat.resync_periodically)

@@ -34,6 +34,7 @@ from overlayd.peering import PeerPolicy
 log = logging.getLogger("overlayd")
 
 RESYNC_INTERVAL = 30.0  # a full reconcile also removes what nobody announces any more
+SAVE_INTERVAL = 0.5  # seconds between two saves of peers.json (a cache for starts while etcd is away)
 OBSERVE_INTERVAL = 10.0  # WireGuard rekeys every 120 s: polling well within that misses no handshake
 
 # Runs a blocking call (netlink, disk) off the trio thread; tests pass one that calls directly.
@@ -58,6 +59,8 @@ class PeerLoop:
         self.programmed: Mapping[IPNetwork, Lease] = MappingProxyType({})  # the leases last asked for
         self.refused = 0  # peers wanted but not programmed at the last convergence
         self.observations = Observations()
+        self._pending_save: Mapping[IPNetwork, Lease] | None = None
+        self._save_wanted = trio.Event()
 
     def take(self, batch: WatchBatch) -> None:
         """Account for one batch (skipped and refused records) and hand it to the policy."""
@@ -128,7 +131,10 @@ class PeerLoop:
             if result.added or result.changed or result.removed:
                 log.info("peers: %d (kernel objects added %d, changed %d, removed %d)",
                          len(desired.peers), result.added, result.changed, result.removed)
-            await self._save(desired.leases)
+            # Saved by save_pending, outside the lock: writing thousands of peers must not
+            # hold up the next event's way to the kernel.
+            self._pending_save = desired.leases
+            self._save_wanted.set()
 
     async def rescreen(self) -> None:
         """Certificates run out and get revoked with no etcd event: check them again."""
@@ -151,6 +157,16 @@ class PeerLoop:
             self.observations = await self._kernel(self.backend.observe)
             self._metrics.wireguard_handshakes.inc(self._handshakes.update(self.observations.handshakes))
             await trio.sleep(OBSERVE_INTERVAL)
+
+    async def save_pending(self) -> None:
+        """Save the newest programmed peer set for the next start, at most every SAVE_INTERVAL."""
+        while True:
+            await self._save_wanted.wait()
+            self._save_wanted = trio.Event()
+            peers, self._pending_save = self._pending_save, None
+            if peers is not None:
+                await self._save(peers)
+            await trio.sleep(SAVE_INTERVAL)  # JSON for thousands of peers holds the GIL: not per event
 
     async def _save(self, peers: Mapping[IPNetwork, Lease]) -> None:
         records = {subnet: lease.record for subnet, lease in peers.items()}
