@@ -69,15 +69,24 @@ def foreign_route_conflicts(
     a more specific route is how the overlay is reached at all.
     """
     foreign = [r for r in routes if r.protocol != protocol and (ifindex is None or r.oif != ifindex)]
+    # Integers and tuples, not ip_network methods: this runs over thousands of peer subnets.
+    same_dst = {_key(r.dst): r for r in foreign}
+    connected = [(r.dst.version, int(r.dst.network_address), int(r.dst.broadcast_address), r)
+                 for r in foreign if _connected(r)]
     conflicts: dict[IPNetwork, str] = {}
     for subnet in subnets:
-        for route in foreign:
-            if route.dst.version != subnet.version or not route.dst.overlaps(subnet):
-                continue
-            if route.dst == subnet or _connected(route):
-                conflicts[subnet] = f"subnet is taken by a route that is not ours: {_describe(route)}"
-                break
+        route = same_dst.get(_key(subnet))
+        if route is None and connected:
+            low, high = int(subnet.network_address), int(subnet.broadcast_address)
+            route = next((r for version, start, end, r in connected
+                          if version == subnet.version and start <= high and low <= end), None)
+        if route is not None:
+            conflicts[subnet] = f"subnet is taken by a route that is not ours: {_describe(route)}"
     return conflicts
+
+
+def _key(network: IPNetwork) -> tuple[int, int, int]:
+    return network.version, int(network.network_address), network.prefixlen
 
 
 def _connected(route: Route) -> bool:

@@ -118,8 +118,11 @@ def screen_peers(
                 refused[i] = (f"{identity_name} {shown} belongs to host {elder}, whose record is older"
                               " (a cloned host?)")
 
+    accepted = dict(peers)  # a copy keeps the keys' hashes: hashing thousands of networks again is slow
+    for i in refused:
+        del accepted[entries[i][0]]
     return Screened(
-        accepted={subnet: peer for i, (subnet, peer) in enumerate(entries) if i not in refused},
+        accepted=accepted,
         refused=tuple(sorted((Refusal(entries[i][0], reason) for i, reason in refused.items()),
                              key=lambda r: (r.subnet.version, r.subnet))),
     )

@@ -214,7 +214,10 @@ class VxlanBackend:
         refusals = [*screened.refused, *(Refusal(subnet, reason) for subnet, reason in taken.items())]
         for refusal in refusals:
             log.warning("refusing peer %s: %s", refusal.subnet, refusal.reason)
-        return {subnet: peer for subnet, peer in screened.accepted.items() if subnet not in taken}, refusals
+        accepted = dict(screened.accepted)  # a copy keeps the hashes (see screen_peers)
+        for subnet in taken:
+            del accepted[subnet]
+        return accepted, refusals
 
     def teardown(self) -> None:
         """Delete the device (its routes, neighbours and FDB go with it) and our stray routes."""

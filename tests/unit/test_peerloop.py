@@ -151,6 +151,7 @@ def test_peers_missing_from_a_post_outage_listing_get_the_grace(bench: Bench) ->
         await elapse(GRACE / 2 + 0.1)  # C never came back
         assert bench.backend.now == {A.subnet, B.subnet}
         assert all(B.subnet in programmed for programmed in bench.backend.programmed)
+        await elapse(SAVE_INTERVAL)
         assert len(bench.loop.policy.held) == 0 and bench.saved() == {A.subnet, B.subnet}
 
     bench.run(scenario)
