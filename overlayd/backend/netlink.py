@@ -52,6 +52,7 @@ SO_RCVBUFFORCE = 33
 # Requests per sendmsg(): their acknowledgements must fit the receive buffer, or the kernel drops them.
 BATCH_CHUNK = 256
 _RCVBUF = 4 << 20
+_TIMEOUT_S = 30.0
 _DUMP_ATTEMPTS = 3  # a dump the kernel marks interrupted (the table changed meanwhile) is redone
 
 # Errors that mean "the object to delete does not exist (any more)".
@@ -74,8 +75,11 @@ def _raw_socket() -> socket.socket:
     """A NETLINK_ROUTE socket in the calling thread's network namespace (where the IPRoute serves too)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
     try:
-        # Strict checking makes the kernel honour the filters in dump requests (Linux >= 4.20).
-        sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        sock.settimeout(_TIMEOUT_S)  # the kernel always answers; never hang a reconcile if it did not
+        with contextlib.suppress(OSError):
+            # Strict checking makes the kernel honour the filters in dump requests (Linux >= 4.20);
+            # without it the dumps are whole and the callers' own filters do the work.
+            sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
         sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors without a copy of the request
         sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)  # ... but with the kernel's reason
         try:
