@@ -22,6 +22,7 @@ from .addresses import converge_addresses
 from .contract import BackendContext, port_of, Observations, ReconcileResult, Refusal
 from .mac import parse_mac_untrusted
 from .netlink import Netlink
+from .nlwire import Batch
 from .objects import RTPROT_OVERLAYD, IPAddress, IPNetwork, Link, Route
 from .overlap import foreign_route_conflicts
 from .peers import PeerVtep, Screened, screen_peers
@@ -167,8 +168,7 @@ class VxlanBackend:
             self._routes = observed.routes
             accepted, refusals = self._checked(screened, link.index)
             actions = plan_peers(accepted, observed, ifindex=link.index, protocol=self.route_protocol)
-            for action in actions:
-                self._apply(link.index, action)
+            self._nl.apply_batch(self._batch(link.index, actions))  # thousands of actions at a cold start
         else:
             accepted, refusals = self._checked(screened, link.index)
             actions = plan_peer_changes(self._programmed, accepted, ifindex=link.index, protocol=self.route_protocol)
@@ -267,6 +267,25 @@ class VxlanBackend:
             mtu=spec.mtu,
             **{local_key: str(spec.local_ip)},
         )
+
+    def _batch(self, ifindex: int, actions: list[Action]) -> Batch:
+        """`actions` as one batch of requests, each the one `_apply` would make."""
+        batch = Batch()
+        for action in actions:
+            match action:
+                case SetFdb(mac=mac, dst=dst):
+                    batch.replace_fdb(ifindex, mac, dst)
+                case SetNeighbour(ip=ip, mac=mac):
+                    batch.replace_neighbour(ifindex, ip, mac)
+                case SetRoute(dst=dst, gateway=gateway):
+                    batch.replace_onlink_route(dst, gateway, ifindex, self.route_protocol)
+                case DeleteRoute(route=route):
+                    batch.delete_route(route)
+                case DeleteNeighbour(neighbour=neighbour):
+                    batch.delete_neighbour(neighbour)
+                case DeleteFdb(entry=entry):
+                    batch.delete_fdb(entry)
+        return batch
 
     def _apply(self, ifindex: int, action: Action) -> None:
         nl = self._nl
