@@ -12,6 +12,7 @@ peer. The rules are the same for every backend; only what "identity" means diffe
 from __future__ import annotations
 
 import base64
+import bisect
 from collections import defaultdict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -126,6 +127,98 @@ def screen_peers(
         refused=tuple(sorted((Refusal(entries[i][0], reason) for i, reason in refused.items()),
                              key=lambda r: (r.subnet.version, r.subnet))),
     )
+
+
+class ScreenCache(Generic[P]):
+    """screen_peers for a peer set that changes a little at a time (one watch event among
+    thousands of peers): while the last result refused nobody, the set is free of conflicts,
+    and a change that brings none keeps it so. Such changes cost their own size; anything
+    else (a refusal before or now, a big change) is screened in full."""
+
+    MAX_CHANGES = 64  # beyond this a full screening is as cheap
+
+    def __init__(self, *, own_subnet: IPNetwork, own_ip: IPAddress, own_identity: Hashable,
+                 identity_name: str = "VTEP MAC") -> None:
+        self._own = dict(own_subnet=own_subnet, own_ip=own_ip, own_identity=own_identity, identity_name=identity_name)
+        self._own_range = (int(own_subnet.network_address), int(own_subnet.broadcast_address))
+        self._input: dict[IPNetwork, P] | None = None  # what was screened last, when nothing was refused
+        self._accepted: dict[IPNetwork, P] = {}
+        self._starts: list[int] = []  # of the accepted subnets, sorted; with their ends
+        self._ends: list[int] = []
+        self._hosts: dict[Hashable, dict[IPAddress, int]] = {}  # identity -> public IP -> subnets it announces
+
+    def screen(self, peers: Mapping[IPNetwork, P]) -> Screened[P]:
+        if self._input is not None:
+            quick = self._changed_only(peers)
+            if quick is not None:
+                return quick
+        return self._full(peers)
+
+    def _full(self, peers: Mapping[IPNetwork, P]) -> Screened[P]:
+        result = screen_peers(peers, **self._own)  # type: ignore[arg-type]
+        self._input = None
+        if not result.refused:
+            self._input, self._accepted = dict(peers), dict(result.accepted)
+            spans = sorted((int(s.network_address), int(s.broadcast_address)) for s in result.accepted)
+            self._starts, self._ends = [a for a, _ in spans], [b for _, b in spans]
+            self._hosts = {}
+            for peer in result.accepted.values():
+                claims = self._hosts.setdefault(peer.identity, {})
+                claims[peer.public_ip] = claims.get(peer.public_ip, 0) + 1
+        return result
+
+    def _changed_only(self, peers: Mapping[IPNetwork, P]) -> Screened[P] | None:
+        last = self._input
+        assert last is not None
+        added = [(s, p) for s, p in peers.items() if (old := last.get(s)) is not p and old != p]
+        removed = [(s, last[s]) for s in last.keys() - peers.keys()]
+        removed += [(s, last[s]) for s, _ in added if s in last]
+        if len(added) + len(removed) > self.MAX_CHANGES:
+            return None
+        for subnet, peer in removed:
+            self._drop(subnet, peer)
+        for subnet, peer in added:
+            if not self._fits(subnet, peer):
+                self._input = None  # state half-updated: the full screening starts over
+                return None
+            self._add(subnet, peer)
+        for subnet, _ in removed:
+            self._accepted.pop(subnet, None)
+        self._accepted.update(added)
+        self._input = dict(peers)
+        return Screened(accepted=dict(self._accepted), refused=())
+
+    def _fits(self, subnet: IPNetwork, peer: P) -> bool:
+        own = self._own
+        if _own_conflict(subnet, peer, own["own_subnet"], self._own_range, own["own_ip"],  # type: ignore[arg-type]
+                         own["own_identity"], own["identity_name"]):  # type: ignore[arg-type]
+            return False
+        start, end = int(subnet.network_address), int(subnet.broadcast_address)
+        i = bisect.bisect_left(self._starts, start)
+        # Accepted subnets do not overlap each other, so only the neighbours can overlap this one.
+        if (i > 0 and self._ends[i - 1] >= start) or (i < len(self._starts) and self._starts[i] <= end):
+            return False
+        hosts = self._hosts.get(peer.identity)
+        return not hosts or set(hosts) == {peer.public_ip}  # one host may hold several subnets
+
+    def _add(self, subnet: IPNetwork, peer: P) -> None:
+        start = int(subnet.network_address)
+        i = bisect.bisect_left(self._starts, start)
+        self._starts.insert(i, start)
+        self._ends.insert(i, int(subnet.broadcast_address))
+        claims = self._hosts.setdefault(peer.identity, {})
+        claims[peer.public_ip] = claims.get(peer.public_ip, 0) + 1
+
+    def _drop(self, subnet: IPNetwork, peer: P) -> None:
+        i = bisect.bisect_left(self._starts, int(subnet.network_address))
+        if i < len(self._starts) and self._starts[i] == int(subnet.network_address):
+            del self._starts[i], self._ends[i]
+        claims = self._hosts.get(peer.identity, {})
+        claims[peer.public_ip] = claims.get(peer.public_ip, 1) - 1
+        if claims[peer.public_ip] <= 0:
+            del claims[peer.public_ip]
+        if not claims:
+            self._hosts.pop(peer.identity, None)
 
 
 def oldest_claimant(claims: Mapping[K, int]) -> K | None:

@@ -25,7 +25,7 @@ from .netlink import Netlink
 from .nlwire import Batch
 from .objects import RTPROT_OVERLAYD, IPAddress, IPNetwork, Link, Route
 from .overlap import foreign_route_conflicts
-from .peers import PeerVtep, Screened, screen_peers
+from .peers import PeerVtep, ScreenCache, Screened
 from .underlay import Underlay
 from .vxlan_plan import (
     VXLAN_OVERHEAD,
@@ -96,6 +96,7 @@ class VxlanBackend:
         self._programmed: dict[IPNetwork, PeerVtep] | None = None  # as last applied; None: unknown
         self._programmed_on = 0  # the device's ifindex then
         self._routes: list[Route] = []  # the main table as of the last full reconcile
+        self._screen: ScreenCache[PeerVtep] | None = None  # screening at the cost of each change
 
     @classmethod
     def for_underlay(
@@ -157,7 +158,9 @@ class VxlanBackend:
         link, repaired = self._ensure_device(own_subnet)
         if repaired or link.index != self._programmed_on or not self._routes_still_there(link.index):
             full = True  # a device recreated, or set down and up, lost its routes and neighbours
-        screened = screen_peers(peers, own_subnet=own_subnet, own_ip=self.spec.local_ip, own_identity=self.spec.mac)
+        if self._screen is None or full or self._programmed is None:
+            self._screen = ScreenCache(own_subnet=own_subnet, own_ip=self.spec.local_ip, own_identity=self.spec.mac)
+        screened = self._screen.screen(peers)
         if full or self._programmed is None:
             self._programmed = None  # until this run is applied
             observed = Observed(
@@ -170,7 +173,7 @@ class VxlanBackend:
             actions = plan_peers(accepted, observed, ifindex=link.index, protocol=self.route_protocol)
             self._nl.apply_batch(self._batch(link.index, actions))  # thousands of actions at a cold start
         else:
-            accepted, refusals = self._checked(screened, link.index)
+            accepted, refusals = self._checked(screened, link.index, checked_before=self._programmed)
             actions = plan_peer_changes(self._programmed, accepted, ifindex=link.index, protocol=self.route_protocol)
             self._programmed = None  # until this run is applied: a failed action means a full one next
             if not self._apply_changes(link.index, actions):
@@ -207,10 +210,14 @@ class VxlanBackend:
                 self._apply(ifindex, action)
         return True
 
-    def _checked(self, screened: Screened[PeerVtep], ifindex: int) -> tuple[dict[IPNetwork, PeerVtep], list[Refusal]]:
+    def _checked(self, screened: Screened[PeerVtep], ifindex: int,
+                 checked_before: Mapping[IPNetwork, PeerVtep] | None = None) -> tuple[dict[IPNetwork, PeerVtep], list[Refusal]]:
         """Screened peers less those whose subnet a route not ours already claims (as of the
-        last kernel dump: such routes come from the operator and rarely change)."""
-        taken = foreign_route_conflicts(screened.accepted, self._routes, ifindex=ifindex, protocol=self.route_protocol)
+        last kernel dump: such routes come from the operator and rarely change). Subnets in
+        checked_before passed this check already."""
+        subnets = (screened.accepted if checked_before is None
+                   else [subnet for subnet in screened.accepted if subnet not in checked_before])
+        taken = foreign_route_conflicts(subnets, self._routes, ifindex=ifindex, protocol=self.route_protocol)
         refusals = [*screened.refused, *(Refusal(subnet, reason) for subnet, reason in taken.items())]
         for refusal in refusals:
             log.warning("refusing peer %s: %s", refusal.subnet, refusal.reason)

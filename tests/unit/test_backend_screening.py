@@ -83,3 +83,30 @@ def test_a_clone_is_refused_and_the_older_claimant_kept(make: Any) -> None:
 def test_one_host_may_hold_several_subnets(make: Any) -> None:
     accepted, refused = make({"10.244.1.0/24": (11, 1, 5), "10.244.2.0/24": (11, 1, 6)})
     assert accepted == {"10.244.1.0/24", "10.244.2.0/24"} and refused == {}
+
+
+# -- the same answers, a change at a time (ScreenCache) -------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from overlayd.backend.peers import ScreenCache  # noqa: E402
+
+SUBNETS = [ip_network(f"10.244.{n}.0/24") for n in range(12)] + [ip_network("10.244.0.0/22"),
+                                                                 ip_network("10.244.9.128/25")]
+peer_specs = st.tuples(st.sampled_from(SUBNETS), st.integers(10, 14), st.integers(1, 5), st.integers(0, 3))
+peer_sets = st.dictionaries(st.sampled_from(SUBNETS), st.tuples(st.integers(10, 14), st.integers(1, 5),
+                                                                st.integers(0, 3)), max_size=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(peer_sets, min_size=1, max_size=6))
+def test_screening_a_change_at_a_time_answers_as_screening_the_whole_set(sequence: list[dict]) -> None:
+    cache = ScreenCache(own_subnet=OWN_SUBNET, own_ip=OWN_IP, own_identity="02:00:00:00:00:09")
+    made: dict = {}  # one object per (subnet, spec), as the daemon reuses parsed peers
+    for specs in sequence:
+        peers = {subnet: made.setdefault((subnet, spec), vxlan_peer(*spec)) for subnet, spec in specs.items()}
+        whole = screen_peers(peers, own_subnet=OWN_SUBNET, own_ip=OWN_IP, own_identity="02:00:00:00:00:09")
+        quick = cache.screen(peers)
+        assert quick.accepted == whole.accepted
+        assert [(r.subnet, r.reason) for r in quick.refused] == [(r.subnet, r.reason) for r in whole.refused]
