@@ -111,7 +111,10 @@ class Answers:
     async def pod_add(self, name: str, labels: dict[str, str], ports: tuple[Publication, ...] = ()) -> dict[str, Any]:
         pod = (await self._kernel(self._pods().add, name, labels, ports)).to_dict()
         if ports:
-            await self._require().host.nat.converge()
+            problem = await self._require().host.nat.converge()
+            if problem is not None:  # the pod stays; the ports follow when the table can be written
+                pod["warnings"] = [f"published ports not in place yet ({problem}); retried every 30 s, "
+                                   "see `overlayctl status` (nat)"]
         return pod
 
     async def pod_del(self, name: str) -> None:

@@ -42,13 +42,14 @@ class NatKeeper:
         self._lock = trio.Lock()
         self.changes = 0  # times the table was rewritten (0 after a start that adopted it)
 
-    async def converge(self) -> None:
+    async def converge(self) -> str | None:
+        """Write the table if it differs; the problem when it could not be written (else None)."""
         async with self._lock:
             try:
                 result = await self.kernel(self._converge_now)
             except OverlaydError as exc:
                 self.reporter.fail("nat", f"nftables: {exc}")
-                return
+                return str(exc)
             self.reporter.recover("nat")
             if result.replaced:
                 self.changes += 1
@@ -56,6 +57,7 @@ class NatKeeper:
                          len(self.spec.published))
             for command in result.holes:
                 log.info("nftables: %s", command)
+            return None
 
     def _converge_now(self) -> nft.NatResult:
         self.spec = replace(self.spec, published=self.publications())

@@ -19,6 +19,7 @@ import pytest
 from overlayd.api.client import ControlClient
 from overlayd.lab import runner, topology
 from overlayd.lab.plan import OUTSIDE_IP, LabHost
+from overlayd.nat.ports import parse_publish
 from tests.integration.conftest import Lab, _lab, netns_exec, overlayctl
 from tests.integration.labfaults import stop_daemon
 from tests.integration.labtools import PingFlow, components, status
@@ -152,6 +153,11 @@ def test_a_table_of_that_name_not_ours_is_left_alone(lab: Lab) -> None:
         restart(lab, h2, "--nft-table", "theirs")
         assert "nat" in components(status(h2))
         assert netns_exec(h2.netns, "nft", "list", "table", "inet", "theirs").stdout.count("chain") == 1
+        # A pod with published ports is still made, and says its ports are not in place.
+        added = ControlClient(h2.socket).call("pod.add", name="blocked", labels={},
+                                              ports=[parse_publish("9090:80/tcp").to_dict()])
+        assert any("published ports not in place" in w for w in added.get("warnings", [])), added
+        ControlClient(h2.socket).call("pod.del", name="blocked")
     finally:
         restart(lab, h2)
         netns_exec(h2.netns, "nft", "delete", "table", "inet", "theirs", check=False)
