@@ -85,7 +85,8 @@ def ping_through_restarts(lab: Lab, src_pod: str, dst_pod: str, hosts: list[str]
     return (int(match.group(1)) if match else 0), out
 
 
-def _lab(tmp_base: Path, hosts: int, backend: str, wireguard_implementation: str = "auto") -> Iterator[Lab]:
+def running_lab(tmp_base: Path, hosts: int, backend: str, wireguard_implementation: str = "auto") -> Iterator[Lab]:
+    """A lab up for as long as the generator is not closed (`yield from` it in a fixture)."""
     plan = make_plan(unique_name(), hosts, backend, tmp_base, wireguard_implementation=wireguard_implementation)
     try:
         result = runner.up(plan)
@@ -96,22 +97,22 @@ def _lab(tmp_base: Path, hosts: int, backend: str, wireguard_implementation: str
 
 @pytest.fixture(scope="module")
 def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    yield from _lab(tmp_path_factory.mktemp("lab"), 3, "vxlan")
+    yield from running_lab(tmp_path_factory.mktemp("lab"), 3, "vxlan")
 
 
 @pytest.fixture(scope="module")
 def lab_wg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A 3-host lab on the WireGuard backend (our userspace engine: no kernel module here)."""
-    yield from _lab(tmp_path_factory.mktemp("lab"), 3, "wireguard")
+    yield from running_lab(tmp_path_factory.mktemp("lab"), 3, "wireguard")
 
 
 @pytest.fixture(scope="module")
 def lab_hostgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A 3-host lab on host-gw: every lab host is on the one underlay bridge, so on-link."""
-    yield from _lab(tmp_path_factory.mktemp("lab"), 3, "host-gw")
+    yield from running_lab(tmp_path_factory.mktemp("lab"), 3, "host-gw")
 
 
 @pytest.fixture(scope="module")
 def lab_wggo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A 3-host lab on the WireGuard backend running Debian's stock wireguard-go."""
-    yield from _lab(tmp_path_factory.mktemp("lab"), 3, "wireguard", "wireguard-go")
+    yield from running_lab(tmp_path_factory.mktemp("lab"), 3, "wireguard", "wireguard-go")

@@ -21,11 +21,11 @@ import pytest
 
 from overlayd.api.client import ControlClient
 from overlayd.lab import runner
-from overlayd.lab.plan import LabHost, make_plan
+from overlayd.lab.plan import LabHost
 from overlayd.lab.topology import ETC_NETNS_DIR
 from overlayd.pods.dns import cni_dns
 from tests.integration.cni_runtime import REFERENCE_PLUGINS, Container, PluginFailed, Runtime, add, check, delete
-from tests.integration.conftest import Lab, netns_exec, overlayctl, unique_name
+from tests.integration.conftest import Lab, netns_exec, overlayctl, running_lab, unique_name
 from tests.integration.labfaults import stop_daemon
 from tests.integration.labtools import wait_for
 
@@ -37,12 +37,7 @@ PROBE_PORT = 8080
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    base = tmp_path_factory.mktemp("lab")
-    plan = make_plan(unique_name(), 2, "vxlan", base)
-    try:
-        yield Lab(plan, runner.up(plan))
-    finally:
-        runner.down(plan.name, base)
+    yield from running_lab(tmp_path_factory.mktemp("lab"), 2, "vxlan")
 
 
 @pytest.fixture(scope="module")

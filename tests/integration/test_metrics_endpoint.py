@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from overlayd import __version__
 from overlayd.api.protocol import MAX_REQUEST_BYTES
 from overlayd.metrics import DaemonMetrics
-from tests.integration.conftest import Lab, _lab, netns_exec, overlayctl
+from tests.integration.conftest import Lab, running_lab, netns_exec, overlayctl
 from tests.integration.labtools import etcdctl
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ sys.stdout.write(r.read().decode())
 
 @pytest.fixture(scope="module")
 def lab2(tmp_path_factory: pytest.TempPathFactory):
-    yield from _lab(tmp_path_factory.mktemp("lab"), 2, "vxlan")
+    yield from running_lab(tmp_path_factory.mktemp("lab"), 2, "vxlan")
 
 
 def get(lab: Lab, host: str, path: str) -> tuple[int, str]:

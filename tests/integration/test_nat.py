@@ -20,7 +20,7 @@ from overlayd.api.client import ControlClient
 from overlayd.lab import runner, topology
 from overlayd.lab.plan import OUTSIDE_IP, LabHost
 from overlayd.nat.ports import parse_publish
-from tests.integration.conftest import Lab, _lab, netns_exec, overlayctl
+from tests.integration.conftest import Lab, running_lab, netns_exec, overlayctl
 from tests.integration.labfaults import stop_daemon
 from tests.integration.labtools import PingFlow, components, status
 
@@ -31,7 +31,7 @@ ECHO = str(Path(__file__).with_name("nat_echo.py"))
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    yield from _lab(tmp_path_factory.mktemp("lab"), 2, "vxlan")
+    yield from running_lab(tmp_path_factory.mktemp("lab"), 2, "vxlan")
 
 
 def restart(lab: Lab, host: LabHost, *flags: str) -> dict:
@@ -232,7 +232,7 @@ def test_published_ports_survive_a_restart_and_go_with_the_pod(lab: Lab, web: st
 
 def test_lab_down_leaves_no_namespace(tmp_path: Path) -> None:
     """The outside namespace is the lab's too; our table lives in host namespaces, which go."""
-    lab_run = _lab(tmp_path, 1, "vxlan")
+    lab_run = running_lab(tmp_path, 1, "vxlan")
     small = next(lab_run)  # lab up
     try:
         assert topology.netns_exists(small.plan.outside_netns)

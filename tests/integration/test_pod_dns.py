@@ -21,7 +21,7 @@ from overlayd.api.client import ControlClient
 from overlayd.lab import runner
 from overlayd.lab.plan import make_plan
 from overlayd.lab.topology import ETC_NETNS_DIR
-from tests.integration.conftest import Lab, netns_exec, unique_name
+from tests.integration.conftest import Lab, netns_exec, running_lab, unique_name
 from tests.integration.labfaults import stop_daemon
 
 pytestmark = pytest.mark.integration
@@ -31,12 +31,7 @@ ANSWER = "10.1.2.3"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    base = tmp_path_factory.mktemp("dns")
-    plan = make_plan(unique_name(), 2, "vxlan", base)
-    try:
-        yield Lab(plan, runner.up(plan))
-    finally:
-        runner.down(plan.name, base)
+    yield from running_lab(tmp_path_factory.mktemp("dns"), 2, "vxlan")
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ import pytest
 from overlayd.api.client import ControlClient
 from overlayd.cluster.keeper import CONFLICT_RETRY
 from overlayd.lab import runner
-from overlayd.lab.plan import LabHost, make_plan
-from tests.integration.conftest import Lab, netns_exec, unique_name
+from overlayd.lab.plan import LabHost
+from tests.integration.conftest import Lab, netns_exec, running_lab
 from tests.integration.labfaults import stop_daemon
 from tests.integration.labtools import PingFlow, cluster_leases, components, etcdctl, status, subnet_key, wait_for
 
@@ -100,14 +100,9 @@ def nodes_in_etcd(lab: Lab) -> list[str]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    base = tmp_path_factory.mktemp("safety")
-    plan = make_plan(unique_name(), 3, "vxlan", base)
-    try:
-        lab = Lab(plan, runner.up(plan))
+    for lab in running_lab(tmp_path_factory.mktemp("safety"), 3, "vxlan"):
         ControlClient(lab.host("h1").socket).call("pod.add", name="labelled", labels={"app": "web", "tier": "1"})
         yield lab
-    finally:
-        runner.down(plan.name, base)
 
 
 @pytest.fixture(autouse=True)

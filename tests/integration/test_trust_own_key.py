@@ -21,8 +21,8 @@ import pytest
 
 from overlayd.api.client import ControlClient
 from overlayd.lab import runner
-from overlayd.lab.plan import LabHost, make_plan
-from tests.integration.conftest import Lab, netns_exec, unique_name
+from overlayd.lab.plan import LabHost
+from tests.integration.conftest import Lab, netns_exec, running_lab
 from tests.integration.labfaults import stop_daemon
 from tests.integration.labtools import cluster_leases, components, etcdctl, status, subnet_key, wait_for
 
@@ -122,12 +122,7 @@ def wait_settled(lab: Lab) -> None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    base = tmp_path_factory.mktemp("trustlab")
-    plan = make_plan(unique_name(), 3, "vxlan", base)
-    try:
-        yield Lab(plan, runner.up(plan))
-    finally:
-        runner.down(plan.name, base)
+    yield from running_lab(tmp_path_factory.mktemp("trustlab"), 3, "vxlan")
 
 
 @pytest.fixture(scope="module")
