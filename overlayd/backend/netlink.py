@@ -23,12 +23,8 @@ from overlayd.errors import KernelError
 
 from . import nlwire
 from .nlwire import Batch
-
 from .objects import (
     IFA_F_NODAD,
-    NTF_SELF,
-    NUD_NOARP,
-    NUD_PERMANENT,
     RT_TABLE_MAIN,
     RTNH_F_ONLINK,
     Address,
@@ -244,18 +240,6 @@ class Netlink:
 
     # -- routes, neighbours, FDB ---------------------------------------------------------------
 
-    def replace_onlink_route(self, dst: IPNetwork, gateway: IPAddress, oif: int, protocol: int) -> None:
-        with _kernel(f"set route {dst} via {gateway}"):
-            self._ipr.route(
-                "replace",
-                dst=str(dst),
-                gateway=str(gateway),
-                oif=oif,
-                flags=RTNH_F_ONLINK,
-                proto=protocol,
-                table=RT_TABLE_MAIN,
-            )
-
     def route_oif(self, dst: IPAddress) -> int | None:
         """The interface the kernel would send to `dst` through (None: no route)."""
         try:
@@ -265,7 +249,8 @@ class Netlink:
         return answer[0].get_attr("RTA_OIF") if answer else None
 
     def add_onlink_route(self, dst: IPNetwork, gateway: IPAddress, oif: int, protocol: int) -> bool:
-        """Like replace_onlink_route, but never over an existing route to `dst`: False if one is there."""
+        """An onlink route `dst via gateway dev oif`, never over an existing route to `dst`:
+        False if one is there (the full reconcile's batch replaces; see nlwire.Batch)."""
         try:
             with _kernel(f"add route {dst} via {gateway}"):
                 self._ipr.route("add", dst=str(dst), gateway=str(gateway), oif=oif, flags=RTNH_F_ONLINK,
@@ -306,33 +291,3 @@ class Netlink:
         with _kernel(f"delete route {route.dst}", missing_ok=True):
             self._ipr.route("del", **attrs)
 
-    def replace_neighbour(self, ifindex: int, ip: IPAddress, mac: str) -> None:
-        with _kernel(f"set neighbour {ip} -> {mac}"):
-            self._ipr.neigh("replace", ifindex=ifindex, dst=str(ip), lladdr=mac, state=NUD_PERMANENT)
-
-    def delete_neighbour(self, neighbour: Neighbour) -> None:
-        with _kernel(f"delete neighbour {neighbour.ip}", missing_ok=True):
-            self._ipr.neigh("del", ifindex=neighbour.ifindex, dst=str(neighbour.ip))
-
-    def replace_fdb(self, ifindex: int, mac: str, dst: IPAddress) -> None:
-        """Point unicast `mac` at remote `dst` (created, or its single remote replaced in place)."""
-        with _kernel(f"set FDB entry {mac} -> {dst}"):
-            self._ipr.fdb(
-                "replace",
-                ifindex=ifindex,
-                lladdr=mac,
-                dst=str(dst),
-                state=NUD_PERMANENT | NUD_NOARP,
-                flags=NTF_SELF,
-            )
-
-    def delete_fdb(self, entry: FdbEntry) -> None:
-        attrs: dict[str, Any] = {"ifindex": entry.ifindex, "lladdr": entry.mac}
-        if entry.dst is not None:
-            attrs["dst"] = str(entry.dst)
-        if entry.port is not None:
-            attrs["port"] = entry.port
-        if entry.vni is not None:
-            attrs["vni"] = entry.vni
-        with _kernel(f"delete FDB entry {entry.mac} -> {entry.dst}", missing_ok=True):
-            self._ipr.fdb("del", **attrs)

@@ -202,12 +202,14 @@ class VxlanBackend:
     def _apply_changes(self, ifindex: int, actions: list[Action]) -> bool:
         """Apply incrementally planned actions; a new subnet's route is only added where no route to
         it exists (the kernel may have one we did not see: we did not dump). False on such a route."""
+        new_routes: list[SetRoute] = []
+        others: list[Action] = []
         for action in actions:
-            if isinstance(action, SetRoute) and action.change is Change.ADD:
-                if not self._nl.add_onlink_route(action.dst, action.gateway, ifindex, self.route_protocol):
-                    return False
-            else:
-                self._apply(ifindex, action)
+            (new_routes if isinstance(action, SetRoute) and action.change is Change.ADD else others).append(action)
+        for route in new_routes:
+            if not self._nl.add_onlink_route(route.dst, route.gateway, ifindex, self.route_protocol):
+                return False
+        self._nl.apply_batch(self._batch(ifindex, others))
         return True
 
     def _checked(self, screened: Screened[PeerVtep], ifindex: int,
@@ -276,7 +278,7 @@ class VxlanBackend:
         )
 
     def _batch(self, ifindex: int, actions: list[Action]) -> Batch:
-        """`actions` as one batch of requests, each the one `_apply` would make."""
+        """`actions` as one batch of netlink requests (sent by Netlink.apply_batch)."""
         batch = Batch()
         for action in actions:
             match action:
@@ -293,19 +295,3 @@ class VxlanBackend:
                 case DeleteFdb(entry=entry):
                     batch.delete_fdb(entry)
         return batch
-
-    def _apply(self, ifindex: int, action: Action) -> None:
-        nl = self._nl
-        match action:
-            case SetFdb(mac=mac, dst=dst):
-                nl.replace_fdb(ifindex, mac, dst)
-            case SetNeighbour(ip=ip, mac=mac):
-                nl.replace_neighbour(ifindex, ip, mac)
-            case SetRoute(dst=dst, gateway=gateway):
-                nl.replace_onlink_route(dst, gateway, ifindex, self.route_protocol)
-            case DeleteRoute(route=route):
-                nl.delete_route(route)
-            case DeleteNeighbour(neighbour=neighbour):
-                nl.delete_neighbour(neighbour)
-            case DeleteFdb(entry=entry):
-                nl.delete_fdb(entry)
