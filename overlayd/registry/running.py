@@ -18,6 +18,7 @@ import trio
 from overlayd.cluster.etcd import EtcdClient
 from overlayd.cni.service import CniService
 from overlayd.health import Reporter
+from overlayd.metrics import DaemonMetrics
 from overlayd.nat.keeper import NatKeeper
 from overlayd.pods.service import PodService
 from overlayd.registry import cache
@@ -48,7 +49,7 @@ def own_pod_entries(node: str, pods: PodService, cni: CniService) -> list[PodEnt
 class ClusterRegistry:
     def __init__(self, *, node: str, prefix: str, etcd: EtcdClient, nat: NatKeeper, state_dir: Path,
                  wanted: Callable[[], Awaitable[list[PodEntry]]], lease_id: Callable[[], int | None],
-                 reporter: Reporter, disk: Callable[..., Awaitable[Any]]) -> None:
+                 reporter: Reporter, disk: Callable[..., Awaitable[Any]], metrics: DaemonMetrics) -> None:
         self.store = RegistryStore(etcd, prefix)
         self.view = RegistryView(prefix)
         self._changed = Pulse()
@@ -58,10 +59,10 @@ class ClusterRegistry:
         self._state_dir = state_dir
         self._report = reporter
         self._disk = disk
+        self._metrics = metrics
         self._cached = cache.load(state_dir)
         self._programmed: tuple[ServiceNat, ...] | None = None
         self.names_listeners: list[NamesListener] = []
-        self.updates = 0  # service rule rewrites, for tests and metrics
         nat.services = self.rows
 
     @property
@@ -92,9 +93,11 @@ class ClusterRegistry:
             for listener in self.names_listeners:
                 listener(pods, services)
             rows = self.rows()
+            self._metrics.services.set(len(self.view.services))
+            self._metrics.service_endpoints.set(sum(len(row.endpoints) for row in rows))
             if rows != self._programmed and await self._nat.converge() is None:
                 self._programmed = rows
-                self.updates += 1
+                self._metrics.service_rule_updates.inc()
                 try:
                     await self._disk(cache.save, self._state_dir, rows)
                 except (OSError, StateError) as exc:
@@ -102,6 +105,7 @@ class ClusterRegistry:
 
     def _report_refused(self) -> None:
         refused = self.view.refused
+        self._metrics.registry_refused.set(len(refused))
         if refused:
             key, why = next(iter(sorted(refused.items())))
             self._report.fail("registry-records", f"{len(refused)} pod or service record(s) refused, e.g. {key}: {why}")
