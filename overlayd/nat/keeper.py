@@ -44,17 +44,28 @@ class NatKeeper:
     def __post_init__(self) -> None:
         self._lock = trio.Lock()
         self.changes = 0  # times the table was rewritten (0 after a start that adopted it)
+        self._checked = False  # a full converge succeeded: the table is ours and the holes are in place
 
-    async def converge(self) -> str | None:
-        """Write the table if it differs; the problem when it could not be written (else None)."""
+    async def converge(self, *, full: bool = True) -> str | None:
+        """Write the table if it differs; the problem when it could not be written (else None).
+
+        full=False, for a change of our own rules (service endpoints): once a full converge has
+        succeeded, the table is rewritten without first reading it and the forward chains back
+        (at 1,000 endpoints those reads cost more than the write); the periodic resync stays full."""
         async with self._lock:
             services = self.services()
             try:
+                if not full and self._checked:
+                    await self.kernel(self._write_now, services)
+                    self.changes += 1
+                    self.reporter.recover("nat")
+                    return None
                 result = await self.kernel(self._converge_now, services)
             except OverlaydError as exc:
                 self.reporter.fail("nat", f"nftables: {exc}")
                 return str(exc)
             self.reporter.recover("nat")
+            self._checked = True
             if result.replaced:
                 self.changes += 1
                 log.info("nftables table inet %s written (%d published ports, %d service ports)", self.spec.table,
@@ -62,6 +73,10 @@ class NatKeeper:
             for command in result.holes:
                 log.info("nftables: %s", command)
             return None
+
+    def _write_now(self, services: tuple[ServiceNat, ...]) -> None:
+        self.spec = replace(self.spec, published=self.publications(), services=services)
+        nft.write_table(self.spec)
 
     def _converge_now(self, services: tuple[ServiceNat, ...]) -> nft.NatResult:
         self.spec = replace(self.spec, published=self.publications(), services=services)

@@ -95,7 +95,7 @@ class ClusterRegistry:
             rows = self.rows()
             self._metrics.services.set(len(self.view.services))
             self._metrics.service_endpoints.set(sum(len(row.endpoints) for row in rows))
-            if rows != self._programmed and await self._nat.converge() is None:
+            if rows != self._programmed and await self._nat.converge(full=False) is None:
                 self._programmed = rows
                 self._metrics.service_rule_updates.inc()
                 try:
