@@ -61,7 +61,8 @@ class ClusterRegistry:
         self._disk = disk
         self._metrics = metrics
         self._cached = cache.load(state_dir)
-        self._programmed: tuple[ServiceNat, ...] | None = None
+        # Start-up programmed the cached rules (nat_keeper(..., services=cache)): equal rows change nothing.
+        self._programmed: tuple[ServiceNat, ...] = self._cached
         self.names_listeners: list[NamesListener] = []
         nat.services = self.rows
 
