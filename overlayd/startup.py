@@ -42,7 +42,9 @@ from overlayd.health import HealthModel, Reporter
 from overlayd.hoststate import HostState, StateFiles
 from overlayd.metrics import DaemonMetrics
 from overlayd.nat.keeper import NatKeeper, nat_keeper
+from overlayd.policy.running import startup_rules
 from overlayd.registry import cache as services_cache
+from overlayd.registry.running import own_pod_entries
 from overlayd.pods.config import PodNetworkConfig
 from overlayd.pods.manager import PodManager
 from overlayd.pods.service import PodService, ReconcileReport
@@ -159,6 +161,9 @@ class Startup:
             cni = await self._kernel(self._open_cni, pods, subnet, network.gateway, backend.mtu)
             nat = nat_keeper(config, cluster_config.network, subnet, pods.publications, self._kernel, self._report,
                              services_cache.load(config.state_dir))
+            # Network policy as last enforced (its cache), until the registry is listed: no pod opens at a restart.
+            local = await self._kernel(own_pod_entries, config.node_name, pods, cni)
+            nat.policy = startup_rules(config.node_name, subnet, config.state_dir, local)
             await nat.converge()  # egress masquerade and published ports (nat/)
         except BaseException:
             with trio.CancelScope(shield=True):

@@ -26,6 +26,8 @@ from overlayd.nat.ports import Publication
 from overlayd.peerloop import PeerLoop
 from overlayd.pods.dns import cni_dns
 from overlayd.pods.service import PodService
+from overlayd.policy.model import Policy
+from overlayd.policy.reach import evaluate, explain
 from overlayd.registry.records import ServicePort, ServiceSpec
 from overlayd.registry.running import ClusterRegistry
 from overlayd.startup import Host
@@ -116,6 +118,7 @@ class Answers:
     async def pod_add(self, name: str, labels: dict[str, str], ports: tuple[Publication, ...] = ()) -> dict[str, Any]:
         pod = (await self._kernel(self._pods().add, name, labels, ports)).to_dict()
         self._require().registry.pods_changed()
+        await self._require().registry.policy.local_pods_changed()  # policy covers it before we return
         if ports:
             problem = await self._require().host.nat.converge()
             if problem is not None:  # the pod stays; the ports follow when the table can be written
@@ -127,6 +130,7 @@ class Answers:
         published = self._pods().publishes(name)
         await self._kernel(self._pods().delete, name)
         self._require().registry.pods_changed()
+        await self._require().registry.policy.local_pods_changed()
         if published:  # its DNAT rules go with it
             await self._require().host.nat.converge()
 
@@ -144,11 +148,13 @@ class Answers:
     async def cni_add(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]:
         attachment = await self._kernel(self._cni().add, network, container_id, ifname, netns)
         self._require().registry.pods_changed()
+        await self._require().registry.policy.local_pods_changed()  # before the runtime starts the container
         return attachment | {"dns": cni_dns(self._require().host.pod_resolv)}
 
     async def cni_del(self, network: str, container_id: str, ifname: str) -> None:
         await self._kernel(self._cni().delete, network, container_id, ifname)
         self._require().registry.pods_changed()
+        await self._require().registry.policy.local_pods_changed()
 
     async def cni_check(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]:
         return await self._kernel(self._cni().check, network, container_id, ifname, netns)
@@ -156,6 +162,7 @@ class Answers:
     async def cni_gc(self, network: str, valid: list[tuple[str, str]]) -> list[str]:
         removed = await self._kernel(self._cni().gc, network, valid)
         self._require().registry.pods_changed()
+        await self._require().registry.policy.local_pods_changed()
         return removed
 
     async def cni_list(self) -> list[dict[str, Any]]:
@@ -189,6 +196,38 @@ class Answers:
     async def service_list(self) -> list[dict[str, Any]]:
         registry = self._registry()
         return [registry.service_row(registry.view.services[name]) for name in sorted(registry.view.services)]
+
+    # --- network policy (policy/) ----------------------------------------------------
+
+    async def policy_apply(self, policy: Policy, warnings: list[str]) -> dict[str, Any]:
+        result = await trio.to_thread.run_sync(self._registry().policy_store.apply, policy)
+        return {"name": policy.name, "result": result, "warnings": warnings}
+
+    async def policy_del(self, name: str) -> None:
+        await trio.to_thread.run_sync(self._registry().policy_store.delete, name)
+
+    def _policy_row(self, policy: Policy) -> dict[str, Any]:
+        pods = [p for p in self._registry().policy.pods() if policy.pod_selector.matches(p.labels)]
+        return {"name": policy.name, "pod_selector": str(policy.pod_selector), "types": list(policy.types),
+                "ingress_rules": len(policy.ingress), "egress_rules": len(policy.egress),
+                "pods": sorted(f"{p.node}/{p.name}" for p in pods), "document": policy.to_doc()}
+
+    async def policy_get(self, name: str) -> dict[str, Any]:
+        policy = self._registry().view.policies.get(name)
+        if policy is None:
+            raise NotFoundError(f"no policy named {name}")
+        return self._policy_row(policy)
+
+    async def policy_list(self) -> list[dict[str, Any]]:
+        policies = self._registry().view.policies
+        return [self._policy_row(policies[name]) for name in sorted(policies)]
+
+    async def policy_explain(self, src: str, dst: str, protocol: str, port: int | None) -> dict[str, Any]:
+        enforcer = self._registry().policy
+        policies = dict(self._registry().view.policies)
+        source, target = enforcer.endpoint(src), enforcer.endpoint(dst)
+        verdict = evaluate(policies.values(), source, target, protocol, port)
+        return explain(policies, verdict, source, target, protocol, port)
 
 
 def _lease_row(lease: Lease) -> dict[str, Any]:

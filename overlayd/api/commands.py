@@ -14,6 +14,7 @@ from overlayd.errors import UsageError
 from overlayd.nat.ports import publications_untrusted
 from overlayd.cluster.errors import RecordError
 from overlayd.pods.names import validate_labels, validate_pod_name
+from overlayd.policy.model import PROTOCOLS, Policy, parse_policy_untrusted, validate_policy_name
 from overlayd.registry.records import ServicePort, ports_untrusted
 
 
@@ -36,6 +37,12 @@ class ControlPlane(Protocol):
     async def service_del(self, name: str) -> None: ...
     async def service_get(self, name: str) -> dict[str, Any]: ...
     async def service_list(self) -> list[dict[str, Any]]: ...
+    # network policy (policy/)
+    async def policy_apply(self, policy: Policy, warnings: list[str]) -> dict[str, Any]: ...
+    async def policy_del(self, name: str) -> None: ...
+    async def policy_get(self, name: str) -> dict[str, Any]: ...
+    async def policy_list(self) -> list[dict[str, Any]]: ...
+    async def policy_explain(self, src: str, dst: str, protocol: str, port: int | None) -> dict[str, Any]: ...
 
 
 Handler = Callable[[ControlPlane, dict[str, Any]], Awaitable[Any]]
@@ -177,6 +184,50 @@ async def _service_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
     return await plane.service_list()
 
 
+# --- network policy ------------------------------------------------------------------
+
+
+def _policy_name(args: dict[str, Any]) -> str:
+    return validate_policy_name(args.get("name"))
+
+
+async def _policy_apply(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    """`document`: one NetworkPolicy document, decoded (the CLI reads YAML or JSON)."""
+    _only(args, "document")
+    policy, warnings = parse_policy_untrusted(args.get("document"))
+    return await plane.policy_apply(policy, warnings)
+
+
+async def _policy_del(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args, "name")
+    await plane.policy_del(_policy_name(args))
+    return None
+
+
+async def _policy_get(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args, "name")
+    return await plane.policy_get(_policy_name(args))
+
+
+async def _policy_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args)
+    return await plane.policy_list()
+
+
+async def _policy_explain(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    """`from`, `to`: pod names (HOST/NAME when ambiguous) or addresses; `port` (or null), `protocol`."""
+    _only(args, "from", "to", "port", "protocol")
+    ends = [args.get("from"), args.get("to")]
+    if not all(isinstance(e, str) and 0 < len(e) <= 320 for e in ends):
+        raise UsageError("arguments 'from' and 'to' must be pod names or addresses")
+    protocol, port = args.get("protocol", "tcp"), args.get("port")
+    if protocol not in PROTOCOLS.values():
+        raise UsageError("argument 'protocol' must be tcp, udp or sctp")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+        raise UsageError("argument 'port' must be a port number (1-65535) or null")
+    return await plane.policy_explain(ends[0], ends[1], protocol, port)
+
+
 COMMANDS: dict[str, Handler] = {
     "status": _status,
     "hosts": _hosts,
@@ -191,6 +242,11 @@ COMMANDS: dict[str, Handler] = {
     "service.del": _service_del,
     "service.get": _service_get,
     "service.list": _service_list,
+    "policy.apply": _policy_apply,
+    "policy.del": _policy_del,
+    "policy.get": _policy_get,
+    "policy.list": _policy_list,
+    "policy.explain": _policy_explain,
 }
 
 

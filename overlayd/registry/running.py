@@ -21,6 +21,8 @@ from overlayd.health import Reporter
 from overlayd.metrics import DaemonMetrics
 from overlayd.nat.keeper import NatKeeper
 from overlayd.pods.service import PodService
+from overlayd.policy.running import PolicyEnforcer
+from overlayd.policy.store import PolicyStore
 from overlayd.registry import cache
 from overlayd.registry.follow import Pulse, RegistryFollower
 from overlayd.registry.publish import PodPublisher
@@ -65,6 +67,9 @@ class ClusterRegistry:
         self._programmed: tuple[ServiceNat, ...] = self._cached
         self.names_listeners: list[NamesListener] = []
         nat.services = self.rows
+        self.policy_store = PolicyStore(etcd, prefix)
+        self.policy = PolicyEnforcer(node=node, view=self.view, ready=self.ready, nat=nat, state_dir=state_dir,
+                                     wanted=wanted, reporter=reporter, disk=disk, metrics=metrics)
 
     @property
     def ready(self) -> trio.Event:
@@ -83,6 +88,7 @@ class ClusterRegistry:
             nursery.start_soon(self._follower.run)
             nursery.start_soon(self.publisher.run, self.ready)
             nursery.start_soon(self._follow_changes)
+            nursery.start_soon(self.policy.run)
         raise AssertionError("unreachable")
 
     async def _follow_changes(self) -> NoReturn:
@@ -96,7 +102,14 @@ class ClusterRegistry:
             rows = self.rows()
             self._metrics.services.set(len(self.view.services))
             self._metrics.service_endpoints.set(sum(len(row.endpoints) for row in rows))
-            if rows != self._programmed and await self._nat.converge(full=False) is None:
+            table = self.policy.table()  # network policy (policy/running.py): written in the same rewrite
+            if table != self.policy.programmed:
+                await self.policy.prepare(table)
+            if (rows != self._programmed or table != self.policy.programmed) and \
+                    await self._nat.converge(full=False) is None:
+                await self.policy.programmed_now(table)
+                if rows == self._programmed:
+                    continue
                 self._programmed = rows
                 self._metrics.service_rule_updates.inc()
                 try:

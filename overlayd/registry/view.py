@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from overlayd.cluster.errors import RecordError
+from overlayd.policy.model import Policy
+from overlayd.policy.records import parse_policy_record_untrusted
 from overlayd.registry.records import PodEntry, ServicePort, ServiceSpec, parse_pod_untrusted, parse_service_untrusted
 
 MAX_NODE_NAME = 253
@@ -39,16 +41,20 @@ class RegistryView:
     def __init__(self, prefix: str) -> None:
         self.pods_prefix = f"{prefix}/pods/"
         self.services_prefix = f"{prefix}/services/"
+        self.policies_prefix = f"{prefix}/policies/"
         self.pods: dict[tuple[str, str], PodEntry] = {}  # (node, name)
         self.services: dict[str, ServiceSpec] = {}
+        self.policies: dict[str, Policy] = {}
         self.refused: dict[str, str] = {}  # key -> why
 
     # --- feeding -------------------------------------------------------------------
 
     def reset(self, prefix: str, changes: Iterable[Change]) -> None:
-        """A full listing of one prefix (pods/ or services/) replaces what we held under it."""
+        """A full listing of one prefix (pods/, services/ or policies/) replaces what we held under it."""
         if prefix == self.pods_prefix:
             self.pods.clear()
+        elif prefix == self.policies_prefix:
+            self.policies.clear()
         else:
             self.services.clear()
         self.refused = {k: v for k, v in self.refused.items() if not k.startswith(prefix)}
@@ -71,6 +77,8 @@ class RegistryView:
             return self._apply_pod(key, key[len(self.pods_prefix):], change.value)
         if key.startswith(self.services_prefix):
             return self._apply_service(key, key[len(self.services_prefix):], change.value)
+        if key.startswith(self.policies_prefix):
+            return self._apply_policy(key, key[len(self.policies_prefix):], change.value)
         return False
 
     def _apply_pod(self, key: str, rest: str, value: bytes | None) -> bool:
@@ -100,6 +108,18 @@ class RegistryView:
             return before is not None
         self.services[name] = spec
         return spec != before
+
+    def _apply_policy(self, key: str, name: str, value: bytes | None) -> bool:
+        before = self.policies.pop(name, None)
+        if value is None:
+            return before is not None
+        try:
+            policy = parse_policy_record_untrusted(name, value)
+        except RecordError as exc:
+            self.refused[key] = str(exc)
+            return before is not None
+        self.policies[name] = policy
+        return policy != before
 
     # --- answers ---------------------------------------------------------------------
 
