@@ -267,3 +267,170 @@ def test_truth_table_generated(lab: Lab, pods: dict[str, dict], tmp_path: Path) 
     assert 0.1 * total < allowed < 0.9 * total, "the generated scenarios should both allow and deny a fair share"
     assert time.monotonic() - start < 120
     apply_scenario(lab, [], tmp_path)
+
+
+# --- behaviour around the truth table -------------------------------------------------------------
+
+
+def _probe(netns: str, address: str, port: int, protocol: str = "tcp", timeout: float = 1.0) -> bool:
+    out = netns_exec(netns, sys.executable, PROBE, "probe", str(timeout), json.dumps([[address, port, protocol]]))
+    return json.loads(out.stdout)[0]
+
+
+def _apply(lab: Lab, tmp: Path, *docs: dict) -> None:
+    path = tmp / "apply.yaml"
+    path.write_text("\n---\n".join(json.dumps(doc) for doc in docs))
+    overlayctl(lab.host("h3").socket, "policy", "apply", "-f", str(path), check=True)
+
+
+def _wait_enforced(lab: Lab, *names: str) -> None:
+    wait_for(f"every host enforces {names}",
+             lambda: all(all(f"_{n}" in " ".join(_counters(lab, h)) for n in names) for h in PODS), 20)
+
+
+def test_a_new_pod_is_covered_before_its_first_packet(lab: Lab, pods: dict[str, dict], tmp_path: Path) -> None:
+    """A pod a policy isolates is closed from the moment `pod add` returns, on its own host and across."""
+    _apply(lab, tmp_path, _doc("locked", {"podSelector": {"matchLabels": {"app": "locked"}},
+                                           "policyTypes": ["Ingress", "Egress"]}))
+    _wait_enforced(lab, "locked")
+    try:
+        for round_ in range(3):
+            locked = _pod_add(lab, "h2", f"locked-{round_}", {"app": "locked"})
+            # At once: same host (bridged) and another host (routed), both directions.
+            assert not _probe(locked["netns"], pods["w2"]["ip"], 80, timeout=0.5)
+            assert not _probe(locked["netns"], pods["w1"]["ip"], 80, "udp", timeout=0.5)
+            server = _serve(locked | {"name": f"locked-{round_}"})
+            try:
+                assert not _probe(pods["d2"]["netns"], locked["ip"], 80, timeout=0.5)
+                assert not _probe(pods["d3"]["netns"], locked["ip"], 81, "udp", timeout=0.5)
+            finally:
+                server.kill()
+                server.wait()
+            opened = _pod_add(lab, "h2", f"open-{round_}", {"app": "open"})  # the probe itself works at once
+            assert _probe(opened["netns"], pods["w2"]["ip"], 80)
+            overlayctl(lab.host("h2").socket, "pod", "del", f"locked-{round_}", check=True)
+            overlayctl(lab.host("h2").socket, "pod", "del", f"open-{round_}", check=True)
+    finally:
+        overlayctl(lab.host("h1").socket, "policy", "del", "locked", check=True)
+
+
+def test_established_flows_survive_a_policy_that_denies_new_ones(lab: Lab, pods: dict[str, dict],
+                                                                  tmp_path: Path) -> None:
+    client, server = pods["c1"], pods["w2"]
+    keeper = subprocess.Popen(["ip", "netns", "exec", client["netns"], sys.executable, "-c",
+                               "import socket,sys\n"
+                               f"s=socket.create_connection(('{server['ip']}', 80), timeout=5)\n"
+                               "print(s.recv(100).decode().strip(), flush=True)\n"
+                               "for line in sys.stdin:\n"
+                               "    s.sendall(line.encode()); print(s.recv(100).decode().strip(), flush=True)\n"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert keeper.stdin is not None and keeper.stdout is not None
+    try:
+        assert keeper.stdout.readline().strip() == "ok"
+        _apply(lab, tmp_path, _doc("web2-closed", {"podSelector": {"matchLabels": {"app": "web", "env": "dev"}}}))
+        _wait_enforced(lab, "web2-closed")
+        assert not _probe(client["netns"], server["ip"], 80), "new connections must be denied"
+        for word in ("still", "here"):
+            keeper.stdin.write(word + "\n")
+            keeper.stdin.flush()
+            assert keeper.stdout.readline().strip() == word, "the established connection broke"
+    finally:
+        keeper.kill()
+        overlayctl(lab.host("h1").socket, "policy", "del", "web2-closed", check=True)
+
+
+FETCH = """
+import http.client
+c = http.client.HTTPConnection("127.0.0.1", 9469, timeout=10)
+c.request("GET", "/metrics")
+print(c.getresponse().read().decode())
+"""
+
+
+def _drops(lab: Lab, host: str, policy: str, direction: str) -> float:
+    body = netns_exec(lab.host(host).netns, sys.executable, "-c", FETCH).stdout
+    match = re.search(rf'^overlayd_policy_drops_total\{{direction="{direction}",policy="{policy}"\}} (\S+)$', body,
+                      re.MULTILINE)
+    return float(match.group(1)) if match else -1.0
+
+
+def test_drops_are_counted_per_policy_and_survive_rewrites(lab: Lab, pods: dict[str, dict], tmp_path: Path) -> None:
+    _apply(lab, tmp_path, _doc("db-closed", {"podSelector": {"matchLabels": {"app": "db"}}}))
+    _wait_enforced(lab, "db-closed")
+    try:
+        for _ in range(3):
+            assert not _probe(pods["w3"]["netns"], pods["d3"]["ip"], 80, "udp", timeout=0.6)
+        wait_for("h3 counts the drops", lambda: _drops(lab, "h3", "db-closed", "ingress") >= 3, 25, interval=0.5)
+        before = _drops(lab, "h3", "db-closed", "ingress")
+        # A rewrite of the table (another policy) starts the kernel counters at zero: the metric must not.
+        _apply(lab, tmp_path, _doc("unrelated", {"podSelector": {"matchLabels": {"app": "nothing"}}}))
+        _wait_enforced(lab, "unrelated")
+        assert _drops(lab, "h3", "db-closed", "ingress") >= before
+        assert _drops(lab, "h1", "db-closed", "egress") == -1.0  # no Egress type, no series
+    finally:
+        for name in ("db-closed", "unrelated"):
+            overlayctl(lab.host("h1").socket, "policy", "del", name)
+
+
+def test_policy_cli(lab: Lab, pods: dict[str, dict], tmp_path: Path) -> None:
+    socket = lab.host("h1").socket
+    path = tmp_path / "web.yaml"
+    path.write_text("""\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-from-ops
+  namespace: default
+spec:
+  podSelector:
+    matchLabels:
+      app: web
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          role: ops
+    ports:
+    - protocol: TCP
+      port: 80
+""")
+    result = overlayctl(socket, "policy", "apply", "-f", str(path), check=True)
+    assert result.stdout.strip() == "policy/web-from-ops created"
+    assert "namespace" in result.stderr and "ignored" in result.stderr
+    assert overlayctl(socket, "policy", "apply", "-f", str(path), check=True).stdout.strip() == \
+        "policy/web-from-ops unchanged"
+    try:
+        wait_for("h2 lists it", lambda: "web-from-ops" in overlayctl(lab.host("h2").socket, "policy", "ls").stdout, 5)
+        listing = overlayctl(lab.host("h2").socket, "policy", "ls", check=True).stdout
+        assert re.search(r"web-from-ops\s+app=web\s+Ingress\s+1\s+0\s+3", listing), listing
+        shown = overlayctl(socket, "policy", "get", "web-from-ops", check=True).stdout
+        assert "kind: NetworkPolicy" in shown and "h1/w1" in shown
+        allowed = overlayctl(socket, "policy", "explain", "x2", "w1", "80/tcp")
+        assert allowed.returncode == 0 and allowed.stdout.startswith("ALLOW")
+        assert "rule 0 of policy web-from-ops" in allowed.stdout
+        denied = overlayctl(socket, "policy", "explain", "d2", "w3", "80")
+        assert denied.returncode == 1 and denied.stdout.startswith("DENY") and "isolated by web-from-ops" in denied.stdout
+        assert _probe(pods["x2"]["netns"], pods["w1"]["ip"], 80) and not _probe(pods["d2"]["netns"], pods["w3"]["ip"], 80)
+    finally:
+        assert overlayctl(socket, "policy", "del", "web-from-ops", check=True).stdout.strip() == \
+            "policy/web-from-ops deleted"
+    bad = tmp_path / "bad.yaml"
+    for text, needle in [
+        ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: ns}\nspec:\n  podSelector: {}\n"
+         "  ingress:\n  - from:\n    - namespaceSelector: {}\n", "namespaceSelector is not supported"),
+        ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np}\nspec:\n  podSelector: {}\n"
+         "  ingress:\n  - ports:\n    - port: http\n", "named ports"),
+        ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: typo}\nspec:\n  podSelector: {}\n"
+         "  ingres: []\n", "unknown field 'ingres'"),
+        ("kind: [unclosed\n", "not valid YAML"),
+    ]:
+        bad.write_text(text)
+        result = overlayctl(socket, "policy", "apply", "-f", str(bad))
+        assert result.returncode == 2 and needle in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for args, needle in [(("policy", "get", "missing"), "no policy"), (("policy", "del", "missing"), "no policy"),
+                         (("policy", "explain", "nope", "w1", "80"), "no pod named nope"),
+                         (("policy", "explain", "w1", "w2", "99999"), "port")]:
+        result = overlayctl(socket, *args)
+        assert result.returncode != 0 and needle in result.stderr and len(result.stderr.strip().splitlines()) == 1, \
+            result.stderr
