@@ -35,9 +35,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network
 
-from overlayd.policy.model import Direction, IPAddress, IPNetwork, Policy, PortRule, Selector
+from overlayd.policy.model import Direction, IPAddress, IPBlock, IPNetwork, Policy, PortRule, Selector
 
 UNKNOWN_COUNTER = "policy_unknown"
 HOOK = "type filter hook forward priority filter; policy accept;"
@@ -80,6 +81,11 @@ def _element(net: IPNetwork | IPAddress) -> str:
     return str(net)
 
 
+@lru_cache(maxsize=4096)
+def _prefixes(block: IPBlock) -> tuple[IPNetwork, ...]:
+    return block.prefixes()
+
+
 def _port(rule: PortRule) -> str:
     if rule.port is None:
         return f"meta l4proto {rule.protocol}"
@@ -99,17 +105,22 @@ class _Builder:
         for pod in pods:
             if pod.ip.version == family:
                 self._groups.setdefault((pod.labels, pod.local), []).append(pod.ip)
+        self._label_dicts = {labels: dict(labels) for labels, _ in self._groups}
+        self._selected: dict[tuple[object, ...], list[IPAddress]] = {}
 
     def add_set(self, name: str, elements: Iterable[str], interval: bool = False) -> str:
         self.sets.append(NftSet(name, self.addr_type, interval, tuple(elements)))
         return name
 
     def selected(self, selector: Selector, local_only: bool) -> list[IPAddress]:
-        found: set[IPAddress] = set()
-        for (labels, local), ips in self._groups.items():
-            if (local or not local_only) and selector.matches(dict(labels)):
-                found.update(ips)
-        return sorted(found)  # type: ignore[type-var]
+        key = (local_only, selector.key)
+        if key not in self._selected:
+            found: set[IPAddress] = set()
+            for (labels, local), ips in self._groups.items():
+                if (local or not local_only) and selector.matches(self._label_dicts[labels]):
+                    found.update(ips)
+            self._selected[key] = sorted(found, key=int)
+        return self._selected[key]
 
     def selector_set(self, selector: Selector, local_only: bool) -> str:
         key = ("l" if local_only else "p", selector.key)
@@ -139,7 +150,7 @@ def _side_rules(b: _Builder, policies: Sequence[Policy], direction: Direction) -
             for peer in rule.peers:
                 if peer.ip_block is not None:
                     if peer.ip_block.cidr.version == b.family:  # the other family never meets our pods
-                        peers.append(f" {b.ip} {peer_field} @{b.block_set(peer.ip_block.prefixes())}")
+                        peers.append(f" {b.ip} {peer_field} @{b.block_set(_prefixes(peer.ip_block))}")
                 elif peer.pods is not None:
                     peers.append(f" {b.ip} {peer_field} @{b.selector_set(peer.pods, local_only=False)}")
             if not rule.peers:
@@ -158,14 +169,14 @@ def build(policies: Iterable[Policy], pods: Iterable[PodIP], subnet: IPNetwork) 
         return None
     pods = list(pods)
     b = _Builder(pods, subnet.version)
-    local = sorted({p.ip for p in pods if p.local and p.ip.version == subnet.version})  # type: ignore[type-var]
+    local = sorted({p.ip for p in pods if p.local and p.ip.version == subnet.version}, key=int)
     b.add_set("local_pods", (str(ip) for ip in local))
     for direction in ("ingress", "egress"):
         isolated: set[IPAddress] = set()
         for policy in ordered:
             if policy.isolates(direction):  # type: ignore[arg-type]
                 isolated.update(b.selected(policy.pod_selector, local_only=True))
-        b.add_set(f"iso_{direction}", (str(ip) for ip in sorted(isolated)))  # type: ignore[type-var]
+        b.add_set(f"iso_{direction}", (str(ip) for ip in sorted(isolated, key=int)))
     sides = {d: _side_rules(b, ordered, d) for d in DIRECTIONS}
     ip = b.ip
     forward = (

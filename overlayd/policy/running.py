@@ -91,10 +91,12 @@ class PolicyEnforcer:
         self._cached_policies, cached_pods = cache.load(state_dir)
         self._cached_pods = [p for p in cached_pods if p.node != node]
         self._local: list[PodEntry] | None = None  # this host's pods, once read
+        self._local_reads = 0
         self._startup = nat.policy  # start-up's rules (from the cache) until then
         self.programmed: PolicyTable | None = self._startup()
         self._saved: tuple[Any, ...] | None = None
         self._bridge_checked = False
+        self._built: tuple[tuple[Any, ...] | None, PolicyTable | None] = (None, None)
         self.counters = PolicyCounters(nat.spec.table)
         nat.policy = self.table
         nat.counters = self.counters
@@ -112,8 +114,12 @@ class PolicyEnforcer:
     def table(self) -> PolicyTable | None:
         if self._local is None:
             return self._startup()
-        policies, remote = self.inputs()
-        return nft.build(policies, nft.pod_ips(remote + self._local, self._node), self._nat.spec.subnet)
+        key = (self._ready.is_set(), self._view.generation, self._local_reads)
+        if key != self._built[0]:
+            policies, remote = self.inputs()
+            self._built = (key, nft.build(policies, nft.pod_ips(remote + self._local, self._node),
+                                          self._nat.spec.subnet))
+        return self._built[1]
 
     def pods(self) -> list[PodEntry]:
         """Every pod known: this host's (from the pod service) and the others' (registry)."""
@@ -156,6 +162,7 @@ class PolicyEnforcer:
     async def local_pods_changed(self) -> None:
         """This host's pods changed (control socket): the rules follow before the caller returns."""
         self._local = await self._wanted()
+        self._local_reads += 1
         await self.enforce()
 
     async def enforce(self) -> None:

@@ -46,6 +46,7 @@ class RegistryView:
         self.services: dict[str, ServiceSpec] = {}
         self.policies: dict[str, Policy] = {}
         self.refused: dict[str, str] = {}  # key -> why
+        self.generation = 0  # counts changes, so consumers can cache what they derive
 
     # --- feeding -------------------------------------------------------------------
 
@@ -65,6 +66,7 @@ class RegistryView:
         changed = False
         for change in changes:
             changed |= self._apply_one(change)
+        self.generation += 1
         return changed
 
     def _apply_one(self, change: Change) -> bool:
