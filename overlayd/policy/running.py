@@ -9,9 +9,9 @@ covered before its first packet. A pod IP of this host's subnet that the rules d
 yet is dropped meanwhile (nft.py), so there is no gap either way.
 
 Same-host pod-to-pod traffic is bridged, and reaches the inet forward hook only through
-br_netfilter: with policies in force we turn on `nf_call_iptables` on our bridge (only
-ours; the netns-wide sysctl stays as it is) and report the `policy` health problem when
-br_netfilter is not loaded at all.
+br_netfilter: while policies are in force we turn on `nf_call_iptables` on our bridge (only
+ours; the netns-wide sysctl stays as it is), and off again when the last one goes, and
+report the `policy` health problem when br_netfilter is not loaded at all.
 """
 
 from __future__ import annotations
@@ -52,16 +52,13 @@ def startup_rules(node: str, subnet: Any, state_dir: Path, local: list[PodEntry]
     return lambda: table
 
 
-def bridge_filtering(bridge: str) -> str | None:
-    """Make bridged traffic between pods pass the inet hooks (blocking); the problem, or None."""
+def bridge_filtering(bridge: str, on: bool) -> str | None:
+    """Whether bridged traffic between pods passes the inet hooks, through our bridge's own
+    nf_call_iptables (blocking); the problem, or None. Off again without policies: br_netfilter
+    costs every frame through the bridge a detour through the IP hooks."""
     if not os.path.isdir(PROC_SYS / "net/bridge"):
         return ("br_netfilter is not loaded: traffic between pods of this host is not filtered by policy "
-                "(`modprobe br_netfilter`)")
-    try:
-        if (PROC_SYS / "net/bridge/bridge-nf-call-iptables").read_text().strip() == "1":
-            return None
-    except OSError:
-        pass
+                "(`modprobe br_netfilter`)") if on else None
     from pyroute2 import IPRoute  # only here: the daemon's netlink lives in the kernel runner
 
     try:
@@ -69,9 +66,9 @@ def bridge_filtering(bridge: str) -> str | None:
             index = ipr.link_lookup(ifname=bridge)
             if not index:
                 return f"bridge {bridge} not found"
-            ipr.link("set", index=index[0], kind="bridge", br_nf_call_iptables=1)
+            ipr.link("set", index=index[0], kind="bridge", br_nf_call_iptables=1 if on else 0)
     except Exception as exc:  # noqa: BLE001  (pyroute2 raises NetlinkError and OSErrors)
-        return f"cannot turn on nf_call_iptables on {bridge}: {exc}"
+        return f"cannot turn {'on' if on else 'off'} nf_call_iptables on {bridge}: {exc}"
     return None
 
 
@@ -95,7 +92,7 @@ class PolicyEnforcer:
         self._startup = nat.policy  # start-up's rules (from the cache) until then
         self.programmed: PolicyTable | None = self._startup()
         self._saved: tuple[Any, ...] | None = None
-        self._bridge_checked = False
+        self._bridge_on: bool | None = None  # our bridge's nf_call_iptables as last set
         self._built: tuple[tuple[Any, ...] | None, PolicyTable | None] = (None, None)
         self.counters = PolicyCounters(nat.spec.table)
         nat.policy = self.table
@@ -175,12 +172,16 @@ class PolicyEnforcer:
             await self.programmed_now(table)
 
     async def prepare(self, table: PolicyTable | None) -> None:
-        """Before the first rules: make bridged pod traffic reach them."""
-        if table is not None and not self._bridge_checked:
-            problem = await self._nat.kernel(bridge_filtering, self._nat.spec.bridge)
-            self._bridge_checked = True
-            if problem is not None:
-                self._report.fail("policy", problem)
+        """Before the rules: bridged pod traffic reaches the inet hooks while there are policies, only then."""
+        on = table is not None
+        if on == self._bridge_on:
+            return
+        problem = await self._nat.kernel(bridge_filtering, self._nat.spec.bridge, on)
+        self._bridge_on = on
+        if problem is not None:
+            self._report.fail("policy", problem)
+        else:
+            self._report.recover("policy")
 
     async def programmed_now(self, table: PolicyTable | None) -> None:
         """`table` is in the kernel: remember it, count, and cache the inputs for the next start."""
@@ -203,6 +204,7 @@ class PolicyEnforcer:
             log.warning("cannot save the policy cache: %s", exc)
 
     async def run(self) -> NoReturn:
+        await self.prepare(self.programmed)  # start-up's rules (cache) are in force already
         await self.local_pods_changed()
         while True:
             await trio.sleep(COUNTER_INTERVAL)
