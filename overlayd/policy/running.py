@@ -42,6 +42,7 @@ from overlayd.statefile import StateError
 log = logging.getLogger("overlayd")
 
 COUNTER_INTERVAL = 10.0  # seconds between reads of the drop counters
+CACHE_DELAY = 1.0  # seconds from a change of the rules to the cache on disk
 Runner = Callable[..., Awaitable[Any]]
 
 
@@ -92,6 +93,7 @@ class PolicyEnforcer:
         self._startup = nat.policy  # start-up's rules (from the cache) until then
         self.programmed: PolicyTable | None = self._startup()
         self._saved: tuple[Any, ...] | None = None
+        self._dirty = False
         self._bridge_on: bool | None = None  # our bridge's nf_call_iptables as last set
         self._built: tuple[tuple[Any, ...] | None, PolicyTable | None] = (None, None)
         self.counters = PolicyCounters(nat.spec.table)
@@ -184,17 +186,23 @@ class PolicyEnforcer:
             self._report.recover("policy")
 
     async def programmed_now(self, table: PolicyTable | None) -> None:
-        """`table` is in the kernel: remember it, count, and cache the inputs for the next start."""
+        """`table` is in the kernel: remember it and count; the cache is saved soon after (run)."""
         if table != self.programmed:
             self._metrics.policy_rule_updates.inc()
+            self._dirty = True
         self.programmed = table
         self.counters.names = table.counters if table is not None else ()
-        policies, remote = self.inputs()
-        self._metrics.policies.set(len(policies))
-        if not self._ready.is_set():
+        self._metrics.policies.set(len(self.inputs()[0]))
+
+    async def _save_cache(self) -> None:
+        """The inputs of the rules in force, for the next start; off the path of the rewrite itself
+        (three lab hosts share two cores: a save per change would slow the others' rewrites)."""
+        if not self._dirty or not self._ready.is_set():
             return
-        key = (tuple(sorted(policies, key=lambda p: p.name)), tuple(sorted((p.node, p.name, p.ip, tuple(sorted(
-            p.labels.items()))) for p in remote)))  # type: ignore[type-var]
+        self._dirty = False
+        policies, remote = self.inputs()
+        key = (tuple(sorted(policies, key=lambda p: p.name)),
+               tuple(sorted((p.node, p.name, str(p.ip), tuple(sorted(p.labels.items()))) for p in remote)))
         if key == self._saved:
             return
         try:
@@ -202,13 +210,18 @@ class PolicyEnforcer:
             self._saved = key
         except (OSError, StateError) as exc:
             log.warning("cannot save the policy cache: %s", exc)
+            self._dirty = True
 
     async def run(self) -> NoReturn:
         await self.prepare(self.programmed)  # start-up's rules (cache) are in force already
         await self.local_pods_changed()
+        last_read = trio.current_time()
         while True:
-            await trio.sleep(COUNTER_INTERVAL)
-            await self._nat.kernel(self._read_counters)
+            await trio.sleep(CACHE_DELAY)
+            await self._save_cache()
+            if trio.current_time() - last_read >= COUNTER_INTERVAL:
+                await self._nat.kernel(self._read_counters)
+                last_read = trio.current_time()
 
     def _read_counters(self) -> None:  # in the kernel runner, as the rewrites: never between a read and its use
         self.counters.seen(self.counters.read(self._nat.spec))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -434,3 +435,32 @@ spec:
         result = overlayctl(socket, *args)
         assert result.returncode != 0 and needle in result.stderr and len(result.stderr.strip().splitlines()) == 1, \
             result.stderr
+
+
+def test_policies_stay_in_force_across_a_restart_without_etcd(lab: Lab, pods: dict[str, dict],
+                                                               tmp_path: Path) -> None:
+    """The daemon restarts while etcd is unreachable: its pods stay closed (policies.json cache)."""
+    from overlayd.lab import runner
+    from tests.integration.labfaults import cut_etcd, heal_etcd, stop_daemon
+    from tests.integration.labtools import status
+
+    _apply(lab, tmp_path, _doc("d1-closed", {"podSelector": {"matchLabels": {"app": "db", "env": "prod"}},
+                                             "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]}))
+    _wait_enforced(lab, "d1-closed")
+    host = lab.host("h1")
+    time.sleep(1.5)  # the cache is written about a second after a change
+    try:
+        stop_daemon(host, signal.SIGKILL)
+        before = _nft(lab, "h1")
+        cut_etcd(lab.plan, [host])
+        try:
+            runner.start_daemon(lab.plan, host)
+            runner.wait_ready(host)
+            assert _nft(lab, "h1") == before, "start-up must program the cached policy rules, not drop them"
+            assert not _probe(pods["c2"]["netns"], pods["d1"]["ip"], 80)
+            assert _probe(pods["w2"]["netns"], pods["d1"]["ip"], 80), "w2 is a known pod of another host"
+        finally:
+            heal_etcd(lab.plan)
+        wait_for("h1 follows the registry again", lambda: "registry" not in " ".join(status(host)["problems"]), 30)
+    finally:
+        overlayctl(lab.host("h2").socket, "policy", "del", "d1-closed", check=True)
