@@ -217,15 +217,15 @@ async def _policy_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
 async def _policy_explain(plane: ControlPlane, args: dict[str, Any]) -> Any:
     """`from`, `to`: pod names (HOST/NAME when ambiguous) or addresses; `port` (or null), `protocol`."""
     _only(args, "from", "to", "port", "protocol")
-    ends = [args.get("from"), args.get("to")]
-    if not all(isinstance(e, str) and 0 < len(e) <= 320 for e in ends):
+    src, dst = args.get("from"), args.get("to")
+    if not (isinstance(src, str) and isinstance(dst, str) and 0 < len(src) <= 320 and 0 < len(dst) <= 320):
         raise UsageError("arguments 'from' and 'to' must be pod names or addresses")
     protocol, port = args.get("protocol", "tcp"), args.get("port")
     if protocol not in PROTOCOLS.values():
         raise UsageError("argument 'protocol' must be tcp, udp or sctp")
     if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
         raise UsageError("argument 'port' must be a port number (1-65535) or null")
-    return await plane.policy_explain(ends[0], ends[1], protocol, port)
+    return await plane.policy_explain(src, dst, protocol, port)
 
 
 COMMANDS: dict[str, Handler] = {

@@ -146,7 +146,7 @@ class IPBlock:
     def prefixes(self) -> tuple[IPNetwork, ...]:
         """The block as disjoint prefixes: cidr minus every except (an nftables interval set)."""
         remaining: list[IPNetwork] = [self.cidr]
-        for hole in collapse_addresses(self.excepts):  # type: ignore[arg-type]
+        for hole in collapse_addresses(self.excepts):  # type: ignore[arg-type, type-var]
             nxt: list[IPNetwork] = []
             for net in remaining:
                 if hole.subnet_of(net):  # type: ignore[arg-type]
@@ -154,7 +154,7 @@ class IPBlock:
                 elif not net.subnet_of(hole):  # type: ignore[arg-type]
                     nxt.append(net)
             remaining = nxt
-        return tuple(sorted(collapse_addresses(remaining)))  # type: ignore[arg-type]
+        return tuple(sorted(collapse_addresses(remaining)))  # type: ignore[arg-type, type-var]
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"cidr": str(self.cidr)}
