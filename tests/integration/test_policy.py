@@ -263,11 +263,18 @@ def test_truth_table_hand_written(lab: Lab, pods: dict[str, dict], tmp_path: Pat
 def test_truth_table_generated(lab: Lab, pods: dict[str, dict], tmp_path: Path) -> None:
     start = time.monotonic()
     counts = [check_scenario(lab, pods, docs, tmp_path) for docs in generated_scenarios(pods, 8, seed=12)]
+    assert all(_bridge_filters(lab, h) for h in PODS), "with policies, bridged pod traffic must reach the rules"
     allowed = sum(a for a, _ in counts)
     total = sum(t for _, t in counts)
     assert 0.1 * total < allowed < 0.9 * total, "the generated scenarios should both allow and deny a fair share"
     assert time.monotonic() - start < 120
     apply_scenario(lab, [], tmp_path)
+    wait_for("br_netfilter off again on every bridge", lambda: not any(_bridge_filters(lab, h) for h in PODS), 5)
+
+
+def _bridge_filters(lab: Lab, host: str) -> bool:
+    """Whether the host's pod bridge hands bridged frames to the IP hooks (the lab's sysctl is 0)."""
+    return "nf_call_iptables 1" in netns_exec(lab.host(host).netns, "ip", "-d", "link", "show", "ovl0").stdout
 
 
 # --- behaviour around the truth table -------------------------------------------------------------
