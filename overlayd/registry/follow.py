@@ -44,7 +44,7 @@ class Pulse:
 
 
 def _changes(kvs: tuple[KeyValue, ...]) -> list[Change]:
-    return [Change(kv.key, kv.value) for kv in kvs]
+    return [Change(kv.key, kv.value, kv.lease_id) for kv in kvs]
 
 
 class RegistryFollower:
@@ -79,7 +79,8 @@ class RegistryFollower:
                 try:
                     while True:
                         chunk = await trio.to_thread.run_sync(stream.next_chunk, abandon_on_cancel=True)
-                        changes = [Change(e.kv.key, e.kv.value if e.kind == "put" else None) for e in chunk.events]
+                        changes = [Change(e.kv.key, e.kv.value if e.kind == "put" else None, e.kv.lease_id)
+                                   for e in chunk.events]
                         refused_before = dict(self._view.refused)
                         if self._view.apply(changes) or self._view.refused != refused_before:
                             self._changed.set()
