@@ -14,6 +14,7 @@ import trio
 
 from overlayd.cluster.errors import WatchCompacted
 from overlayd.cluster.etcd import KeyValue
+from overlayd.cluster.watch import MAX_BACKOFF, MIN_BACKOFF  # the same promise: back within ~2 s of etcd
 from overlayd.errors import ClusterError
 from overlayd.health import Reporter
 from overlayd.registry.store import RegistryStore
@@ -21,7 +22,6 @@ from overlayd.registry.view import Change, RegistryView
 
 log = logging.getLogger("overlayd")
 
-MIN_BACKOFF, MAX_BACKOFF = 0.25, 8.0
 
 
 class Pulse:
