@@ -107,7 +107,9 @@ class Daemon:
         return ClusterRegistry(node=self.config.node_name, prefix=self.config.etcd.prefix, etcd=host.cluster.store.etcd,
                                nat=host.nat, state_dir=self.config.state_dir, wanted=wanted,
                                lease_id=lambda: keeper.lease.lease_id if keeper.lease else None,
-                               reporter=self.reporter, disk=self._disk, metrics=self.metrics)
+                               reporter=self.reporter, disk=self._disk, metrics=self.metrics,
+                               encode_pod=host.trust.signer.sign_pod if host.trust.signer else None,
+                               verify_pod=host.trust.verifier.verify_pod_untrusted if host.trust.verifier else None)
 
     async def _first_peers(self, host: Host, peers: PeerLoop, batches: trio.MemoryReceiveChannel[WatchBatch]) -> None:
         """The first peer set: etcd's listing when it comes soon, else the one saved at the last run."""

@@ -14,6 +14,7 @@ import trio
 
 from overlayd.cluster.errors import WatchCompacted
 from overlayd.cluster.etcd import KeyValue
+from overlayd.cluster.watch import MAX_BACKOFF, MIN_BACKOFF  # the same promise: back within ~2 s of etcd
 from overlayd.errors import ClusterError
 from overlayd.health import Reporter
 from overlayd.registry.store import RegistryStore
@@ -21,7 +22,6 @@ from overlayd.registry.view import Change, RegistryView
 
 log = logging.getLogger("overlayd")
 
-MIN_BACKOFF, MAX_BACKOFF = 0.25, 8.0
 
 
 class Pulse:
@@ -44,7 +44,7 @@ class Pulse:
 
 
 def _changes(kvs: tuple[KeyValue, ...]) -> list[Change]:
-    return [Change(kv.key, kv.value) for kv in kvs]
+    return [Change(kv.key, kv.value, kv.lease_id) for kv in kvs]
 
 
 class RegistryFollower:
@@ -80,7 +80,8 @@ class RegistryFollower:
                 try:
                     while True:
                         chunk = await trio.to_thread.run_sync(stream.next_chunk, abandon_on_cancel=True)
-                        changes = [Change(e.kv.key, e.kv.value if e.kind == "put" else None) for e in chunk.events]
+                        changes = [Change(e.kv.key, e.kv.value if e.kind == "put" else None, e.kv.lease_id)
+                                   for e in chunk.events]
                         refused_before = dict(self._view.refused)
                         if self._view.apply(changes) or self._view.refused != refused_before:
                             self._changed.set()

@@ -27,8 +27,8 @@ from overlayd.registry import cache
 from overlayd.registry.follow import Pulse, RegistryFollower
 from overlayd.registry.publish import PodPublisher
 from overlayd.registry.records import CNI_NAME_PREFIX, PodEntry, ServiceSpec
-from overlayd.registry.store import RegistryStore
-from overlayd.registry.view import RegistryView, ServiceNat
+from overlayd.registry.store import PodEncoder, RegistryStore
+from overlayd.registry.view import PodVerifier, RegistryView, ServiceNat
 from overlayd.statefile import StateError
 
 log = logging.getLogger("overlayd")
@@ -51,9 +51,11 @@ def own_pod_entries(node: str, pods: PodService, cni: CniService) -> list[PodEnt
 class ClusterRegistry:
     def __init__(self, *, node: str, prefix: str, etcd: EtcdClient, nat: NatKeeper, state_dir: Path,
                  wanted: Callable[[], Awaitable[list[PodEntry]]], lease_id: Callable[[], int | None],
-                 reporter: Reporter, disk: Callable[..., Awaitable[Any]], metrics: DaemonMetrics) -> None:
-        self.store = RegistryStore(etcd, prefix)
-        self.view = RegistryView(prefix)
+                 reporter: Reporter, disk: Callable[..., Awaitable[Any]], metrics: DaemonMetrics,
+                 encode_pod: PodEncoder | None = None, verify_pod: PodVerifier | None = None) -> None:
+        """encode_pod/verify_pod: the trust layer's signature and check of pod records (None: off)."""
+        self.store = RegistryStore(etcd, prefix, encode_pod)
+        self.view = RegistryView(prefix, verify_pod)
         self._changed = Pulse()
         self._follower = RegistryFollower(self.store, self.view, self._changed, reporter)
         self.publisher = PodPublisher(node, self.store, self.view, wanted, lease_id, reporter)

@@ -7,7 +7,10 @@ is chosen here and claimed with compare-and-set, so concurrent adds never share 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
+
+from typing import Any
 
 from overlayd.cluster.errors import RecordError
 from overlayd.cluster.etcd import EtcdClient, Range
@@ -17,9 +20,14 @@ from overlayd.registry.records import PodEntry, ServiceSpec, parse_service_untru
 VIP_ATTEMPTS = 16  # random picks before giving up on a crowded service network
 
 
+# (key, pod record fields, lease id) -> the value to store: the trust layer's signature.
+PodEncoder = Callable[[str, dict[str, Any], int], bytes]
+
+
 class RegistryStore:
-    def __init__(self, etcd: EtcdClient, prefix: str) -> None:
+    def __init__(self, etcd: EtcdClient, prefix: str, encode_pod: PodEncoder | None = None) -> None:
         self.etcd = etcd
+        self._encode_pod = encode_pod
         self.pods = f"{prefix}/pods/"
         self.services = f"{prefix}/services/"
         self.vips = f"{prefix}/vips/"
@@ -34,8 +42,9 @@ class RegistryStore:
     # --- this host's pods -----------------------------------------------------------
 
     def put_pod(self, entry: PodEntry, lease_id: int) -> None:
-        self.etcd.txn(f"publish pod {entry.name}", (), [(self.pod_key(entry.node, entry.name), entry.to_json(),
-                                                          lease_id)])
+        key = self.pod_key(entry.node, entry.name)
+        value = self._encode_pod(key, entry.to_dict(), lease_id) if self._encode_pod else entry.to_json()
+        self.etcd.txn(f"publish pod {entry.name}", (), [(key, value, lease_id)])
 
     def delete_pod(self, node: str, name: str) -> None:
         self.etcd.txn(f"withdraw pod {name}", (), deletes=[self.pod_key(node, name)])

@@ -7,7 +7,7 @@ Keys and values are untrusted: what does not parse is kept out and counted in `r
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -25,6 +25,11 @@ class Change:
 
     key: bytes
     value: bytes | None
+    lease_id: int = 0  # the etcd lease the key is stored under
+
+
+# (key, value, node, lease id) -> None, or RecordError: the trust layer's check of a pod record.
+PodVerifier = Callable[[str, bytes, str, int], None]
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,8 @@ class ServiceNat:
 
 
 class RegistryView:
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, verify_pod: PodVerifier | None = None) -> None:
+        self._verify_pod = verify_pod
         self.pods_prefix = f"{prefix}/pods/"
         self.services_prefix = f"{prefix}/services/"
         self.policies_prefix = f"{prefix}/policies/"
@@ -76,14 +82,14 @@ class RegistryView:
             return False  # not a key we could have written; nothing refers to it
         self.refused.pop(key, None)
         if key.startswith(self.pods_prefix):
-            return self._apply_pod(key, key[len(self.pods_prefix):], change.value)
+            return self._apply_pod(key, key[len(self.pods_prefix):], change.value, change.lease_id)
         if key.startswith(self.services_prefix):
             return self._apply_service(key, key[len(self.services_prefix):], change.value)
         if key.startswith(self.policies_prefix):
             return self._apply_policy(key, key[len(self.policies_prefix):], change.value)
         return False
 
-    def _apply_pod(self, key: str, rest: str, value: bytes | None) -> bool:
+    def _apply_pod(self, key: str, rest: str, value: bytes | None, lease_id: int) -> bool:
         node, slash, name = rest.partition("/")
         if not slash or not node or len(node) > MAX_NODE_NAME or "/" in name:
             self.refused[key] = "key is not pods/<node>/<name>"
@@ -93,6 +99,8 @@ class RegistryView:
             return before is not None
         try:
             entry = parse_pod_untrusted(node, name, value)
+            if self._verify_pod is not None:
+                self._verify_pod(key, value, node, lease_id)
         except RecordError as exc:
             self.refused[key] = str(exc)
             return before is not None
