@@ -455,7 +455,8 @@ def test_policies_stay_in_force_across_a_restart_without_etcd(lab: Lab, pods: di
                                              "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]}))
     _wait_enforced(lab, "d1-closed")
     host = lab.host("h1")
-    time.sleep(1.5)  # the cache is written about a second after a change
+    cached = host.dir / "state" / "policies.json"  # written about a second after a change
+    wait_for("h1 caches the policy", lambda: cached.exists() and "d1-closed" in cached.read_text(), 10, interval=0.1)
     try:
         stop_daemon(host, signal.SIGKILL)
         before = _nft(lab, "h1")
