@@ -18,7 +18,7 @@ One run, one machine, a 3-host lab (real etcd, real daemons, kernel VXLAN):
 
 Run as root from the repository root:
 
-    python3 -m benchmarks.bench_policy [--pods 1000] [--policies 100] [--updates 20] [--rounds 6] [--seconds 5]
+    python3 -m benchmarks.bench_policy [--pods 1000] [--policies 100] [--updates 20] [--rounds 8] [--seconds 5]
 
 Writes benchmarks/results/policy.json.
 """
@@ -241,13 +241,18 @@ def apply_to_enforcement(plan, etcd: EtcdClient, pods: int, policies: int, updat
                    "on the last of the 3 hosts showing the new rule"}
 
 
-def _iperf(client_netns: str, address: str, seconds: int) -> float:
+def _iperf(client_netns: str, address: str, seconds: int) -> tuple[float, float]:
+    """(Mbit/s, CPU seconds of both iperf3 ends per GB moved: steadier than Mbit/s on a shared 2-core box)."""
     out = subprocess.run(["ip", "netns", "exec", client_netns, "iperf3", "-c", address, "-p", "5201", "-t",
                           str(seconds), "-J"], capture_output=True, text=True).stdout
     doc = json.loads(out)
     if "error" in doc:
         raise RuntimeError(f"iperf3: {doc['error']}")
-    return doc["end"]["sum_received"]["bits_per_second"] / 1e6
+    end = doc["end"]
+    received = end["sum_received"]
+    cpu = end["cpu_utilization_percent"]
+    cpu_s = (cpu["host_total"] + cpu["remote_total"]) / 100 * received["seconds"]
+    return received["bits_per_second"] / 1e6, cpu_s / (received["bytes"] / 1e9)
 
 
 def throughput(plan, etcd: EtcdClient, real: dict[str, dict], policies: int, rounds: int, seconds: int) -> dict:
@@ -257,6 +262,7 @@ def throughput(plan, etcd: EtcdClient, real: dict[str, dict], policies: int, rou
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     results: dict[str, list[float]] = {"no_policy": [], "policies": []}
+    cpu: dict[str, list[float]] = {"no_policy": [], "policies": []}
     try:
         for r in range(rounds):
             order = ["no_policy", "policies"] if r % 2 == 0 else ["policies", "no_policy"]
@@ -265,13 +271,19 @@ def throughput(plan, etcd: EtcdClient, real: dict[str, dict], policies: int, rou
                     apply_all(etcd, docs, plan)
                 else:
                     delete_all(etcd, plan)
-                results[kind].append(_iperf(client["netns"], server["ip"], seconds))
+                mbit, cpu_per_gb = _iperf(client["netns"], server["ip"], seconds)
+                results[kind].append(mbit)
+                cpu[kind].append(cpu_per_gb)
     finally:
         daemon.kill()
         daemon.wait()
     medians = {k: statistics.median(v) for k, v in results.items()}
+    cpu_medians = {k: statistics.median(v) for k, v in cpu.items()}
     return {"mbit_s": results, "median_mbit_s": medians,
-            "ratio_policies_to_none": medians["policies"] / medians["no_policy"], "target_ratio": 0.9}
+            "ratio_policies_to_none": medians["policies"] / medians["no_policy"], "target_ratio": 0.9,
+            "round_ratios": [p / n for p, n in zip(results["policies"], results["no_policy"])],
+            "iperf3_cpu_s_per_gb": cpu, "median_cpu_s_per_gb": cpu_medians,
+            "cpu_ratio_policies_to_none": cpu_medians["policies"] / cpu_medians["no_policy"]}
 
 
 def main() -> int:
@@ -279,7 +291,7 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=1000)
     parser.add_argument("--policies", type=int, default=100)
     parser.add_argument("--updates", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=int, default=5)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-pol-"))
