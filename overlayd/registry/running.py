@@ -124,7 +124,7 @@ class ClusterRegistry:
         self._metrics.registry_refused.set(len(refused))
         if refused:
             key, why = next(iter(sorted(refused.items())))
-            self._report.fail("registry-records", f"{len(refused)} pod or service record(s) refused, e.g. {key}: {why}")
+            self._report.fail("registry-records", f"{len(refused)} pod, service or policy record(s) refused, e.g. {key}: {why}")
         else:
             self._report.recover("registry-records")
 

@@ -236,7 +236,7 @@ def test_pod_records_are_signed_and_a_forged_one_is_refused(lab: TrustLab) -> No
     moved = signed | {"name": "copy"}  # a valid signature, for another key and name, on the same lease
     etcdctl(lab.plan, "put", f"--lease={signed['lease']}", f"{PREFIX}/pods/{h1.name}/copy", json.dumps(moved))
     try:
-        wait_for("h2 refuses both", lambda: "2 pod or service record(s) refused" in " ".join(status(h2)["problems"]),
+        wait_for("h2 refuses both", lambda: "2 pod, service or policy record(s) refused" in " ".join(status(h2)["problems"]),
                  timeout=10)
         assert status(h2)["health"] == "degraded"
     finally:
