@@ -43,6 +43,7 @@ from overlayd.metrics import CountingReporter, DaemonMetrics, parse_listen_addre
 from overlayd.netns import enter_named_netns
 from overlayd.peering import PeerPolicy
 from overlayd.peerloop import PeerLoop
+from overlayd.policy.signing import PolicyVerifier
 from overlayd.registry.records import PodEntry
 from overlayd.registry.running import ClusterRegistry, own_pod_entries
 from overlayd.sdwatchdog import inform_systemd, status_line
@@ -109,7 +110,8 @@ class Daemon:
                                lease_id=lambda: keeper.lease.lease_id if keeper.lease else None,
                                reporter=self.reporter, disk=self._disk, metrics=self.metrics,
                                encode_pod=host.trust.signer.sign_pod if host.trust.signer else None,
-                               verify_pod=host.trust.verifier.verify_pod_untrusted if host.trust.verifier else None)
+                               verify_pod=host.trust.verifier.verify_pod_untrusted if host.trust.verifier else None,
+                               verify_policy=PolicyVerifier(host.trust.verifier.anchor) if host.trust.verifier else None)
 
     async def _first_peers(self, host: Host, peers: PeerLoop, batches: trio.MemoryReceiveChannel[WatchBatch]) -> None:
         """The first peer set: etcd's listing when it comes soon, else the one saved at the last run."""

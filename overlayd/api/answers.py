@@ -20,7 +20,8 @@ from overlayd.cluster.records import Lease
 from overlayd.cni.handler import handle as handle_cni_call
 from overlayd.cni.service import CniService
 from overlayd.config import DaemonConfig
-from overlayd.errors import ConflictError, NotFoundError
+from overlayd.cluster.errors import RecordError
+from overlayd.errors import ConflictError, NotFoundError, UsageError
 from overlayd.health import HealthModel
 from overlayd.nat.ports import Publication
 from overlayd.peerloop import PeerLoop
@@ -199,12 +200,33 @@ class Answers:
 
     # --- network policy (policy/) ----------------------------------------------------
 
-    async def policy_apply(self, policy: Policy, warnings: list[str]) -> dict[str, Any]:
-        result = await trio.to_thread.run_sync(self._registry().policy_store.apply, policy)
+    def _check_policy_signature(self, name: str, doc: dict[str, Any] | None, signature: object) -> None:
+        """Trust mode: refuse at once what no daemon would enforce (or, for a delete, obey)."""
+        registry = self._registry()
+        verify = registry.view.verify_policy
+        if verify is None:
+            return
+        if signature is None:
+            raise UsageError("this cluster enforces only policies signed by the cluster CA: add --ca-dir DIR")
+        key = registry.policy_store.key(name)
+        try:
+            verify(key, doc, signature)
+        except RecordError as exc:
+            raise UsageError(f"{exc} (signed for another --etcd-prefix than {key.rsplit('/policies/', 1)[0]}?)") from None
+
+    async def policy_apply(self, policy: Policy, warnings: list[str],
+                           signature: dict[str, Any] | None = None) -> dict[str, Any]:
+        self._check_policy_signature(policy.name, policy.to_doc(), signature)
+        result = await trio.to_thread.run_sync(self._registry().policy_store.apply, policy, signature)
         return {"name": policy.name, "result": result, "warnings": warnings}
 
-    async def policy_del(self, name: str) -> None:
-        await trio.to_thread.run_sync(self._registry().policy_store.delete, name)
+    async def policy_del(self, name: str, signature: dict[str, Any] | None = None) -> None:
+        self._check_policy_signature(name, None, signature)
+        store = self._registry().policy_store
+        if signature is not None:  # a signed tombstone: daemons in trust mode obey only that
+            await trio.to_thread.run_sync(store.tombstone, name, signature)
+        else:
+            await trio.to_thread.run_sync(store.delete, name)
 
     def _policy_row(self, policy: Policy) -> dict[str, Any]:
         pods = [p for p in self._registry().policy.pods() if policy.pod_selector.matches(p.labels)]

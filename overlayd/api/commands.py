@@ -38,8 +38,9 @@ class ControlPlane(Protocol):
     async def service_get(self, name: str) -> dict[str, Any]: ...
     async def service_list(self) -> list[dict[str, Any]]: ...
     # network policy (policy/)
-    async def policy_apply(self, policy: Policy, warnings: list[str]) -> dict[str, Any]: ...
-    async def policy_del(self, name: str) -> None: ...
+    async def policy_apply(self, policy: Policy, warnings: list[str],
+                           signature: dict[str, Any] | None = None) -> dict[str, Any]: ...
+    async def policy_del(self, name: str, signature: dict[str, Any] | None = None) -> None: ...
     async def policy_get(self, name: str) -> dict[str, Any]: ...
     async def policy_list(self) -> list[dict[str, Any]]: ...
     async def policy_explain(self, src: str, dst: str, protocol: str, port: int | None) -> dict[str, Any]: ...
@@ -191,16 +192,29 @@ def _policy_name(args: dict[str, Any]) -> str:
     return validate_policy_name(args.get("name"))
 
 
+def _signature(args: dict[str, Any]) -> dict[str, Any] | None:
+    """The cluster CA's signature (policy/signing.py), checked by the daemon in trust mode."""
+    signature = args.get("signature")
+    if signature is not None and not isinstance(signature, dict):
+        raise UsageError("argument 'signature' must be an object (overlayctl policy ... --ca-dir)")
+    return signature
+
+
 async def _policy_apply(plane: ControlPlane, args: dict[str, Any]) -> Any:
-    """`document`: one NetworkPolicy document, decoded (the CLI reads YAML or JSON)."""
-    _only(args, "document")
+    """`document`: one NetworkPolicy document, decoded (the CLI reads YAML or JSON); `signature`:
+    the cluster CA's, required by daemons in trust mode."""
+    _only(args, "document", "signature")
     policy, warnings = parse_policy_untrusted(args.get("document"))
-    return await plane.policy_apply(policy, warnings)
+    signature = _signature(args)
+    return await (plane.policy_apply(policy, warnings, signature) if signature is not None
+                  else plane.policy_apply(policy, warnings))
 
 
 async def _policy_del(plane: ControlPlane, args: dict[str, Any]) -> Any:
-    _only(args, "name")
-    await plane.policy_del(_policy_name(args))
+    _only(args, "name", "signature")
+    signature = _signature(args)
+    name = _policy_name(args)
+    await (plane.policy_del(name, signature) if signature is not None else plane.policy_del(name))
     return None
 
 

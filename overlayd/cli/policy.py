@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = policy_sub.add_parser("apply", help="create or replace policies from NetworkPolicy documents (YAML or JSON)")
     p.add_argument("-f", "--filename", required=True, metavar="FILE",
                    help="a file of one or more documents ('-' for standard input)")
+    _signing_arguments(p)
     p.set_defaults(handler=_apply)
     p = policy_sub.add_parser("ls", help="list policies with the number of pods each selects")
     p.set_defaults(handler=_ls)
@@ -33,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_get)
     p = policy_sub.add_parser("del", help="delete a policy")
     p.add_argument("name", help="the policy's metadata.name")
+    _signing_arguments(p)
     p.set_defaults(handler=_del)
     p = policy_sub.add_parser("explain", help="whether a new flow FROM -> TO:PORT is allowed, and by which rule "
                                               "(exit 0 allowed, 1 denied)")
@@ -40,6 +44,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", metavar="TO", help="a pod name (HOST/NAME when two hosts have one) or an address")
     p.add_argument("port", metavar="PORT[/PROTO]", help="destination port (or 'any') and tcp (default), udp or sctp")
     p.set_defaults(handler=_explain)
+
+
+def _signing_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ca-dir", type=Path, metavar="DIR",
+                        help="directory holding the cluster CA's ca.key: sign (trust mode requires it)")
+    parser.add_argument("--etcd-prefix", metavar="PREFIX",
+                        help="the cluster's key prefix the signature binds to (env OVERLAYCTL_ETCD_PREFIX; "
+                             "default /overlayd/network)")
+
+
+def _signer(args: argparse.Namespace) -> Callable[[str, dict[str, Any] | None], dict[str, Any]] | None:
+    """sign(name, canonical document or None for a delete) with the CA key of --ca-dir, or None."""
+    if args.ca_dir is None:
+        return None
+    from overlayd.cli.ca import CA_KEY_NAME
+    from overlayd.policy.signing import PolicySigner
+    from overlayd.trust.keyfiles import load_private_key
+
+    signer = PolicySigner(load_private_key(args.ca_dir / CA_KEY_NAME))
+    # The generation only grows: the signer's clock, in nanoseconds.
+    return lambda name, doc: signer(f"{args.etcd_prefix}/policies/{name}", doc, time.time_ns())
 
 
 def read_documents(path: str) -> list[Any]:
@@ -74,14 +99,18 @@ def read_documents(path: str) -> list[Any]:
 
 def _apply(args: argparse.Namespace) -> int:
     docs = read_documents(args.filename)
+    policies = []
     for i, doc in enumerate(docs):  # all checked before any is applied
         try:
-            parse_policy_untrusted(doc)
+            policies.append(parse_policy_untrusted(doc)[0])
         except UsageError as exc:
             which = f"document {i + 1}" if len(docs) > 1 else "the document"
             raise UsageError(f"{which}: {exc}") from None
+    sign = _signer(args)
     client = ControlClient(args.socket)
-    results = [client.call("policy.apply", document=doc) for doc in docs]
+    results = [client.call("policy.apply", document=doc,
+                           **({"signature": sign(policy.name, policy.to_doc())} if sign else {}))
+               for doc, policy in zip(docs, policies)]
     if args.style.json:
         print_json(results)
         return 0
@@ -114,7 +143,9 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _del(args: argparse.Namespace) -> int:
-    ControlClient(args.socket).call("policy.del", name=args.name)
+    sign = _signer(args)
+    ControlClient(args.socket).call("policy.del", name=args.name,
+                                    **({"signature": sign(args.name, None)} if sign else {}))
     if args.style.json:
         print_json({"deleted": args.name})
     else:

@@ -25,9 +25,24 @@ MAX_POLICIES = 5_000
 MAX_PODS = 100_000
 
 
-def save(state_dir: Path, policies: list[Policy], pods: list[PodEntry]) -> None:
+def save(state_dir: Path, policies: list[Policy], pods: list[PodEntry],
+         generations: dict[str, int] | None = None) -> None:
+    """generations: trust mode, the newest signed generation accepted per policy name (tombstones too)."""
     write_json_atomic(state_dir / FILE_NAME, {"policies": [p.to_doc() for p in policies],
-                                              "pods": [p.to_dict() for p in pods]})
+                                              "pods": [p.to_dict() for p in pods],
+                                              "generations": dict(generations or {})})
+
+
+def load_generations(state_dir: Path) -> dict[str, int]:
+    """The generations of the last save; {} when there are none or the file is damaged."""
+    try:
+        doc = read_json(state_dir / FILE_NAME)
+    except StateError:
+        return {}
+    found = doc.get("generations") if isinstance(doc, dict) else None
+    if not isinstance(found, dict) or len(found) > MAX_POLICIES:
+        return {}
+    return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
 
 
 def _load_untrusted(doc: Any) -> tuple[list[Policy], list[PodEntry]]:

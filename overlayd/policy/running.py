@@ -88,12 +88,15 @@ class PolicyEnforcer:
         self._metrics = metrics
         self._cached_policies, cached_pods = cache.load(state_dir)
         self._cached_pods = [p for p in cached_pods if p.node != node]
+        if view.verify_policy is not None:  # trust mode: what the last run accepted stays until signed otherwise
+            view.seed_policies(self._cached_policies, cache.load_generations(state_dir))
         self._local: list[PodEntry] | None = None  # this host's pods, once read
         self._local_reads = 0
         self._startup = nat.policy  # start-up's rules (from the cache) until then
         self.programmed: PolicyTable | None = self._startup()
         self._saved: tuple[Any, ...] | None = None
         self._dirty = False
+        self._saved_generations: dict[str, int] = {}
         self._bridge_on: bool | None = None  # our bridge's nf_call_iptables as last set
         self._built: tuple[tuple[Any, ...] | None, PolicyTable | None] = (None, None)
         self.counters = PolicyCounters(nat.spec.table)
@@ -197,17 +200,20 @@ class PolicyEnforcer:
     async def _save_cache(self) -> None:
         """The inputs of the rules in force, for the next start; off the path of the rewrite itself
         (three lab hosts share two cores: a save per change would slow the others' rewrites)."""
-        if not self._dirty or not self._ready.is_set():
+        changed = self._dirty or self._view.policy_generations != self._saved_generations
+        if not changed or not self._ready.is_set():
             return
         self._dirty = False
         policies, remote = self.inputs()
-        key = (tuple(sorted(policies, key=lambda p: p.name)),
+        generations = dict(self._view.policy_generations)
+        key = (tuple(sorted(policies, key=lambda p: p.name)), tuple(sorted(generations.items())),
                tuple(sorted((p.node, p.name, str(p.ip), tuple(sorted(p.labels.items()))) for p in remote)))
         if key == self._saved:
             return
         try:
-            await self._disk(cache.save, self._state_dir, sorted(policies, key=lambda p: p.name), remote)
+            await self._disk(cache.save, self._state_dir, sorted(policies, key=lambda p: p.name), remote, generations)
             self._saved = key
+            self._saved_generations = generations
         except (OSError, StateError) as exc:
             log.warning("cannot save the policy cache: %s", exc)
             self._dirty = True

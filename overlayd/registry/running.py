@@ -28,7 +28,7 @@ from overlayd.registry.follow import Pulse, RegistryFollower
 from overlayd.registry.publish import PodPublisher
 from overlayd.registry.records import CNI_NAME_PREFIX, PodEntry, ServiceSpec
 from overlayd.registry.store import PodEncoder, RegistryStore
-from overlayd.registry.view import PodVerifier, RegistryView, ServiceNat
+from overlayd.registry.view import PodVerifier, PolicyVerifier, RegistryView, ServiceNat
 from overlayd.statefile import StateError
 
 log = logging.getLogger("overlayd")
@@ -52,10 +52,12 @@ class ClusterRegistry:
     def __init__(self, *, node: str, prefix: str, etcd: EtcdClient, nat: NatKeeper, state_dir: Path,
                  wanted: Callable[[], Awaitable[list[PodEntry]]], lease_id: Callable[[], int | None],
                  reporter: Reporter, disk: Callable[..., Awaitable[Any]], metrics: DaemonMetrics,
-                 encode_pod: PodEncoder | None = None, verify_pod: PodVerifier | None = None) -> None:
-        """encode_pod/verify_pod: the trust layer's signature and check of pod records (None: off)."""
+                 encode_pod: PodEncoder | None = None, verify_pod: PodVerifier | None = None,
+                 verify_policy: PolicyVerifier | None = None) -> None:
+        """encode_pod/verify_pod: the trust layer's signature and check of pod records (None: off);
+        verify_policy: the cluster CA's check of policy records (policy/signing.py; None: off)."""
         self.store = RegistryStore(etcd, prefix, encode_pod)
-        self.view = RegistryView(prefix, verify_pod)
+        self.view = RegistryView(prefix, verify_pod, verify_policy)
         self._changed = Pulse()
         self._follower = RegistryFollower(self.store, self.view, self._changed, reporter)
         self.publisher = PodPublisher(node, self.store, self.view, wanted, lease_id, reporter)
