@@ -36,10 +36,11 @@ class PolicyStore:
     def tombstone(self, name: str, signature: dict[str, Any]) -> None:
         """Trust mode's delete: a CA-signed record saying the policy is gone (a deleted key is not)."""
         key = self.prefix + name
-        kv = self.etcd.get(key)
-        if kv is None or b'"deleted":true' in kv.value:
+        kv = self.etcd.get(key)  # absent: deleted behind our back, and daemons still enforce it
+        if kv is not None and b'"deleted":true' in kv.value:
             raise NotFoundError(f"no policy named {name}")
-        if not self.etcd.txn(f"delete policy {name}", [(key, kv.mod_revision)], [(key, tombstone_json(name, signature), 0)]):
+        revision = kv.mod_revision if kv is not None else 0
+        if not self.etcd.txn(f"delete policy {name}", [(key, revision)], [(key, tombstone_json(name, signature), 0)]):
             raise ConflictError(f"policy {name} changed while it was being deleted; try again")
 
     def delete(self, name: str) -> None:
