@@ -67,9 +67,21 @@ def bridge_filtering(bridge: str, on: bool) -> str | None:
             index = ipr.link_lookup(ifname=bridge)
             if not index:
                 return f"bridge {bridge} not found"
+            if _nf_call_iptables(ipr, index[0]) == on:
+                return None  # as wanted already: a start without policies changes nothing in the kernel
             ipr.link("set", index=index[0], kind="bridge", br_nf_call_iptables=1 if on else 0)
     except Exception as exc:  # noqa: BLE001  (pyroute2 raises NetlinkError and OSErrors)
         return f"cannot turn {'on' if on else 'off'} nf_call_iptables on {bridge}: {exc}"
+    return None
+
+
+def _nf_call_iptables(ipr: Any, index: int) -> bool | None:
+    """Our bridge's nf_call_iptables as the kernel reports it (None: unknown)."""
+    for link in ipr.get_links(index):
+        info = link.get_attr("IFLA_LINKINFO")
+        data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+        value = data.get_attr("IFLA_BR_NF_CALL_IPTABLES") if data is not None else None
+        return None if value is None else bool(value)
     return None
 
 
