@@ -94,7 +94,9 @@ def test_the_apex_answers_its_soa_and_any_gets_the_address() -> None:
 def test_other_classes_are_refused_and_edns_versions_above_0_get_badvers() -> None:
     response, result = ask(Resolver(NAMES), query("web.svc.cluster.local", rdclass=dns.rdataclass.CH))
     assert result == "rejected" and response.rcode() == dns.rcode.REFUSED
-    response, result = ask(Resolver(NAMES), query("web.svc.cluster.local", use_edns=1))
+    q = query("web.svc.cluster.local")
+    q.use_edns(1)
+    response, result = ask(Resolver(NAMES), q)
     assert result == "rejected" and response.rcode() == dns.rcode.BADVERS
 
 
