@@ -41,6 +41,14 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import trio
+from prometheus_client import CollectorRegistry
+
+from overlayd.dns.metrics import DnsMetrics
+from overlayd.dns.names import ClusterNames
+from overlayd.dns.resolver import NamesSource
+from overlayd.dns.server import serve_dns
+
 RESULTS = Path(__file__).resolve().parent / "results" / "dns.json"
 OURS, DNSMASQ, CLIENT = "10.53.0.1", "10.53.0.3", "10.53.0.2"
 DOMAIN = "cluster.local"
@@ -81,11 +89,6 @@ def dnsmasq_conf(count: int) -> str:
 
 
 def serve(listen: str, count: int) -> None:
-    import trio
-    from prometheus_client import CollectorRegistry
-
-    from overlayd.dns import ClusterNames, DnsMetrics, NamesSource, serve_dns
-
     pods, services = names(count)
     source = NamesSource(ClusterNames(DOMAIN, pods=pods, services=services))
 

@@ -19,7 +19,10 @@ MAX_LABEL = 63
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
-def _check_domain(domain: str) -> None:
+def check_domain(domain: str) -> None:
+    """ValueError unless `domain` can hold the zone (lowercase labels, room for names under it)."""
+    if not isinstance(domain, str):
+        raise ValueError(f"DNS domain: expected a string, got {domain!r}")
     labels = domain.split(".")
     if not domain or not all(_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"DNS domain {domain!r}: expected lowercase labels of a-z 0-9 '-' joined by dots")
@@ -50,6 +53,6 @@ class ClusterNames:
     services: Mapping[str, IPv4Address] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_domain(self.domain)
+        check_domain(self.domain)
         object.__setattr__(self, "pods", _frozen_table("pod", self.pods))
         object.__setattr__(self, "services", _frozen_table("service", self.services))

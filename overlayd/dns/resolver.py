@@ -20,9 +20,8 @@ import dns.name
 import dns.opcode
 import dns.rcode
 
-from overlayd.dns.metrics import (DROP_BAD_POINTER, DROP_MALFORMED, DROP_NOT_QUERY, DROP_OVERSIZED,
-                                  DROP_RESPONSE)
 from overlayd.dns.names import ClusterNames
+from overlayd.dns.outcomes import DROP_BAD_POINTER, DROP_MALFORMED, DROP_NOT_QUERY, DROP_OVERSIZED, DROP_RESPONSE
 from overlayd.dns.zone import EDNS_PAYLOAD, Zone
 
 # A query is a header, one name (at most 255 bytes) and an OPT record with a few options;
@@ -43,7 +42,7 @@ class Question:
 @dataclass(frozen=True, slots=True)
 class Answer:
     wire: bytes  # the response, with the query's ID
-    result: str  # overlayd.dns.metrics.RESULTS
+    result: str  # overlayd.dns.outcomes.RESULTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +56,7 @@ class Forward:
 
 @dataclass(frozen=True, slots=True)
 class Drop:
-    reason: str  # overlayd.dns.metrics.DROP_REASONS
+    reason: str  # overlayd.dns.outcomes.DROP_REASONS
 
 
 Decision = Answer | Forward | Drop

@@ -23,8 +23,9 @@ from ipaddress import IPv4Address, IPv6Address
 import trio
 
 from overlayd.dns.framing import FrameReader, FrameTooLarge, frame
-from overlayd.dns.metrics import (DROP_FORWARD_BUSY, DROP_INTERNAL, DROP_OVERSIZED, DROP_SEND_FAILED, DROP_TCP_BUSY,
-                                  FORWARD, SERVFAIL, DnsMetrics)
+from overlayd.dns.metrics import DnsMetrics
+from overlayd.dns.outcomes import (DROP_FORWARD_BUSY, DROP_INTERNAL, DROP_OVERSIZED, DROP_SEND_FAILED, DROP_TCP_BUSY,
+                                   FORWARD, SERVFAIL)
 from overlayd.dns.resolver import MAX_QUERY_BYTES, Answer, Forward, NamesSource
 from overlayd.dns.upstream import DNS_PORT, UPSTREAM_TIMEOUT, Upstreams
 

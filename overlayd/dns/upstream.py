@@ -23,7 +23,8 @@ import dns.opcode
 import trio
 
 from overlayd.dns.framing import FrameReader, FrameTooLarge, frame
-from overlayd.dns.metrics import DROP_BAD_UPSTREAM, DnsMetrics
+from overlayd.dns.metrics import DnsMetrics
+from overlayd.dns.outcomes import DROP_BAD_UPSTREAM
 from overlayd.dns.resolver import Forward, Question
 
 IPAddress = IPv4Address | IPv6Address

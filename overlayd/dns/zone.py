@@ -26,16 +26,10 @@ import dns.rdatatype
 import dns.rrset
 
 from overlayd.dns.names import ClusterNames
+from overlayd.dns.outcomes import ANSWER, NODATA, NXDOMAIN, REJECTED
 
 TTL = 5  # seconds, as CoreDNS's kubernetes plugin: names follow pods that come and go
 EDNS_PAYLOAD = 1232  # the UDP size we advertise (DNS flag day 2020)
-
-# What a response from the zone is, for overlayd_dns_queries_total{result}.
-ANSWER = "answer"  # NOERROR with the record asked for
-NODATA = "nodata"  # NOERROR, the name exists, no record of that type
-NXDOMAIN = "nxdomain"
-REJECTED = "rejected"  # REFUSED (a class other than IN) or BADVERS (EDNS version other than 0)
-
 
 @dataclass(frozen=True)
 class ZoneResponse:

@@ -32,7 +32,10 @@ from prometheus_client import CollectorRegistry
 from scapy.layers.dns import DNS, DNSQR  # type: ignore[import-untyped]
 from scapy.layers.inet import IP, TCP, UDP  # type: ignore[import-untyped]
 
-from overlayd.dns import ClusterNames, DnsMetrics, NamesSource, serve_dns
+from overlayd.dns.metrics import DnsMetrics
+from overlayd.dns.names import ClusterNames
+from overlayd.dns.resolver import NamesSource
+from overlayd.dns.server import serve_dns
 from overlayd.netns import enter_named_netns
 from tests.integration.conftest import unique_name
 from tests.integration.wire import UnderlayCapture
@@ -129,8 +132,7 @@ class Bed:
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[Bed]:
-    tag = secrets.token_hex(3)
-    client, host, upstream = f"dnsc{tag}", f"dnss{tag}", f"dnsu{tag}"
+    client, host, upstream = unique_name("dnsc"), unique_name("dnss"), unique_name("dnsu")
     work = Path(tempfile.mkdtemp(prefix="ovl-dns-"))
     dnsmasq = None
     server = None

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from overlayd.dns import server as server_module
 from overlayd.dns.framing import FrameReader, FrameTooLarge, frame
 from overlayd.dns.metrics import DnsMetrics
+from overlayd.dns.outcomes import DROP_REASONS, RESULTS
 from overlayd.dns.names import ClusterNames
 from overlayd.dns.resolver import NamesSource
 from overlayd.dns.server import serve_dns
@@ -357,8 +358,6 @@ def test_frames_split_and_joined_in_any_way_are_read_back() -> None:
 
 
 def test_every_result_and_reason_shows_from_the_start() -> None:
-    from overlayd.dns.metrics import DROP_REASONS, RESULTS
-
     registry = CollectorRegistry()
     DnsMetrics(registry)
     for result in RESULTS:
