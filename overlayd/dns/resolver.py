@@ -27,7 +27,11 @@ from overlayd.dns.zone import EDNS_PAYLOAD, Zone
 # A query is a header, one name (at most 255 bytes) and an OPT record with a few options;
 # anything longer is not a query we need to read. Servers read MAX_QUERY_BYTES + 1 to tell.
 MAX_QUERY_BYTES = 1232
-CACHE_ENTRIES = 20_000  # a few MB at most
+# The memo holds at most CACHE_ENTRIES decisions for queries of at most MEMO_MAX_QUERY bytes
+# (an ordinary query is 30-100 bytes; a name of 255 and a cookie still fit): under 8 MB even
+# when a client fills it with the largest distinct queries it may.
+CACHE_ENTRIES = 8192
+MEMO_MAX_QUERY = 320
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +91,7 @@ class Resolver:
         if cached is not None:
             return _with_id(cached, query)
         decision = self._decide_untrusted(query)
-        if not isinstance(decision, Drop):
+        if not isinstance(decision, Drop) and len(query) <= MEMO_MAX_QUERY:
             if len(self._cache) >= CACHE_ENTRIES:
                 del self._cache[next(iter(self._cache))]
             self._cache[key] = decision

@@ -209,6 +209,9 @@ def test_the_memo_is_bounded_and_never_holds_drops(monkeypatch: pytest.MonkeyPat
     assert len(resolver._cache) == 3
     decision = resolver.resolve_untrusted(query("n0.svc.cluster.local").to_wire())  # evicted: built again
     assert isinstance(decision, Answer) and decision.result == "nxdomain"
+    big = query("web.svc.cluster.local", use_edns=0, options=[dns.edns.GenericOption(65001, bytes(300))])
+    resolver._cache.clear()
+    assert isinstance(resolver.resolve_untrusted(big.to_wire()), Answer) and not resolver._cache  # too big to keep
 
 
 def test_an_update_takes_effect_with_the_next_query() -> None:
