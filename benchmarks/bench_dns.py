@@ -172,13 +172,19 @@ def dnsperf(b: Bed, server: str, seconds: float, rate: float | None = None) -> d
            "-q", str(OUTSTANDING), "-t", "1"]
     if rate is not None:
         cmd += ["-Q", str(int(rate)), "-v"]
+    load = os.getloadavg()[0]
     cpu_before = cpu_seconds(pid)
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    cpu = cpu_seconds(pid) - cpu_before
+    # Into a file, not a pipe: with -v a reader of the pipe would be a third busy process on 2 cores.
+    with tempfile.TemporaryFile("w+") as output:
+        subprocess.run(cmd, check=True, stdout=output, stderr=subprocess.STDOUT)
+        cpu = cpu_seconds(pid) - cpu_before
+        output.seek(0)
+        out = output.read()
     sent = int(re.search(r"Queries sent:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
     completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
     result = {"qps": float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-              "sent": sent, "lost": sent - completed, "cpu_us_per_query": cpu / max(completed, 1) * 1e6}
+              "sent": sent, "lost": sent - completed, "cpu_us_per_query": cpu / max(completed, 1) * 1e6,
+              "load_1min_before": load}
     if rate is not None:
         # -v: "> NOERROR svc1.svc.cluster.local A 0.000123" per reply (latency in seconds, last field).
         latencies = sorted(float(line.rsplit(" ", 1)[1]) for line in out.splitlines()
