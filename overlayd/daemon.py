@@ -32,6 +32,7 @@ from overlayd import sdnotify
 from overlayd.api.answers import Answers, Running
 from overlayd.api.server import ControlServer
 from overlayd.cluster.grace import PeerGrace
+from overlayd.cluster.keeper import LeaseKeeper
 from overlayd.cluster.watch import WatchBatch
 from overlayd.config import DaemonConfig, add_daemon_arguments, config_from_args
 from overlayd.errors import ConfigError, OverlaydError, fatal_error
@@ -42,6 +43,8 @@ from overlayd.metrics import CountingReporter, DaemonMetrics, parse_listen_addre
 from overlayd.netns import enter_named_netns
 from overlayd.peering import PeerPolicy
 from overlayd.peerloop import PeerLoop
+from overlayd.registry.records import PodEntry
+from overlayd.registry.running import ClusterRegistry, own_pod_entries
 from overlayd.sdwatchdog import inform_systemd, status_line
 from overlayd.startup import Host, Startup
 from overlayd.version import version_text
@@ -97,6 +100,17 @@ class Daemon:
         return PeerLoop(host.backend, policy, files=self._files, metrics=self.metrics, reporter=self.reporter,
                         health=self.health, kernel=self._kernel, disk=self._disk)
 
+    def _registry(self, host: Host, keeper: LeaseKeeper) -> ClusterRegistry:
+        async def wanted() -> list[PodEntry]:
+            return await self._kernel(own_pod_entries, self.config.node_name, host.pods, host.cni)
+
+        return ClusterRegistry(node=self.config.node_name, prefix=self.config.etcd.prefix, etcd=host.cluster.store.etcd,
+                               nat=host.nat, state_dir=self.config.state_dir, wanted=wanted,
+                               lease_id=lambda: keeper.lease.lease_id if keeper.lease else None,
+                               reporter=self.reporter, disk=self._disk, metrics=self.metrics,
+                               encode_pod=host.trust.signer.sign_pod if host.trust.signer else None,
+                               verify_pod=host.trust.verifier.verify_pod_untrusted if host.trust.verifier else None)
+
     async def _first_peers(self, host: Host, peers: PeerLoop, batches: trio.MemoryReceiveChannel[WatchBatch]) -> None:
         """The first peer set: etcd's listing when it comes soon, else the one saved at the last run."""
         first = None
@@ -143,7 +157,9 @@ class Daemon:
                 nursery.start_soon(host.nat.resync_periodically)
                 if host.checks is not None:
                     nursery.start_soon(host.checks.run, config.trust.recheck_interval, peers.rescreen)
-                self.answers.running = Running(host, keeper, peers)
+                registry = self._registry(host, keeper)
+                nursery.start_soon(registry.run)
+                self.answers.running = Running(host, keeper, peers, registry)
                 self.health.set_ready()
                 self.metrics.ready.set(1)
                 sdnotify.notify("READY=1")

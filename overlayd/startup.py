@@ -42,6 +42,7 @@ from overlayd.health import HealthModel, Reporter
 from overlayd.hoststate import HostState, StateFiles
 from overlayd.metrics import DaemonMetrics
 from overlayd.nat.keeper import NatKeeper, nat_keeper
+from overlayd.registry import cache as services_cache
 from overlayd.pods.config import PodNetworkConfig
 from overlayd.pods.manager import PodManager
 from overlayd.pods.service import PodService, ReconcileReport
@@ -156,7 +157,8 @@ class Startup:
                 self._damaged(problem)
             self._report_pods(await self._kernel(pods.reconcile, renumbered=self._renumber))
             cni = await self._kernel(self._open_cni, pods, subnet, network.gateway, backend.mtu)
-            nat = nat_keeper(config, cluster_config.network, subnet, pods.publications, self._kernel, self._report)
+            nat = nat_keeper(config, cluster_config.network, subnet, pods.publications, self._kernel, self._report,
+                             services_cache.load(config.state_dir))
             await nat.converge()  # egress masquerade and published ports (nat/)
         except BaseException:
             with trio.CancelScope(shield=True):

@@ -12,7 +12,9 @@ from typing import Any, Protocol
 
 from overlayd.errors import UsageError
 from overlayd.nat.ports import publications_untrusted
+from overlayd.cluster.errors import RecordError
 from overlayd.pods.names import validate_labels, validate_pod_name
+from overlayd.registry.records import ServicePort, ports_untrusted
 
 
 class ControlPlane(Protocol):
@@ -28,6 +30,12 @@ class ControlPlane(Protocol):
     # CNI attachments (overlayd-cni)
     async def cni_exec(self, env: dict[str, str], stdin: bytes) -> tuple[str, int]: ...
     async def cni_list(self) -> list[dict[str, Any]]: ...
+    # services (registry/)
+    async def service_add(self, name: str, selector: dict[str, str],
+                          ports: tuple[ServicePort, ...]) -> dict[str, Any]: ...
+    async def service_del(self, name: str) -> None: ...
+    async def service_get(self, name: str) -> dict[str, Any]: ...
+    async def service_list(self) -> list[dict[str, Any]]: ...
 
 
 Handler = Callable[[ControlPlane, dict[str, Any]], Awaitable[Any]]
@@ -124,6 +132,51 @@ async def _cni_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
     return await plane.cni_list()
 
 
+# --- services ------------------------------------------------------------------------
+
+
+def _service_name(args: dict[str, Any]) -> str:
+    name = args.get("name")
+    if not isinstance(name, str):
+        raise UsageError("argument 'name' (string) is required")
+    try:
+        validate_pod_name(name)  # services are DNS labels too
+    except UsageError as exc:
+        raise UsageError(str(exc).replace("pod name", "service name")) from None
+    return name
+
+
+async def _service_add(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    """`selector` as labels, `ports` as [{port, target_port, protocol}]."""
+    _only(args, "name", "selector", "ports")
+    selector = args.get("selector")
+    if not isinstance(selector, dict) or not selector or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in selector.items()):
+        raise UsageError("argument 'selector' must map label names to values (at least one)")
+    validate_labels(selector)
+    try:
+        ports = ports_untrusted(args.get("ports"))
+    except RecordError as exc:
+        raise UsageError(f"argument 'ports': {exc}") from None
+    return await plane.service_add(_service_name(args), selector, ports)
+
+
+async def _service_del(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args, "name")
+    await plane.service_del(_service_name(args))
+    return None
+
+
+async def _service_get(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args, "name")
+    return await plane.service_get(_service_name(args))
+
+
+async def _service_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args)
+    return await plane.service_list()
+
+
 COMMANDS: dict[str, Handler] = {
     "status": _status,
     "hosts": _hosts,
@@ -134,6 +187,10 @@ COMMANDS: dict[str, Handler] = {
     "pod.list": _pod_list,
     "cni.exec": _cni_exec,
     "cni.list": _cni_list,
+    "service.add": _service_add,
+    "service.del": _service_del,
+    "service.get": _service_get,
+    "service.list": _service_list,
 }
 
 
