@@ -63,12 +63,16 @@ async def serve_dns(source: NamesSource, listen: IPv4Address, port: int, upstrea
         udp.bind((str(listen), port))
         bound = udp.getsockname()[1]
         listeners = await trio.open_tcp_listeners(bound, host=str(listen))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.serve_udp, udp, nursery)
-            nursery.start_soon(trio.serve_listeners, server.serve_tcp_connection, listeners)
-            log.info("cluster DNS on %s:%d (UDP and TCP), upstreams %s", listen, bound,
-                     ", ".join(map(str, servers)) or "none")
-            task_status.started(bound)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.serve_udp, udp, nursery)
+                nursery.start_soon(trio.serve_listeners, server.serve_tcp_connection, listeners)
+                log.info("cluster DNS on %s:%d (UDP and TCP), upstreams %s", listen, bound,
+                         ", ".join(map(str, servers)) or "none")
+                task_status.started(bound)
+        finally:
+            for listener in listeners:  # free the port now, so a restarted server can bind it at once
+                listener.socket.close()
 
 
 class _Server:
