@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any
 
+from overlayd.dns.names import DEFAULT_DOMAIN, check_domain
 from overlayd.errors import ConfigError
 
 IPAddress = IPv4Address | IPv6Address
@@ -93,6 +94,8 @@ class DnsConfig:
     resolv_conf: Path = Path("/etc/resolv.conf")  # the host's
     upstream_resolv_conf: Path = Path("/run/systemd/resolve/resolv.conf")  # systemd-resolved's upstreams
     servers: tuple[IPAddress, ...] = ()  # instead of the host's resolvers
+    domain: str = DEFAULT_DOMAIN  # cluster DNS: <svc>.svc.<domain>, <pod>.pod.<domain>
+    port: int = 53  # cluster DNS: UDP and TCP on the bridge gateway
 
     def pod_resolv(self) -> tuple[str, str | None]:
         """Read the host's files (absent ones count as empty) and build the pods' resolv.conf."""
@@ -104,6 +107,17 @@ class DnsConfig:
 
         return pod_resolv(read(self.resolv_conf) or "", read(self.upstream_resolv_conf), self.servers)
 
+    def upstreams(self) -> tuple[IPAddress, ...]:
+        """Where cluster DNS forwards other names: `servers`, else the host's resolv.conf
+        nameservers, loopback ones included (the daemon runs in the host's namespace)."""
+        if self.servers:
+            return self.servers
+        try:
+            text = self.resolv_conf.read_text(errors="replace")
+        except OSError:
+            return ()
+        return parse_resolv_conf_untrusted(text).nameservers
+
 
 def dns_config_from_mapping(values: Mapping[str, Any] | None) -> DnsConfig:
     """The [dns] table of the TOML file; ConfigError for anything off."""
@@ -111,7 +125,7 @@ def dns_config_from_mapping(values: Mapping[str, Any] | None) -> DnsConfig:
         return DnsConfig()
     if not isinstance(values, Mapping):
         raise ConfigError("[dns] must be a table")
-    unknown = set(values) - {"resolv_conf", "upstream_resolv_conf", "servers"}
+    unknown = set(values) - {"resolv_conf", "upstream_resolv_conf", "servers", "domain", "port"}
     if unknown:
         raise ConfigError(f"unknown [dns] keys: {', '.join(sorted(map(str, unknown)))}")
     fields: dict[str, Any] = {}
@@ -134,4 +148,15 @@ def dns_config_from_mapping(values: Mapping[str, Any] | None) -> DnsConfig:
                               "(it is the pod's own loopback inside its namespace)")
         if len(fields["servers"]) > MAX_NAMESERVERS:
             raise ConfigError(f"dns.servers: at most {MAX_NAMESERVERS} (libc reads no more)")
+    if "domain" in values:
+        try:
+            check_domain(values["domain"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"dns.domain: {exc}") from None
+        fields["domain"] = values["domain"]
+    if "port" in values:
+        port = values["port"]
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"dns.port: expected a port number 1-65535, got {port!r}")
+        fields["port"] = port
     return DnsConfig(**fields)
