@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Plat
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from overlayd.dns.metrics import DnsMetrics
+
 from overlayd import __version__
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,7 @@ class DaemonMetrics:
                                       "Pod and service records in etcd this host refuses (malformed)", registry=r)
         self.service_rule_updates = Counter("overlayd_service_rule_updates_total",
                                             "Rewrites of the service rules after a registry change", registry=r)
+        self.dns = DnsMetrics(r)  # overlayd_dns_queries_total, overlayd_dns_dropped_total (dns/metrics.py)
         # Every known label value shows from the start: a rate() over a series that appears late misses its first step.
         for reason in DROP_REASONS:
             self.dropped_records.labels(reason=reason)
