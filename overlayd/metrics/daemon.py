@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Plat
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from overlayd.dns.metrics import DnsMetrics
+
 from overlayd import __version__
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,7 @@ class DaemonMetrics:
         self.policy_rule_updates = Counter("overlayd_policy_rule_updates_total",
                                            "Rewrites of the network policy rules after a policy or pod change",
                                            registry=r)
+        self.dns = DnsMetrics(r)  # overlayd_dns_queries_total, overlayd_dns_dropped_total (dns/metrics.py)
         # Every known label value shows from the start: a rate() over a series that appears late misses its first step.
         for reason in DROP_REASONS:
             self.dropped_records.labels(reason=reason)

@@ -57,6 +57,7 @@ def test_daemon_metrics_render_every_documented_family() -> None:
         "overlayd_registry_records_refused": "gauge", "overlayd_service_rule_updates": "counter",
         "overlayd_policies": "gauge", "overlayd_policy_rule_updates": "counter",
         "overlayd_policy_drops": "counter", "overlayd_policy_unknown_drops": "counter",
+        "overlayd_dns_queries": "counter", "overlayd_dns_dropped": "counter",
     }
     assert {name: f["type"] for name, f in parsed.items() if name.startswith("overlayd_")} == expected
     assert {"process_cpu_seconds", "process_resident_memory_bytes", "python_info"} <= set(parsed)
