@@ -130,6 +130,18 @@ def probe_all(lab: Lab, pods: dict[str, dict], timeout: float = 1.0) -> dict[tup
     return seen
 
 
+def probe_again(lab: Lab, pods: dict[str, dict], keys: list[tuple[str, str, int, str]],
+                timeout: float = 3.0) -> dict[tuple[str, str, int, str], bool]:
+    seen = {}
+    for src in sorted({k[0] for k in keys}):
+        mine = [k for k in keys if k[0] == src]
+        targets = [[pods[dst]["ip"], port, proto] for _, dst, port, proto in mine]
+        out = netns_exec(pods[src]["netns"], sys.executable, PROBE, "probe", str(timeout), json.dumps(targets),
+                         timeout=60).stdout
+        seen.update(zip(mine, json.loads(out)))
+    return seen
+
+
 def _endpoint(pod: dict) -> Endpoint:
     return Endpoint(ip_address(pod["ip"]), pod["labels"], pod["name"], pod["host"])
 
@@ -143,6 +155,11 @@ def check_scenario(lab: Lab, pods: dict[str, dict], docs: list[dict], tmp: Path)
     policies = apply_scenario(lab, docs, tmp)
     want = expected(policies, pods)
     got = probe_all(lab, pods)
+    # A probe that lost the race against a loaded machine is tried again, slower; enforcement is
+    # deterministic, so a real difference stays.
+    differ = [key for key in want if want[key] != got[key]]
+    if differ:
+        got.update(probe_again(lab, pods, differ))
     wrong = []
     for key in sorted(want):
         if want[key] != got[key]:
@@ -251,24 +268,29 @@ def generated_scenarios(pods: dict[str, dict], count: int, seed: int) -> list[li
 
 def test_truth_table_hand_written(lab: Lab, pods: dict[str, dict], tmp_path: Path) -> None:
     start = time.monotonic()
-    for docs in hand_scenarios(pods):
-        allowed, total = check_scenario(lab, pods, docs, tmp_path)
-        if not docs:
-            assert allowed == total
-        if docs and docs[0]["metadata"]["name"] in ("deny-in", "deny-out"):
-            assert allowed == 0
-    assert time.monotonic() - start < 90
+    try:
+        for docs in hand_scenarios(pods):
+            allowed, total = check_scenario(lab, pods, docs, tmp_path)
+            if not docs:
+                assert allowed == total
+            if docs and docs[0]["metadata"]["name"] in ("deny-in", "deny-out"):
+                assert allowed == 0
+    finally:
+        apply_scenario(lab, [], tmp_path)  # a failure here must not leave policies for the next test
+    assert time.monotonic() - start < 120
 
 
 def test_truth_table_generated(lab: Lab, pods: dict[str, dict], tmp_path: Path) -> None:
     start = time.monotonic()
-    counts = [check_scenario(lab, pods, docs, tmp_path) for docs in generated_scenarios(pods, 8, seed=12)]
-    assert all(_bridge_filters(lab, h) for h in PODS), "with policies, bridged pod traffic must reach the rules"
+    try:
+        counts = [check_scenario(lab, pods, docs, tmp_path) for docs in generated_scenarios(pods, 8, seed=12)]
+        assert all(_bridge_filters(lab, h) for h in PODS), "with policies, bridged pod traffic must reach the rules"
+    finally:
+        apply_scenario(lab, [], tmp_path)
     allowed = sum(a for a, _ in counts)
     total = sum(t for _, t in counts)
     assert 0.1 * total < allowed < 0.9 * total, "the generated scenarios should both allow and deny a fair share"
-    assert time.monotonic() - start < 120
-    apply_scenario(lab, [], tmp_path)
+    assert time.monotonic() - start < 150
     wait_for("br_netfilter off again on every bridge", lambda: not any(_bridge_filters(lab, h) for h in PODS), 5)
 
 
