@@ -4,7 +4,9 @@ Read side (`split_frame`): the kernel hands us TCP super-packets of up to 64 KiB
 packets whose checksum it left to us (partial checksum); we cut the former into MSS-sized
 segments with their own headers and checksums, and complete the latter, as a NIC would.
 Write side (`coalesce`): consecutive in-order full-size TCP segments of one flow are glued
-back into one super-packet (GRO) so the kernel's stack and the reader handle 64 KiB at once.
+back into one super-packet (GRO) so the kernel's stack and the reader handle 64 KiB at once;
+as wireguard-go does, only segments whose checksums hold are glued (a glued frame carries a
+partial checksum, which the kernel does not verify).
 
 Checksums are RFC 1071 sums done on big integers: 2**16 = 1 (mod 0xFFFF), so the one's
 complement sum of 16-bit words is the buffer read as one number, mod 0xFFFF. With numpy
@@ -197,11 +199,12 @@ def _same_flow(p: bytes, f: bytes, t: int, hlen: int) -> bool:
     return p[8:44] == f[8:44] and p[48:52] == f[48:52] and p[58:hlen] == f[58:hlen] and p[:4] == f[:4] and p[7] == f[7]
 
 
-def _merged_frame(run: list[bytes], t: int, hlen: int, length: int) -> list[Buffer]:
-    """One GSO frame from segments that passed the checks in `coalesce`."""
+def _run_frames(run: list[bytes], t: int, hlen: int, length: int) -> list[list[Buffer]]:
+    """One GSO frame from segments that passed the checks in `coalesce`, if their checksums
+    hold; else each as it came, for the kernel to check (and drop the bad one)."""
+    if len(run) == 1 or not _checksums_valid(run, t):
+        return [[PLAIN_VNET_HDR, p] for p in run]
     first, last = run[0], run[-1]
-    if len(run) == 1:
-        return [PLAIN_VNET_HDR, first]
     header = bytearray(first[:hlen])
     header[t + 13] |= last[t + 13] & TCP_PSH
     header[t + 14 : t + 16] = last[t + 14 : t + 16]  # the newest window
@@ -216,10 +219,40 @@ def _merged_frame(run: list[bytes], t: int, hlen: int, length: int) -> list[Buff
         addresses = header[8:40]
         gso = GSO_TCPV6
     # A partial checksum: the kernel trusts it on local delivery and completes it if it
-    # forwards the packet. The AEAD has already authenticated every byte.
+    # forwards the packet, so each segment's own checksum was checked above. (The AEAD proves
+    # who sent the bytes, not that they were intact before the peer encrypted them.)
     _U16.pack_into(header, t + 16, _fold(ones_sum(addresses) + PROTO_TCP + length - t))
     vnet = VNET_HDR.pack(NEEDS_CSUM, gso, hlen, len(first) - hlen, t, TCP_CHECKSUM_OFFSET)
-    return [vnet, header, *(memoryview(p)[hlen:] for p in run)]
+    return [[vnet, header, *(memoryview(p)[hlen:] for p in run)]]
+
+
+def _checksums_valid(run: Sequence[bytes], t: int) -> bool:
+    """Whether every segment of a run (TCP over IPv4 without options if t == 20, else over
+    IPv6) carries a valid TCP checksum and, for IPv4, a valid header checksum: what the kernel
+    checks before it merges, and what it cannot check in a NEEDS_CSUM frame. A valid sum is
+    0xFFFF, 0 as a residue. The full-size segments (all but maybe the last) are summed in one
+    numpy call when their length divides by 4, with the byte-order trick of _payload_sums."""
+    n = len(run[0])
+    full = run if len(run[-1]) == n else run[:-1]
+    if _np is None or len(full) < 2 or n % 4:
+        return all(_checksum_valid(p, t) for p in run)
+    words = _np.frombuffer(b"".join(full), dtype="<u4").reshape(len(full), n // 4)
+    totals = words.sum(axis=1, dtype=_np.uint64).tolist()
+    headers = words[:, : t // 4].sum(axis=1, dtype=_np.uint64).tolist()
+    pseudo = words[:, 3:5] if t == 20 else words[:, 2:10]  # the addresses
+    addresses = pseudo.sum(axis=1, dtype=_np.uint64).tolist()
+    rest = PROTO_TCP + n - t
+    for total, header, address in zip(totals, headers, addresses):
+        if (t == 20 and (header << 8) % 0xFFFF) or (((total - header + address) << 8) + rest) % 0xFFFF:
+            return False
+    return full is run or _checksum_valid(run[-1], t)
+
+
+def _checksum_valid(p: bytes, t: int) -> bool:
+    if t == 20 and ones_sum(p[:20]):
+        return False
+    addresses = p[12:20] if t == 20 else p[8:40]
+    return (ones_sum(addresses) + PROTO_TCP + len(p) - t + ones_sum(memoryview(p)[t:])) % 0xFFFF == 0
 
 
 def coalesce(packets: Sequence[bytes]) -> list[list[Buffer]]:
@@ -248,7 +281,7 @@ def coalesce(packets: Sequence[bytes]) -> list[list[Buffer]]:
                 pt = 0
         if not pt:
             if run:
-                frames.append(_merged_frame(run, t, hlen, length))
+                frames += _run_frames(run, t, hlen, length)
                 run = []
             frames.append([PLAIN_VNET_HDR, p])
             continue
@@ -263,12 +296,12 @@ def coalesce(packets: Sequence[bytes]) -> list[list[Buffer]]:
             length += size
         else:
             if run:
-                frames.append(_merged_frame(run, t, hlen, length))
+                frames += _run_frames(run, t, hlen, length)
             run = [p]
             t, hlen, mss, length = pt, ph, size, n
         next_seq = (seq + size) & 0xFFFFFFFF
         # PSH ends a run, and so does a short segment (only the last may be short).
         closed = p[pt + 13] & TCP_PSH != 0 or size < mss
     if run:
-        frames.append(_merged_frame(run, t, hlen, length))
+        frames += _run_frames(run, t, hlen, length)
     return frames

@@ -232,3 +232,36 @@ def test_split_then_coalesce_round_trips(version: int, size: int, mss: int, pure
     for frame in coalesce(segments):
         glued += bytes(parse(unpack_frame(frame)[1], version)[TCP].payload)
     assert glued == payload
+
+
+def _corrupt(packet: bytes, offset: int) -> bytes:
+    """Flip a bit after the checksum was computed: what a sender's bad RAM or NIC would do
+    before encrypting (the AEAD then vouches for the bad bytes)."""
+    buf = bytearray(packet)
+    buf[offset] ^= 0x10
+    return bytes(buf)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("bad", [0, 2, 3])  # the first, a middle and the (short) last segment
+def test_coalesce_never_glues_a_segment_with_a_bad_checksum(version: int, bad: int, payload_sums: str) -> None:
+    # Finding 5: a corrupted segment was merged into a NEEDS_CSUM frame, which the kernel
+    # accepts without checking. It must reach the kernel on its own, with no offload flag.
+    sizes = [1368, 1368, 1368, 700]
+    seqs = [1000 + sum(sizes[:i]) for i in range(4)]
+    segments = [tcp_packet(version, bytes([i]) * size, seq=seq) for i, (size, seq) in enumerate(zip(sizes, seqs))]
+    segments[bad] = _corrupt(segments[bad], len(segments[bad]) - 100)
+    assert not checksums_valid(segments[bad], version)
+    frames = [unpack_frame(f) for f in coalesce(segments)]
+    for (flags, gso, *_), packet in frames:
+        if bytes(packet) == segments[bad]:
+            assert (flags, gso) == (0, GSO_NONE)  # the kernel checks it and drops it
+        else:
+            assert bytes(parse(packet, version)[TCP].payload)[:1] != bytes([bad])
+    assert sum(bytes(packet) == segments[bad] for _, packet in frames) == 1
+
+
+def test_coalesce_never_glues_a_segment_with_a_bad_ipv4_header_checksum(payload_sums: str) -> None:
+    segments = [tcp_packet(4, b"x" * 1368, seq=1000 + 1368 * i) for i in range(3)]
+    segments[1] = _corrupt(segments[1], 11)  # the header checksum field; the TCP checksum holds
+    assert [unpack_frame(f)[0][:2] for f in coalesce(segments)] == [(0, GSO_NONE)] * 3
