@@ -14,8 +14,8 @@ Bad packets never raise; they are dropped and counted in `drops` by DropReason.
 """
 
 import collections
-import ipaddress
 import math
+import socket
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -47,11 +47,12 @@ from overlayd.wireguard.constants import (
     TRANSPORT_MIN_SIZE,
     ZERO_KEY_MATERIAL_AFTER,
 )
-from overlayd.wireguard.cookie import CookieChecker
+from overlayd.wireguard.cookie import ReplyOutcome
 from overlayd.wireguard.crypto import RandomBytes
 from overlayd.wireguard.errors import InvalidConfigError, InvalidKeyError, UnknownPeerError
 from overlayd.wireguard.events import Datagram, DropReason, Endpoint, Output, TunPacket
 from overlayd.wireguard.handshake import HandshakeState
+from overlayd.wireguard.identity import Identity
 from overlayd.wireguard.ippacket import destination_untrusted, source_and_length_untrusted
 from overlayd.wireguard.keypair import Keypair
 from overlayd.wireguard.messages import (
@@ -64,11 +65,10 @@ from overlayd.wireguard.messages import (
     parse_cookie_reply_untrusted,
     parse_initiation_untrusted,
     parse_response_untrusted,
-    sender_index,
 )
 from overlayd.wireguard.peer import Peer, PeerConfig, PeerStatus
 from overlayd.wireguard.ratelimit import LoadDetector, RateLimiter, source_key
-from overlayd.wireguard.routing import AllowedIPs
+from overlayd.wireguard.routing import AllowedIPs, Network
 from overlayd.wireguard.tai64n import tai64n
 from overlayd.wireguard.timers import Timer
 
@@ -85,15 +85,16 @@ class _DatagramSink(Protocol):
 
 
 def _cookie_source(addr: Endpoint) -> bytes:
-    """The bytes a cookie is bound to: source IP and port."""
+    """The bytes a cookie is bound to: source IP and port (as the socket layer wrote them)."""
     host = str(addr[0]).split("%", 1)[0]
-    return ipaddress.ip_address(host).packed + int(addr[1]).to_bytes(2, "big")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.inet_pton(family, host) + int(addr[1]).to_bytes(2, "big")
 
 
 class Device:
     def __init__(
         self,
-        private_key: bytes,
+        private_key: bytes | None,
         *,
         rng: RandomBytes,
         listen_port: int = 0,
@@ -102,7 +103,9 @@ class Device:
         load: LoadDetector | None = None,
         rate_limiter: RateLimiter | None = None,
     ) -> None:
-        """`wall_offset` turns `now` into Unix time (for TAI64N timestamps and handshake times);
+        """`private_key` None is an interface without identity (as after `wg set private-key
+        /dev/null`): peers can be configured, but nothing is sent or accepted until a key is set.
+        `wall_offset` turns `now` into Unix time (for TAI64N timestamps and handshake times);
         `listen_port` is only stored for the UAPI to report."""
         self._rng = rng
         self.listen_port = listen_port
@@ -116,59 +119,80 @@ class Device:
         self._handshake_index: dict[int, Peer] = {}  # local index of an unfinished handshake
         self._keypair_index: dict[int, Keypair] = {}  # local index of a session
         self._outbox: list[Datagram] = []
-        self._set_identity(private_key)
+        self._identity = None if private_key is None else Identity(private_key)
 
     # Identity and configuration.
 
-    def _set_identity(self, private_key: bytes) -> None:
-        self._private_key = crypto.check_key(private_key, "private key")
-        self._static = crypto.private_key_object(self._private_key)
-        self.public_key = crypto.public_key(self._static)
-        self._cookies = CookieChecker(self.public_key)
-        self._responder_start = noise.responder_start(self.public_key)
+    @property
+    def private_key(self) -> bytes | None:
+        return None if self._identity is None else self._identity.private_key
 
     @property
-    def private_key(self) -> bytes:
-        return self._private_key
+    def public_key(self) -> bytes | None:
+        return None if self._identity is None else self._identity.public_key
 
-    def set_private_key(self, private_key: bytes) -> None:
-        """New identity: every session is dropped; a peer with the new public key is removed."""
-        self._set_identity(private_key)
-        if self.public_key in self._peers:  # we cannot be our own peer (as wireguard-go)
-            self.remove_peer(self.public_key)
-        for peer in list(self._peers.values()):
-            static_static = crypto.dh(self._static, peer.public_key)
-            if static_static is None:  # unreachable: peer keys were checked not to be low order
-                raise InvalidKeyError("peer public key is a low-order point")
-            peer.static_static = static_static
-            self._zero_all(peer)
+    def set_private_key(self, private_key: bytes | None, now: float) -> None:
+        """New identity (None: none). Sessions and handshakes are dropped, a peer with the new
+        public key is removed; what waited for a session is sent with the new identity."""
+        identity = None if private_key is None else Identity(private_key)
+        if identity is not None and identity.public_key in self._peers:  # not our own peer (as wireguard-go)
+            self.remove_peer(identity.public_key)
+        self._identity = identity
+        for peer in self._peers.values():
+            peer.static_static = None if identity is None else identity.static_static(peer.public_key)
+            self._forget_keypairs(peer.keypairs.clear())
+            self._free_handshake_index(peer)
+            peer.handshake.clear()
+            if identity is not None and (peer.staged or peer.persistent_keepalive):
+                self._send_keepalive(peer, now, self._outbox)
+
+    def has_peer(self, public_key: bytes) -> bool:
+        return public_key in self._peers
 
     def set_peer(self, config: PeerConfig, now: float) -> None:
         """Add a peer or update one (see PeerConfig for what each field replaces)."""
-        public_key = crypto.check_key(config.public_key, "peer public key")
-        if public_key == self.public_key:
+        self.update_peer(
+            config.public_key, now,
+            preshared_key=noise.NO_PRESHARED_KEY if config.preshared_key is None else config.preshared_key,
+            endpoint=config.endpoint, persistent_keepalive=config.persistent_keepalive,
+            allowed_ips=config.allowed_ips, replace_allowed_ips=True,
+        )
+
+    def update_peer(
+        self, public_key: bytes, now: float, *, preshared_key: bytes | None = None, endpoint: Endpoint | None = None,
+        persistent_keepalive: int | None = None, allowed_ips: Iterable[Network] = (),
+        replace_allowed_ips: bool = False,
+    ) -> None:
+        """Create or change a peer with `wg set`'s meaning: None keeps a value (a new peer has
+        none), an all-zero preshared key is no preshared key, allowed IPs are added to the peer's
+        unless `replace_allowed_ips`. Costs what the given IPs cost, whatever the peer has."""
+        public_key = crypto.check_key(public_key, "peer public key")
+        identity = self._identity
+        if identity is not None and public_key == identity.public_key:
             raise InvalidKeyError("a peer cannot have the interface's own public key")
-        psk = noise.NO_PRESHARED_KEY
-        if config.preshared_key is not None:
-            psk = crypto.check_key(config.preshared_key, "preshared key")
-        if config.persistent_keepalive < 0 or config.persistent_keepalive > 65535:
+        if preshared_key is not None:
+            preshared_key = crypto.check_key(preshared_key, "preshared key")
+        if persistent_keepalive is not None and not 0 <= persistent_keepalive <= 65535:
             raise InvalidConfigError("persistent keepalive must be 0..65535 seconds")
         peer = self._peers.get(public_key)
         if peer is None:
-            static_static = crypto.dh(self._static, public_key)
-            if static_static is None:
+            if crypto.is_low_order(public_key):
                 raise InvalidKeyError("peer public key is a low-order point")
+            static_static = None if identity is None else identity.static_static(public_key)
             peer = self._peers[public_key] = Peer(public_key, static_static)
-        peer.preshared_key = psk
-        if config.endpoint is not None:
-            peer.endpoint = config.endpoint
-        self._routes.remove_owner(peer)
-        for network in config.allowed_ips:
+        if preshared_key is not None:
+            peer.preshared_key = preshared_key
+        if endpoint is not None:
+            peer.endpoint = endpoint
+        if replace_allowed_ips:
+            self._routes.remove_owner(peer)
+        for network in allowed_ips:
             self._routes.insert(network, peer)
-        keepalive_was_off = peer.persistent_keepalive == 0
-        peer.persistent_keepalive = config.persistent_keepalive
-        if keepalive_was_off and peer.persistent_keepalive > 0:
-            self._send_keepalive(peer, now, self._outbox)  # as wireguard-go: start at once
+        if persistent_keepalive is not None:
+            keepalive_was_off = peer.persistent_keepalive == 0
+            peer.persistent_keepalive = persistent_keepalive
+            if keepalive_was_off and persistent_keepalive > 0:
+                self._send_keepalive(peer, now, self._outbox)  # as wireguard-go: start at once
 
     def remove_peer(self, public_key: bytes) -> None:
         peer = self._peers.pop(public_key, None)
@@ -181,7 +205,7 @@ class Device:
         peer = self._peers.get(public_key)
         if peer is None:
             raise UnknownPeerError("no peer with this public key")
-        psk = None if peer.preshared_key == noise.NO_PRESHARED_KEY else peer.preshared_key
+        psk = None if crypto.constant_time_equal(peer.preshared_key, noise.NO_PRESHARED_KEY) else peer.preshared_key
         last = None if peer.last_handshake is None else peer.last_handshake + self.wall_offset
         return PeerStatus(
             public_key=peer.public_key, preshared_key=psk, endpoint=peer.endpoint,
@@ -191,10 +215,6 @@ class Device:
 
     def peer_statuses(self) -> list[PeerStatus]:
         return [self.peer_status(key) for key in self._peers]
-
-    def signal_under_load(self, now: float) -> None:
-        """The shell has a backlog of handshake messages: demand cookies for a while."""
-        self._load.signal(now)
 
     # Outputs queued outside the receive/send calls, and timers.
 
@@ -358,6 +378,10 @@ class Device:
     # Handshake messages we send.
 
     def _send_initiation(self, peer: Peer, now: float, out: _DatagramSink, *, is_retry: bool) -> None:
+        static_static = peer.static_static
+        identity = self._identity
+        if static_static is None or identity is None:
+            return  # no identity: no initiation (as the kernel), staged packets wait for a key
         timers = peer.timers
         if not is_retry:
             timers.handshake_attempts = 0
@@ -370,8 +394,8 @@ class Device:
         ephemeral = crypto.private_key_object(crypto.generate_private_key(self._rng))
         state = peer.initiator_start.copy()
         fields = noise.write_initiation(
-            state, ephemeral=ephemeral, static_public=self.public_key, remote_static=peer.public_key,
-            static_static=peer.static_static, payload=tai64n(now + self.wall_offset),
+            state, ephemeral=ephemeral, static_public=identity.public_key, remote_static=peer.public_key,
+            static_static=static_static, payload=tai64n(now + self.wall_offset),
         )
         if fields is None:  # unreachable: the peer's key was checked not to be low order
             raise InvalidKeyError("peer public key is a low-order point")
@@ -564,14 +588,19 @@ class Device:
         if len(data) != (INITIATION_SIZE if kind == MESSAGE_INITIATION else RESPONSE_SIZE):
             self.drops[DropReason.BAD_SIZE] += 1
             return
-        under_load = self._load.observe_handshake(now)
-        if not self._cookies.check_mac1(data):
+        identity = self._identity
+        if identity is None:
+            self.drops[DropReason.NO_IDENTITY] += 1
+            return
+        cookies = identity.cookies
+        if not cookies.check_mac1(data):
             self.drops[DropReason.BAD_MAC] += 1
             return
-        if under_load:
+        # Only mac1-valid messages count: junk that anyone can send must not switch on load.
+        if self._load.observe_handshake(now):
             source = _cookie_source(addr)
-            if not self._cookies.check_mac2(data, source, now):
-                reply = self._cookies.create_reply(data, sender_index(data), source, now, self._rng)
+            reply = cookies.reply_unless_mac2(data, source, now, self._rng)
+            if reply is not None:
                 out.append(Datagram(reply, addr))
                 self.drops[DropReason.COOKIE_SENT] += 1
                 return
@@ -579,16 +608,17 @@ class Device:
                 self.drops[DropReason.RATE_LIMITED] += 1
                 return
         if kind == MESSAGE_INITIATION:
-            self._receive_initiation(data, addr, now, out)
+            self._receive_initiation(identity, data, addr, now, out)
         else:
-            self._receive_response(data, addr, now, out)
+            self._receive_response(identity, data, addr, now, out)
 
-    def _receive_initiation(self, data: bytes, addr: Endpoint, now: float, out: list[Output]) -> None:
+    def _receive_initiation(self, identity: Identity, data: bytes, addr: Endpoint, now: float,
+                            out: list[Output]) -> None:
         message = parse_initiation_untrusted(data)
         assert message is not None  # type and size were checked by the caller
-        state = self._responder_start.copy()
+        state = identity.responder_start.copy()
         remote_static = noise.read_initiation_static(
-            state, static_private=self._static, remote_ephemeral=message.ephemeral,
+            state, static_private=identity.static, remote_ephemeral=message.ephemeral,
             encrypted_static=message.encrypted_static,
         )
         if remote_static is None:
@@ -598,6 +628,7 @@ class Device:
         if peer is None:
             self.drops[DropReason.UNKNOWN_PEER] += 1
             return
+        assert peer.static_static is not None  # set for every peer while there is an identity
         timestamp = noise.read_initiation_payload(
             state, static_static=peer.static_static, encrypted_payload=message.encrypted_timestamp
         )
@@ -619,7 +650,8 @@ class Device:
         peer.timers.on_authenticated_packet_received()
         self._send_response(peer, now, out)
 
-    def _receive_response(self, data: bytes, addr: Endpoint, now: float, out: list[Output]) -> None:
+    def _receive_response(self, identity: Identity, data: bytes, addr: Endpoint, now: float,
+                          out: list[Output]) -> None:
         message = parse_response_untrusted(data)
         assert message is not None  # type and size were checked by the caller
         peer = self._handshake_index.get(message.receiver)
@@ -633,7 +665,7 @@ class Device:
         assert handshake.symmetric is not None and handshake.local_ephemeral is not None
         state = handshake.symmetric.copy()
         payload = noise.read_response(
-            state, ephemeral=handshake.local_ephemeral, static_private=self._static,
+            state, ephemeral=handshake.local_ephemeral, static_private=identity.static,
             remote_ephemeral=message.ephemeral, preshared_key=peer.preshared_key,
             encrypted_payload=message.encrypted_nothing,
         )
@@ -665,7 +697,10 @@ class Device:
         if peer is None:
             self.drops[DropReason.UNKNOWN_INDEX] += 1
             return
-        if not peer.cookies.consume_reply(message, now):
+        outcome = peer.cookies.consume_reply(message, now)
+        if outcome is ReplyOutcome.UNEXPECTED:
+            self.drops[DropReason.UNEXPECTED_COOKIE] += 1
+        elif outcome is ReplyOutcome.BAD:
             self.drops[DropReason.BAD_COOKIE] += 1
 
     # Bookkeeping.

@@ -34,6 +34,7 @@ class DropReason(enum.StrEnum):
     UNKNOWN_TYPE = "unknown_type"
     BAD_SIZE = "bad_size"  # handshake message of the wrong length
     BAD_MAC = "bad_mac"  # mac1 does not verify
+    NO_IDENTITY = "no_identity"  # handshake message while the interface has no private key
     COOKIE_SENT = "cookie_sent"  # under load without a valid mac2: answered with a cookie
     RATE_LIMITED = "rate_limited"
     BAD_HANDSHAKE = "bad_handshake"  # AEAD or DH failure inside a handshake message
@@ -43,6 +44,7 @@ class DropReason(enum.StrEnum):
     INVALID_STATE = "invalid_state"  # response to an initiation we are not waiting on
     UNKNOWN_INDEX = "unknown_index"
     BAD_COOKIE = "bad_cookie"
+    UNEXPECTED_COOKIE = "unexpected_cookie"  # cookie reply when none is awaited (or past the cap)
     EXPIRED_KEY = "expired_key"  # transport packet for a keypair past REJECT_AFTER_TIME
     BAD_AEAD = "bad_aead"
     REPLAY = "replay"
