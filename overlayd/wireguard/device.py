@@ -17,11 +17,11 @@ import collections
 import math
 import socket
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
-from overlayd.wireguard import crypto, noise
+from overlayd.wireguard import crypto, noise, transport
 from overlayd.wireguard.constants import (
     DEFAULT_MTU,
     HANDSHAKE_INITIATION_RATE,
@@ -33,7 +33,6 @@ from overlayd.wireguard.constants import (
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,
-    PADDING_MULTIPLE,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
@@ -42,7 +41,6 @@ from overlayd.wireguard.constants import (
     REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER_MAX,
     RESPONSE_SIZE,
-    TAG_SIZE,
     TRANSPORT_HEADER_SIZE,
     TRANSPORT_MIN_SIZE,
     ZERO_KEY_MATERIAL_AFTER,
@@ -50,7 +48,7 @@ from overlayd.wireguard.constants import (
 from overlayd.wireguard.cookie import ReplyOutcome
 from overlayd.wireguard.crypto import RandomBytes
 from overlayd.wireguard.errors import InvalidConfigError, InvalidKeyError, UnknownPeerError
-from overlayd.wireguard.events import Datagram, DropReason, Endpoint, Output, TunPacket
+from overlayd.wireguard.events import Datagram, DatagramBatch, DatagramSink, DropReason, Endpoint, Output, TunPacket
 from overlayd.wireguard.handshake import HandshakeState
 from overlayd.wireguard.identity import Identity
 from overlayd.wireguard.ippacket import destination_untrusted, source_and_length_untrusted
@@ -72,16 +70,7 @@ from overlayd.wireguard.routing import AllowedIPs, Network
 from overlayd.wireguard.tai64n import tai64n
 from overlayd.wireguard.timers import Timer
 
-_ZEROS = bytes(PADDING_MULTIPLE)
-_PAD_MASK = ~(PADDING_MULTIPLE - 1)
-_OVERHEAD = TRANSPORT_HEADER_SIZE + TAG_SIZE
 _nonce = crypto.counter_nonce
-
-
-class _DatagramSink(Protocol):
-    """Where send helpers put datagrams: a list[Datagram] or the receive path's list[Output]."""
-
-    def append(self, item: Datagram, /) -> None: ...
 
 
 def _cookie_source(addr: Endpoint) -> bytes:
@@ -118,7 +107,8 @@ class Device:
         self._routes: AllowedIPs[Peer] = AllowedIPs()
         self._handshake_index: dict[int, Peer] = {}  # local index of an unfinished handshake
         self._keypair_index: dict[int, Keypair] = {}  # local index of a session
-        self._outbox: list[Datagram] = []
+        # Datagrams made outside a receive or send call (timers, configuration), never batched.
+        self._outbox: list[Any] = []
         self._identity = None if private_key is None else Identity(private_key)
 
     # Identity and configuration.
@@ -260,16 +250,28 @@ class Device:
     # Outbound: packets from TUN.
 
     def send_packet(self, packet: bytes, now: float) -> list[Datagram]:
-        out: list[Datagram] = []
+        out: list[Any] = []  # one Datagram each: nothing is batched here
         peer = self._route(packet)
         if peer is not None:
-            self._send_run(peer, (packet,), now, out)
+            self._send_run(peer, (packet,), now, out, False)
         return out
 
     def send_packets(self, packets: Iterable[bytes], now: float) -> list[Datagram]:
         """Batch form: consecutive packets for one peer are sealed together (one session check and
         one timer update per run), and their datagrams are adjacent with one endpoint (for GSO)."""
-        out: list[Datagram] = []
+        out: list[Any] = []  # one Datagram each: nothing is batched here
+        self._send_packets(packets, now, out, batched=False)
+        return out
+
+    def seal_packets(self, packets: Iterable[bytes], now: float) -> list[Datagram | DatagramBatch]:
+        """send_packets for a shell with UDP GSO: a run's datagrams come sealed back to back in
+        one buffer per GSO send (DatagramBatch), not as one object each. Handshake messages and
+        packets that waited for a session still come as Datagrams."""
+        out: list[Datagram | DatagramBatch] = []
+        self._send_packets(packets, now, out, batched=True)
+        return out
+
+    def _send_packets(self, packets: Iterable[bytes], now: float, out: DatagramSink, *, batched: bool) -> None:
         route = self._route
         run_peer: Peer | None = None
         run: list[bytes] = []
@@ -279,12 +281,11 @@ class Device:
                 continue
             if peer is not run_peer:
                 if run_peer is not None:
-                    self._send_run(run_peer, run, now, out)
+                    self._send_run(run_peer, run, now, out, batched)
                 run_peer, run = peer, []
             run.append(packet)
         if run_peer is not None:
-            self._send_run(run_peer, run, now, out)
-        return out
+            self._send_run(run_peer, run, now, out, batched)
 
     def _route(self, packet: bytes) -> Peer | None:
         """Cryptokey routing: the peer whose allowed IPs hold the destination."""
@@ -297,14 +298,14 @@ class Device:
             self.drops[DropReason.NO_ROUTE] += 1
         return peer
 
-    def _send_run(self, peer: Peer, packets: Sequence[bytes], now: float, out: _DatagramSink) -> None:
+    def _send_run(self, peer: Peer, packets: Sequence[bytes], now: float, out: DatagramSink, batched: bool) -> None:
         keypair = peer.keypairs.current
         if (
             keypair is not None and not peer.staged and peer.endpoint is not None
             and keypair.send_counter + len(packets) <= REJECT_AFTER_MESSAGES
             and now - keypair.created < REJECT_AFTER_TIME
         ):
-            self._transmit(peer, keypair, packets, now, out)
+            self._transmit(peer, keypair, packets, now, out, batched)
             return
         for packet in packets:
             self._stage(peer, packet)
@@ -316,12 +317,12 @@ class Device:
             self.drops[DropReason.STAGED_OVERFLOW] += 1
         peer.staged.append(packet)
 
-    def _send_keepalive(self, peer: Peer, now: float, out: _DatagramSink) -> None:
+    def _send_keepalive(self, peer: Peer, now: float, out: DatagramSink) -> None:
         if not peer.staged:
             peer.staged.append(b"")
         self._send_staged(peer, now, out)
 
-    def _send_staged(self, peer: Peer, now: float, out: _DatagramSink) -> None:
+    def _send_staged(self, peer: Peer, now: float, out: DatagramSink) -> None:
         if not peer.staged:
             return
         keypair = peer.keypairs.current
@@ -337,34 +338,17 @@ class Device:
             return
         packets = tuple(peer.staged)
         peer.staged.clear()
-        self._transmit(peer, keypair, packets, now, out)
+        self._transmit(peer, keypair, packets, now, out, False)
 
     def _transmit(
-        self, peer: Peer, keypair: Keypair, packets: Iterable[bytes], now: float, out: _DatagramSink
+        self, peer: Peer, keypair: Keypair, packets: Sequence[bytes], now: float, out: DatagramSink, batched: bool
     ) -> None:
-        """Encrypt and emit (the hot path: locals only, one buffer per datagram)."""
+        """Encrypt and emit (transport.py has the hot loops), then the bookkeeping once per run."""
         endpoint = peer.endpoint
-        mtu = self.mtu
-        seal = keypair.send.encrypt_into
-        pack_header = TRANSPORT_HEADER.pack_into
+        assert endpoint is not None  # callers checked it
+        seal = transport.seal_batched if batched and len(packets) > 1 else transport.seal_each
+        sent_bytes, sent_data = seal(keypair, packets, self.mtu, endpoint, out)
         counter = keypair.send_counter
-        sent_bytes = 0
-        sent_data = False
-        for packet in packets:
-            n = len(packet)
-            padded = (n + PADDING_MULTIPLE - 1) & _PAD_MASK
-            if padded > mtu:
-                padded = max(n, mtu)
-            if padded != n:
-                packet = bytes(packet) + _ZEROS[: padded - n]
-            buf = bytearray(padded + _OVERHEAD)
-            pack_header(buf, 0, MESSAGE_TRANSPORT, keypair.remote_index, counter)
-            seal(_nonce(counter), packet, None, memoryview(buf)[TRANSPORT_HEADER_SIZE:])
-            counter += 1
-            sent_bytes += len(buf)
-            sent_data = sent_data or n > 0
-            out.append(Datagram(buf, endpoint))  # type: ignore[arg-type]  # callers checked it
-        keypair.send_counter = counter
         peer.tx_bytes += sent_bytes
         timers = peer.timers
         timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive)
@@ -377,7 +361,7 @@ class Device:
 
     # Handshake messages we send.
 
-    def _send_initiation(self, peer: Peer, now: float, out: _DatagramSink, *, is_retry: bool) -> None:
+    def _send_initiation(self, peer: Peer, now: float, out: DatagramSink, *, is_retry: bool) -> None:
         static_static = peer.static_static
         identity = self._identity
         if static_static is None or identity is None:
@@ -408,7 +392,7 @@ class Device:
         self._emit(peer, message, out)
         timers.on_handshake_initiated(now, self._jitter())
 
-    def _send_response(self, peer: Peer, now: float, out: _DatagramSink) -> None:
+    def _send_response(self, peer: Peer, now: float, out: DatagramSink) -> None:
         handshake = peer.handshake
         assert handshake.symmetric is not None  # set by initiation_consumed
         ephemeral = crypto.private_key_object(crypto.generate_private_key(self._rng))
@@ -455,7 +439,7 @@ class Device:
             dropped = peer.keypairs.install_as_responder(keypair)
         self._forget_keypairs(dropped)
 
-    def _emit(self, peer: Peer, message: bytes | bytearray, out: _DatagramSink) -> None:
+    def _emit(self, peer: Peer, message: bytes | bytearray, out: DatagramSink) -> None:
         if peer.endpoint is None:
             self.drops[DropReason.NO_ENDPOINT] += 1
             return
@@ -469,7 +453,8 @@ class Device:
         self._receive(data, addr, now, out)
         return out
 
-    def receive_datagrams_untrusted(self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float) -> list[Output]:
+    def receive_datagrams_untrusted(self, datagrams: Iterable[tuple[bytes | memoryview, Endpoint]],
+                                    now: float) -> list[Output]:
         """Batch form. Each transport packet is decrypted and checked on its own, but the per-peer
         bookkeeping (roaming, stats, timers, key confirmation) runs once per run of packets that
         share a session and a source address."""
@@ -484,7 +469,7 @@ class Device:
                 if run_keypair is not None:  # keep order with handshake messages
                     self._transport_received(run_keypair, run_addr, run_bytes, run_data, now, out)
                     run_keypair = None
-                self._receive(data, addr, now, out)
+                self._receive(bytes(data), addr, now, out)  # (bytes of bytes is no copy)
                 continue
             opened = open_transport(data, now)
             if opened is None:
@@ -501,6 +486,49 @@ class Device:
         if run_keypair is not None:
             self._transport_received(run_keypair, run_addr, run_bytes, run_data, now, out)
         return out
+
+    def receive_batch_untrusted(self, data: memoryview, size: int, addr: Endpoint, now: float
+                                ) -> tuple[list[bytes], list[Datagram | DatagramBatch]] | None:
+        """Fast path for one GRO receive: datagrams of `size` bytes back to back in `data` (the
+        last may be shorter), all from `addr`. If they are all transport messages for one live
+        session, they are opened with the bookkeeping done once, and the result is (inner packets
+        for TUN, datagrams to send). Otherwise None, with nothing changed: the caller then hands
+        the datagrams to receive_datagrams_untrusted, which takes them one by one."""
+        found = transport.batch_counters_untrusted(data, size)
+        if found is None:
+            return None
+        receiver, counters = found
+        keypair = self._keypair_index.get(receiver)
+        if keypair is None or now - keypair.created >= REJECT_AFTER_TIME:
+            return None
+        plaintexts, bad = transport.open_batch(keypair, data, size, counters)
+        self._drop(DropReason.BAD_AEAD, bad)
+        self._drop(DropReason.REPLAY, len(counters) - bad - len(plaintexts))
+        out: list[Datagram | DatagramBatch] = []
+        if not plaintexts:
+            return [], out
+        peer = keypair.peer
+        lookup = self._routes.lookup
+        packets = []
+        checked = b""  # the last inner source found among the peer's allowed IPs
+        for plaintext in plaintexts:
+            if not plaintext:
+                continue  # a keepalive
+            header = source_and_length_untrusted(plaintext)
+            if header is None:
+                self.drops[DropReason.BAD_INNER_PACKET] += 1
+                continue
+            source, length = header
+            if source != checked:
+                if lookup(source) is not peer:
+                    self.drops[DropReason.NOT_ALLOWED_IP] += 1
+                    continue
+                checked = source
+            packets.append(plaintext if length == len(plaintext) else plaintext[:length])
+        data_packets = sum(1 for p in plaintexts if p)
+        self._transport_received(keypair, addr, sum(map(len, plaintexts)) + transport.OVERHEAD * len(plaintexts),
+                                 data_packets, now, out)
+        return packets, out
 
     def _receive(self, data: bytes, addr: Endpoint, now: float, out: list[Output]) -> None:
         if len(data) < 4:
@@ -524,7 +552,7 @@ class Device:
         else:
             self.drops[DropReason.UNKNOWN_TYPE] += 1
 
-    def _open_transport(self, data: bytes, now: float) -> tuple[Keypair, bytes] | None:
+    def _open_transport(self, data: bytes | memoryview, now: float) -> tuple[Keypair, bytes] | None:
         """Find the session, decrypt, then (only once authenticated) check the replay window."""
         _, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
         keypair = self._keypair_index.get(receiver)
@@ -545,7 +573,7 @@ class Device:
         return keypair, plaintext
 
     def _transport_received(
-        self, keypair: Keypair, addr: Endpoint, nbytes: int, data_packets: int, now: float, out: _DatagramSink
+        self, keypair: Keypair, addr: Endpoint, nbytes: int, data_packets: int, now: float, out: DatagramSink
     ) -> None:
         """Bookkeeping after authenticated transport packets (`data_packets` of them not keepalives)."""
         peer = keypair.peer

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from overlayd.errors import KernelError
 from overlayd.wireguard import crypto
 from overlayd.wireguard.device import Device
-from overlayd.wireguard.events import Endpoint, TunPacket
+from overlayd.wireguard.events import Datagram, DatagramBatch, Endpoint, Output, TunPacket
 from overlayd.wireguard.offload import coalesce, split_frame
 from overlayd.wireguard.tun import TunDevice
 from overlayd.wireguard.uapi import ZERO_KEY, DeviceState, PeerState, PeerUpdate, SetRequest, UapiError
@@ -163,49 +163,62 @@ class Engine:
     def _send(self, packets: Sequence[bytes]) -> None:
         now = self._clock()
         with self._lock:
-            datagrams = self._device.send_packets(packets, now)
+            datagrams = self._device.seal_packets(packets, now)
         if datagrams:
             self._udp.send(datagrams)
 
     def _pump_udp(self, udp: UdpSocket, buffers: list[bytearray], views: list[memoryview]) -> bool:
         """Receive up to a batch of datagrams and handle them; False if there was nothing."""
-        batch: list[tuple[bytes | memoryview, Endpoint]] = []
-        used = 0
+        received: list[tuple[memoryview, int, Endpoint]] = []  # (data, GRO segment size or 0, source)
+        count = used = 0
         try:
-            while len(batch) < INBOUND_BATCH and used < INBOUND_BUFFERS:
+            while count < INBOUND_BATCH and used < INBOUND_BUFFERS:
                 n, size, addr = udp.recv_into(buffers[used])
                 view = views[used][:n]
-                if 0 < size < n:  # a GRO batch (one flow, equal sizes): its datagrams stay in this buffer
-                    batch += [(d if d[0] == _TRANSPORT else bytes(d), addr) for d in segments(view, size)]
+                if 0 < size < n:  # a GRO batch (one flow, equal sizes): it stays in this buffer
+                    received.append((view, size, addr))
+                    count += -(-n // size)
                     used += 1
                 else:  # one datagram: copy it out and reuse the buffer
-                    batch.append((bytes(view), addr))
+                    received.append((memoryview(bytes(view)), 0, addr))
+                    count += 1
         except BlockingIOError:
             pass
         except OSError:  # the socket was replaced (listen port change) or shut down
             if udp is self._udp and not self._stopping:
                 raise
             return True
-        if not batch:
+        if not received:
             return False
         self.stats["udp_batches"] += 1
-        self.stats["udp_datagrams"] += len(batch)
-        self._receive(batch)
+        self.stats["udp_datagrams"] += count
+        self._receive(received)
         return True
 
-    def _receive(self, batch: list[tuple[bytes | memoryview, Endpoint]]) -> None:
+    def _receive(self, received: list[tuple[memoryview, int, Endpoint]]) -> None:
+        """GRO batches of one session take the core's batch path; the rest go one by one (in
+        arrival order either way)."""
         now = self._clock()
+        packets: list[bytes] = []
+        datagrams: list[Datagram | DatagramBatch] = []
+        singles: list[tuple[bytes | memoryview, Endpoint]] = []
         with self._lock:
-            outputs = self._device.receive_datagrams_untrusted(batch, now)  # type: ignore[arg-type]
-        packets = []
-        datagrams = []
-        for output in outputs:
-            if type(output) is TunPacket:
-                packets.append(output.data)
-            else:
-                datagrams.append(output)
+            device = self._device
+            for data, size, addr in received:
+                opened = device.receive_batch_untrusted(data, size, addr, now) if size else None
+                if opened is None:
+                    # Handshake messages are copied out of a GRO buffer: it is reused.
+                    singles += [(d if d and d[0] == _TRANSPORT else bytes(d), addr) for d in segments(data, size)]
+                    continue
+                if singles:
+                    _sort(device.receive_datagrams_untrusted(singles, now), packets, datagrams)
+                    singles = []
+                packets += opened[0]
+                datagrams += opened[1]
+            if singles:
+                _sort(device.receive_datagrams_untrusted(singles, now), packets, datagrams)
         if datagrams:
-            self._udp.send(datagrams)  # type: ignore[arg-type]
+            self._udp.send(datagrams)
         self._write_tun(packets)
 
     def _write_tun(self, packets: list[bytes]) -> None:
@@ -329,6 +342,14 @@ class Engine:
                 device.set_private_key(None, now)
         elif current is None or not crypto.constant_time_equal(key, current):  # same key again: keep sessions
             device.set_private_key(key, now)  # stored as given, as wireguard-go (X25519 clamps itself)
+
+
+def _sort(outputs: list[Output], packets: list[bytes], datagrams: list[Datagram | DatagramBatch]) -> None:
+    for output in outputs:
+        if isinstance(output, TunPacket):
+            packets.append(output.data)
+        else:
+            datagrams.append(output)
 
 
 def apply_peer_update(device: Device, update: PeerUpdate, endpoint: Endpoint | None, now: float) -> None:

@@ -2,7 +2,7 @@
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 # A UDP address as the socket layer gives it: (host, port) or (host, port, flowinfo, scope_id).
 Endpoint = tuple[Any, ...]
@@ -12,7 +12,17 @@ Endpoint = tuple[Any, ...]
 class Datagram:
     """Send `data` in one UDP datagram to `addr`."""
 
-    data: bytes | bytearray
+    data: bytes | bytearray | memoryview
+    addr: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class DatagramBatch:
+    """Datagrams of `size` bytes back to back in `data` (the last may be shorter), all to
+    `addr`: one UDP GSO send (at most 64 datagrams, 65,507 bytes)."""
+
+    data: memoryview
+    size: int
     addr: Endpoint
 
 
@@ -24,7 +34,13 @@ class TunPacket:
     peer: bytes
 
 
-Output = Datagram | TunPacket
+Output = Datagram | DatagramBatch | TunPacket
+
+
+class DatagramSink(Protocol):
+    """Where send helpers put datagrams: a list[Datagram] or the receive path's list[Output]."""
+
+    def append(self, item: Datagram | DatagramBatch, /) -> None: ...
 
 
 class DropReason(enum.StrEnum):

@@ -265,3 +265,62 @@ def test_coalesce_never_glues_a_segment_with_a_bad_ipv4_header_checksum(payload_
     segments = [tcp_packet(4, b"x" * 1368, seq=1000 + 1368 * i) for i in range(3)]
     segments[1] = _corrupt(segments[1], 11)  # the header checksum field; the TCP checksum holds
     assert [unpack_frame(f)[0][:2] for f in coalesce(segments)] == [(0, GSO_NONE)] * 3
+
+
+def _frames_bytes(frames: list) -> list[bytes]:
+    return [b"".join(bytes(piece) for piece in frame) for frame in frames]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    version=st.sampled_from([4, 6]),
+    count=st.integers(min_value=3, max_value=70),
+    mss=st.sampled_from([500, 1368, 1388]),
+    short_last=st.booleans(),
+    mutation=st.sampled_from([None, "seq", "flags", "ttl", "port", "payload", "length", "ack", "push_middle"]),
+    where=st.integers(min_value=0, max_value=69),
+)
+def test_whole_run_fast_path_agrees_with_packet_by_packet(
+    version: int, count: int, mss: int, short_last: bool, mutation: str | None, where: int
+) -> None:
+    # The numpy recognition of a whole run must give exactly the frames the general loop gives,
+    # for genuine runs and for runs broken in one place.
+    sizes = [mss] * count
+    if short_last:
+        sizes[-1] = mss // 2
+    seqs = [1000 + sum(sizes[:i]) for i in range(count)]
+    segments = [tcp_packet(version, bytes([i % 251]) * size, seq=seq) for i, (size, seq) in enumerate(zip(sizes, seqs))]
+    i = where % count
+    if mutation == "seq":
+        segments[i] = tcp_packet(version, bytes([i % 251]) * sizes[i], seq=seqs[i] + 1)
+    elif mutation == "flags":
+        segments[i] = tcp_packet(version, bytes([i % 251]) * sizes[i], seq=seqs[i], flags="PA")
+    elif mutation == "push_middle":
+        segments[count // 2] = tcp_packet(version, bytes([1]) * sizes[count // 2], seq=seqs[count // 2], flags="PA")
+    elif mutation == "port":
+        segments[i] = tcp_packet(version, bytes([i % 251]) * sizes[i], seq=seqs[i], sport=40001)
+    elif mutation == "ack":
+        segments[i] = tcp_packet(version, bytes([i % 251]) * sizes[i], seq=seqs[i], ack=8)
+    elif mutation == "ttl" and version == 4:
+        segments[i] = _with_ttl(segments[i], 63)
+    elif mutation == "payload":
+        segments[i] = _corrupt(segments[i], len(segments[i]) - 1)
+    elif mutation == "length":
+        segments[i] = tcp_packet(version, bytes([i % 251]) * (sizes[i] - 4), seq=seqs[i])
+    if mutation is None and count <= 64 and len(segments[0]) - sizes[0] + sum(sizes) <= 65535:
+        assert offload._whole_run(segments) is not None  # the fast path is what is being judged
+    fast = coalesce(segments)
+    saved = offload._whole_run
+    offload._whole_run = lambda packets: None
+    try:
+        general = coalesce(segments)
+    finally:
+        offload._whole_run = saved
+    assert _frames_bytes(fast) == _frames_bytes(general)
+
+
+def _with_ttl(packet: bytes, ttl: int) -> bytes:
+    parsed = IP(packet)
+    parsed.ttl = ttl
+    del parsed.chksum
+    return bytes(parsed)
