@@ -48,7 +48,9 @@ from overlayd.wireguard.constants import (
 from overlayd.wireguard.cookie import ReplyOutcome
 from overlayd.wireguard.crypto import RandomBytes
 from overlayd.wireguard.errors import InvalidConfigError, InvalidKeyError, UnknownPeerError
-from overlayd.wireguard.events import Datagram, DatagramBatch, DatagramSink, DropReason, Endpoint, Output, TunPacket
+from overlayd.wireguard.events import (
+    Datagram, DatagramBatch, DatagramSink, DropReason, Endpoint, Output, Packet, TunPacket,
+)
 from overlayd.wireguard.handshake import HandshakeState
 from overlayd.wireguard.identity import Identity
 from overlayd.wireguard.ippacket import destination_untrusted, source_and_length_untrusted
@@ -249,21 +251,21 @@ class Device:
 
     # Outbound: packets from TUN.
 
-    def send_packet(self, packet: bytes, now: float) -> list[Datagram]:
+    def send_packet(self, packet: Packet, now: float) -> list[Datagram]:
         out: list[Any] = []  # one Datagram each: nothing is batched here
         peer = self._route(packet)
         if peer is not None:
             self._send_run(peer, (packet,), now, out, False)
         return out
 
-    def send_packets(self, packets: Iterable[bytes], now: float) -> list[Datagram]:
+    def send_packets(self, packets: Iterable[Packet], now: float) -> list[Datagram]:
         """Batch form: consecutive packets for one peer are sealed together (one session check and
         one timer update per run), and their datagrams are adjacent with one endpoint (for GSO)."""
         out: list[Any] = []  # one Datagram each: nothing is batched here
         self._send_packets(packets, now, out, batched=False)
         return out
 
-    def seal_packets(self, packets: Iterable[bytes], now: float) -> list[Datagram | DatagramBatch]:
+    def seal_packets(self, packets: Iterable[Packet], now: float) -> list[Datagram | DatagramBatch]:
         """send_packets for a shell with UDP GSO: a run's datagrams come sealed back to back in
         one buffer per GSO send (DatagramBatch), not as one object each. Handshake messages and
         packets that waited for a session still come as Datagrams."""
@@ -271,10 +273,11 @@ class Device:
         self._send_packets(packets, now, out, batched=True)
         return out
 
-    def _send_packets(self, packets: Iterable[bytes], now: float, out: DatagramSink, *, batched: bool) -> None:
+    def _send_packets(self, packets: Iterable[Packet], now: float, out: DatagramSink, *,
+                      batched: bool) -> None:
         route = self._route
         run_peer: Peer | None = None
-        run: list[bytes] = []
+        run: list[Packet] = []
         for packet in packets:
             peer = route(packet)
             if peer is None:
@@ -287,7 +290,7 @@ class Device:
         if run_peer is not None:
             self._send_run(run_peer, run, now, out, batched)
 
-    def _route(self, packet: bytes) -> Peer | None:
+    def _route(self, packet: Packet) -> Peer | None:
         """Cryptokey routing: the peer whose allowed IPs hold the destination."""
         destination = destination_untrusted(packet)
         if destination is None:
@@ -298,7 +301,7 @@ class Device:
             self.drops[DropReason.NO_ROUTE] += 1
         return peer
 
-    def _send_run(self, peer: Peer, packets: Sequence[bytes], now: float, out: DatagramSink, batched: bool) -> None:
+    def _send_run(self, peer: Peer, packets: Sequence[Packet], now: float, out: DatagramSink, batched: bool) -> None:
         keypair = peer.keypairs.current
         if (
             keypair is not None and not peer.staged and peer.endpoint is not None
@@ -311,7 +314,7 @@ class Device:
             self._stage(peer, packet)
         self._send_staged(peer, now, out)
 
-    def _stage(self, peer: Peer, packet: bytes) -> None:
+    def _stage(self, peer: Peer, packet: Packet) -> None:
         if len(peer.staged) >= MAX_STAGED_PACKETS:
             peer.staged.popleft()
             self.drops[DropReason.STAGED_OVERFLOW] += 1
@@ -341,7 +344,7 @@ class Device:
         self._transmit(peer, keypair, packets, now, out, False)
 
     def _transmit(
-        self, peer: Peer, keypair: Keypair, packets: Sequence[bytes], now: float, out: DatagramSink, batched: bool
+        self, peer: Peer, keypair: Keypair, packets: Sequence[Packet], now: float, out: DatagramSink, batched: bool
     ) -> None:
         """Encrypt and emit (transport.py has the hot loops), then the bookkeeping once per run."""
         endpoint = peer.endpoint

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from overlayd.errors import KernelError
 from overlayd.wireguard import crypto
 from overlayd.wireguard.device import Device
-from overlayd.wireguard.events import Datagram, DatagramBatch, Endpoint, Output, TunPacket
+from overlayd.wireguard.events import Datagram, DatagramBatch, Endpoint, Output, Packet, TunPacket
 from overlayd.wireguard.offload import coalesce, split_frame
 from overlayd.wireguard.tun import TunDevice
 from overlayd.wireguard.uapi import ZERO_KEY, DeviceState, PeerState, PeerUpdate, SetRequest, UapiError
@@ -143,7 +143,7 @@ class Engine:
     def _pump_tun(self, frame: bytearray, view: memoryview) -> bool:
         """Read up to a batch of packets from TUN and send them; False if there was nothing."""
         tun = self._tun
-        packets: list[bytes] = []
+        packets: list[Packet] = []
         reads = 0
         try:
             while len(packets) < OUTBOUND_BATCH:
@@ -160,7 +160,7 @@ class Engine:
         self._send(packets)
         return True
 
-    def _send(self, packets: Sequence[bytes]) -> None:
+    def _send(self, packets: Sequence[Packet]) -> None:
         now = self._clock()
         with self._lock:
             datagrams = self._device.seal_packets(packets, now)
@@ -197,9 +197,10 @@ class Engine:
 
     def _receive(self, received: list[tuple[memoryview, int, Endpoint]]) -> None:
         """GRO batches of one session take the core's batch path; the rest go one by one (in
-        arrival order either way)."""
+        arrival order either way). Packets for TUN stay grouped by GRO batch: a batch is
+        usually one TCP run, which coalesce then recognises whole."""
         now = self._clock()
-        packets: list[bytes] = []
+        groups: list[list[bytes]] = []
         datagrams: list[Datagram | DatagramBatch] = []
         singles: list[tuple[bytes | memoryview, Endpoint]] = []
         with self._lock:
@@ -211,15 +212,16 @@ class Engine:
                     singles += [(d if d and d[0] == _TRANSPORT else bytes(d), addr) for d in segments(data, size)]
                     continue
                 if singles:
-                    _sort(device.receive_datagrams_untrusted(singles, now), packets, datagrams)
+                    groups.append(_sort(device.receive_datagrams_untrusted(singles, now), datagrams))
                     singles = []
-                packets += opened[0]
+                groups.append(opened[0])
                 datagrams += opened[1]
             if singles:
-                _sort(device.receive_datagrams_untrusted(singles, now), packets, datagrams)
+                groups.append(_sort(device.receive_datagrams_untrusted(singles, now), datagrams))
         if datagrams:
             self._udp.send(datagrams)
-        self._write_tun(packets)
+        for packets in groups:
+            self._write_tun(packets)
 
     def _write_tun(self, packets: list[bytes]) -> None:
         tun = self._tun
@@ -344,12 +346,15 @@ class Engine:
             device.set_private_key(key, now)  # stored as given, as wireguard-go (X25519 clamps itself)
 
 
-def _sort(outputs: list[Output], packets: list[bytes], datagrams: list[Datagram | DatagramBatch]) -> None:
+def _sort(outputs: list[Output], datagrams: list[Datagram | DatagramBatch]) -> list[bytes]:
+    """The packets for TUN among `outputs`; datagrams to send go to `datagrams`."""
+    packets = []
     for output in outputs:
         if isinstance(output, TunPacket):
             packets.append(output.data)
         else:
             datagrams.append(output)
+    return packets
 
 
 def apply_peer_update(device: Device, update: PeerUpdate, endpoint: Endpoint | None, now: float) -> None:

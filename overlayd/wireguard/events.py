@@ -6,6 +6,8 @@ from typing import Any, Protocol
 
 # A UDP address as the socket layer gives it: (host, port) or (host, port, flowinfo, scope_id).
 Endpoint = tuple[Any, ...]
+# An IP packet as the shell hands it over (segments cut from a TSO frame are views of one buffer).
+Packet = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True, slots=True)

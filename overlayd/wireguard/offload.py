@@ -49,7 +49,7 @@ _LENGTH_AND_ID = struct.Struct(">HH")
 _TCP_FIELDS = struct.Struct(">IIHHH")  # seq, ack, data offset + flags, window, checksum
 _IPV4_FIELDS = struct.Struct(">HHIH")  # total length, ID, flags + fragment + TTL + protocol, checksum
 
-Buffer = bytes | bytearray | memoryview
+Buffer = bytes | bytearray | memoryview  # events.Packet
 
 
 def ones_sum(data: Buffer) -> int:
@@ -81,7 +81,7 @@ def _payload_sums(payload: memoryview, mss: int, count: int) -> list[int]:
     return [ones_sum(payload[i * mss : (i + 1) * mss]) for i in range(count)]
 
 
-def split_frame(frame: memoryview) -> list[bytes]:
+def split_frame(frame: memoryview) -> list[Buffer]:
     """The IP packets in one frame read from the TUN device (virtio-net header first).
 
     Frames the kernel should never produce (unknown GSO types, impossible offsets) give [].
@@ -114,7 +114,7 @@ def complete_checksum(packet: memoryview, start: int, offset: int) -> bytes | No
     return bytes(buf)
 
 
-def split_tcp(packet: memoryview, tcp_offset: int, mss: int) -> list[bytes]:
+def split_tcp(packet: memoryview, tcp_offset: int, mss: int) -> list[Buffer]:
     """Cut a TCP super-packet into segments of `mss` payload bytes, as the kernel's TSO would:
     sequence numbers advance, IPv4 IDs count up, CWR stays on the first segment and FIN/PSH
     on the last, and every segment gets its IP and TCP checksums.
@@ -161,7 +161,7 @@ def split_tcp(packet: memoryview, tcp_offset: int, mss: int) -> list[bytes]:
         header[10] = header[11] = 0
         ip_base = ones_sum(memoryview(header)[:t]) + hlen
         frag_ttl_proto = _U32.unpack_from(header, 6)[0]
-    out = []
+    out: list[Buffer] = []
     for i, payload_sum in enumerate(sums):
         start = i * mss
         length = mss if i < last else size - start

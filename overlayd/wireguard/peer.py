@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from overlayd.wireguard import noise
 from overlayd.wireguard.cookie import CookieGenerator
-from overlayd.wireguard.events import Endpoint
+from overlayd.wireguard.events import Endpoint, Packet
 from overlayd.wireguard.handshake import Handshake
 from overlayd.wireguard.keypair import Keypairs
 from overlayd.wireguard.routing import Network
@@ -59,7 +59,7 @@ class Peer:
         self.keypairs = Keypairs()
         self.timers = PeerTimers()
         # Packets waiting for a session (an empty one is a keepalive).
-        self.staged: collections.deque[bytes] = collections.deque()
+        self.staged: collections.deque[Packet] = collections.deque()
         self.rx_bytes = 0
         self.tx_bytes = 0
         self.last_handshake: float | None = None  # on the injected clock

@@ -12,7 +12,7 @@ from cryptography.exceptions import InvalidTag
 
 from overlayd.wireguard.constants import MESSAGE_TRANSPORT, PADDING_MULTIPLE, TAG_SIZE, TRANSPORT_HEADER_SIZE
 from overlayd.wireguard.crypto import counter_nonce
-from overlayd.wireguard.events import Datagram, DatagramBatch, DatagramSink, Endpoint
+from overlayd.wireguard.events import Datagram, DatagramBatch, DatagramSink, Endpoint, Packet
 from overlayd.wireguard.keypair import Keypair
 from overlayd.wireguard.messages import TRANSPORT_HEADER
 
@@ -29,7 +29,7 @@ def padded_size(n: int, mtu: int) -> int:
     return max(n, mtu) if padded > mtu else padded
 
 
-def seal_each(keypair: Keypair, packets: Iterable[bytes], mtu: int, endpoint: Endpoint,
+def seal_each(keypair: Keypair, packets: Iterable[Packet], mtu: int, endpoint: Endpoint,
               out: DatagramSink) -> tuple[int, bool]:
     """One Datagram per packet. Returns (bytes sent, whether any was data, not a keepalive)."""
     seal = keypair.send.encrypt_into
@@ -54,7 +54,7 @@ def seal_each(keypair: Keypair, packets: Iterable[bytes], mtu: int, endpoint: En
     return sent_bytes, sent_data
 
 
-def seal_batched(keypair: Keypair, packets: Sequence[bytes], mtu: int, endpoint: Endpoint,
+def seal_batched(keypair: Keypair, packets: Sequence[Packet], mtu: int, endpoint: Endpoint,
                  out: DatagramSink) -> tuple[int, bool]:
     """Datagrams back to back in one buffer, cut into GSO sends (DatagramBatch): equal sizes,
     a shorter one may end a batch, at most 64 datagrams and 65,507 bytes each."""
