@@ -10,9 +10,8 @@ same round, and CPU cost per byte carried, which depends much less on how busy t
 - latency: `ping -c 200 -i 0.005` through the idle tunnel (average and median RTT).
 
 Test bed (tests/integration/wg_bed.py): ns A and ns B joined by a veth (198.18.1.1/.2), a tunnel
-with MTU 1420 between them, configured with the stock `wg` tool. Kinds: "ours" (overlayd-wg with
---workers as given, default 1), "ours-w1" and "ours-w2" (for the scaling figure), "go" (Debian's
-wireguard-go), "vxlan" (kernel VXLAN, no crypto: the ceiling). Each round runs every kind once,
+with MTU 1420 between them, configured with the stock `wg` tool. Kinds: "ours" (overlayd-wg),
+"go" (Debian's wireguard-go), "vxlan" (kernel VXLAN, no crypto: the ceiling). Each round runs every kind once,
 in a rotated order so drift on a shared machine hits all alike; medians and min-max over rounds.
 Ratios are taken per round (same minute, same machine state), then their median and min-max.
 
@@ -28,6 +27,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import platform
 import re
@@ -40,14 +41,13 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-from overlayd.wireguard import Datagram, Device, PeerConfig, TunPacket, crypto
+from overlayd.wireguard import Datagram, DatagramBatch, Device, PeerConfig, TunPacket, crypto, offload
 from overlayd.wireguard.constants import REJECT_AFTER_TIME
 from overlayd.wireguard.offload import GSO_TCPV4, NEEDS_CSUM, VNET_HDR, coalesce, split_frame
 from tests.integration.wg_bed import WgBed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "wireguard.json"
-LABELS = {"ours": "overlayd-wg", "ours-w1": "overlayd-wg, 1 worker", "ours-w2": "overlayd-wg, 2 workers",
-          "go": "wireguard-go (Debian)", "vxlan": "kernel VXLAN (no crypto)"}
+LABELS = {"ours": "overlayd-wg", "go": "wireguard-go (Debian)", "vxlan": "kernel VXLAN (no crypto)"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -120,13 +120,6 @@ def latency(bed: WgBed) -> dict:
             "loss_percent": float(loss[1])}
 
 
-def _bed(kind: str) -> WgBed:
-    if kind.startswith("ours"):
-        workers = int(kind.removeprefix("ours-w")) if kind.startswith("ours-w") else None
-        return WgBed("ours", "ours", workers=workers)
-    return WgBed(kind, kind)
-
-
 def spread(values: Sequence[float]) -> dict:
     return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
             "max": round(max(values), 3), "runs": [round(v, 3) for v in values]}
@@ -136,7 +129,7 @@ def tunnel_benchmarks(kinds: Sequence[str], seconds: float, rounds: int) -> dict
     runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     pings: dict[str, list[dict]] = {kind: [] for kind in kinds}
     with ExitStack() as stack:
-        beds = {kind: stack.enter_context(_bed(kind)) for kind in kinds}
+        beds = {kind: stack.enter_context(WgBed(kind, kind)) for kind in kinds}
         for bed in beds.values():
             bed.ping(bed.a, bed.b.tunnel_ip, count=2)  # handshake before measuring
         for r in range(rounds):
@@ -218,6 +211,17 @@ def _rate(work: Callable[[], int], min_seconds: float = 1.0) -> float:
     return done / elapsed
 
 
+def _tso_frame(segments: int, mss: int = 1368) -> memoryview:
+    """A TCP super-packet as TUN hands it over (TSO, partial checksum), 10.99.0.1 -> 10.99.0.2."""
+    payload = bytes(range(256)) * (mss * segments // 256) + bytes(mss * segments % 256)
+    tcp = bytearray(struct.pack(">HHIIHHHH", 40000, 5201, 1, 1, 0x8010, 500, 0, 0) + b"\x01\x01\x08\x0a" + bytes(8))
+    addresses = bytes([10, 99, 0, 1, 10, 99, 0, 2])
+    struct.pack_into(">H", tcp, 16, offload._fold(offload.ones_sum(addresses) + 6 + len(tcp) + len(payload)))
+    ip = struct.pack(">BBHHHBBH8s", 0x45, 0, 20 + len(tcp) + len(payload), 1, 0x4000, 64, 6, 0, addresses)
+    ip = ip[:10] + struct.pack(">H", offload.checksum(offload.ones_sum(ip))) + ip[12:]
+    return memoryview(VNET_HDR.pack(NEEDS_CSUM, GSO_TCPV4, 52, mss, 20, 16) + ip + bytes(tcp) + payload)
+
+
 def micro_benchmarks() -> dict:
     now = 1000.0
     a, b = _pair(now)
@@ -240,12 +244,7 @@ def micro_benchmarks() -> dict:
 
     handshakes = _rate(one_handshake)
 
-    mss = 1368
-    payload = bytes(mss * 44)
-    tcp = struct.pack(">HHIIHHHH", 40000, 5201, 1, 1, 0x8010, 500, 0, 0) + b"\x01\x01\x08\x0a" + bytes(8)
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), 1, 0x4000, 64, 6, 0,
-                     bytes([10, 99, 0, 1]), bytes([10, 99, 0, 2]))
-    frame = memoryview(VNET_HDR.pack(NEEDS_CSUM, GSO_TCPV4, 52, mss, 20, 16) + ip + tcp + payload)
+    frame = _tso_frame(44)
     segments = split_frame(frame)
     split_per_s = _rate(lambda: len(split_frame(frame)) and 1)
     coalesce_per_s = _rate(lambda: len(coalesce(segments)) and 1)
@@ -256,6 +255,45 @@ def micro_benchmarks() -> dict:
         "tso_split_us_per_segment": round(1e6 / split_per_s / len(segments), 2),
         "gro_coalesce_us_per_segment": round(1e6 / coalesce_per_s / len(segments), 2),
     }
+
+
+# How the per-segment work would grow with worker processes (a simulation: overlayd-wg runs
+# one data-path thread; see the README for what running several would take).
+
+
+def _data_path_worker(seconds: float, report: "multiprocessing.connection.Connection") -> None:
+    """Both ends' Python work for one tunnel, as the engine does it, in a loop: cut a 64 KiB TSO
+    frame, seal its segments, open them as a GRO receive, coalesce them. Sends back how many
+    segments went through in `seconds` of wall time."""
+    now = 1000.0
+    a, b = _pair(now)
+    _handshake(a, b, now)
+    frame = _tso_frame(44)
+    done, start = 0, time.monotonic()
+    while time.monotonic() - start < seconds:
+        for batch in a.seal_packets(split_frame(frame), now):
+            assert isinstance(batch, DatagramBatch)
+            opened = b.receive_batch_untrusted(batch.data, batch.size, A_ADDR, now)
+            assert opened is not None
+            coalesce(opened[0])
+            done += len(opened[0])
+    report.send(done)
+
+
+def worker_simulation(seconds: float) -> dict:
+    """Segments per second of wall time with 1, 2, ... os.cpu_count() such processes at once."""
+    context = multiprocessing.get_context("fork")
+    rates = {}
+    for processes in range(1, (os.cpu_count() or 1) + 1):
+        pipes = [context.Pipe(duplex=False) for _ in range(processes)]
+        workers = [context.Process(target=_data_path_worker, args=(seconds, sender)) for _, sender in pipes]
+        for worker in workers:
+            worker.start()
+        total = sum(receiver.recv() for receiver, _ in pipes)
+        for worker in workers:
+            worker.join()
+        rates[processes] = round(total / seconds)
+    return {"segments_per_s": rates, "scaling": {n: round(r / rates[1], 2) for n, r in rates.items()}}
 
 
 # Report.
@@ -283,6 +321,10 @@ def print_table(result: dict) -> None:
         for name, r in result.get("ratios", {}).items():
             parts = [f"{key} {v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f})" for key, v in r.items()]
             print(f"{name}: " + ", ".join(parts))
+    simulation = result.get("worker_simulation")
+    if simulation:
+        print(f"\nworker simulation, segments/s by processes: {simulation['segments_per_s']} "
+              f"(x{simulation['scaling']})")
     micro = result.get("micro")
     if micro:
         print("\nengine micro-benchmark (one core, in-process; a diagnostic, not a cross-machine figure):")
@@ -297,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default="ours,go,vxlan",
                         help=f"comma-separated, of {', '.join(LABELS)} (default ours,go,vxlan)")
     parser.add_argument("--no-micro", action="store_true", help="skip the in-process micro-benchmark")
+    parser.add_argument("--simulate-workers", type=float, default=0, metavar="SECONDS",
+                        help="also run the worker-process scaling simulation for SECONDS per step")
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     if unknown := set(kinds) - set(LABELS):
@@ -309,14 +353,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_micro:
         print("engine micro-benchmark...", flush=True)
         result["micro"] = micro_benchmarks()
+    if args.simulate_workers:
+        print("worker scaling simulation...", flush=True)
+        result["worker_simulation"] = worker_simulation(args.simulate_workers)
     if kinds:
         print(f"tunnels: {args.rounds} rounds of {args.seconds:g} s iperf3 TCP per kind...", flush=True)
         tunnels = tunnel_benchmarks(kinds, args.seconds, args.rounds)
         result["tunnels"] = tunnels
-        result["ratios"] = {f"{ours} / go": ratios(tunnels, ours, "go")
-                            for ours in kinds if ours.startswith("ours") and "go" in kinds}
-        if "ours-w1" in kinds and "ours-w2" in kinds:
-            result["ratios"]["2 workers / 1 worker"] = ratios(tunnels, "ours-w2", "ours-w1")
+        if "ours" in kinds and "go" in kinds:
+            result["ratios"] = {"ours / go": ratios(tunnels, "ours", "go")}
     result["load_after"] = os.getloadavg()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -50,12 +50,10 @@ def new_key() -> tuple[str, str]:
     return base64.b64encode(private).decode(), base64.b64encode(public).decode()
 
 
-def start_engine(kind: str, netns: str, ifname: str, log: Path, *, offload: bool = True,
-                 workers: int | None = None) -> subprocess.Popen[bytes]:
+def start_engine(kind: str, netns: str, ifname: str, log: Path, *, offload: bool = True) -> subprocess.Popen[bytes]:
     """Start `overlayd-wg` ("ours") or wireguard-go ("go") inside `netns` and wait for its UAPI socket."""
     if kind == "ours":
-        cmd = [sys.executable, "-m", "overlayd.wireguard.cli", *(() if offload else ("--no-offload",)),
-               *(() if workers is None else ("--workers", str(workers))), ifname]
+        cmd = [sys.executable, "-m", "overlayd.wireguard.cli", *(() if offload else ("--no-offload",)), ifname]
     else:
         cmd = ["wireguard-go", "-f", ifname]
     with open(log, "ab") as out:
@@ -93,10 +91,9 @@ class Side:
 
 class WgBed:
     def __init__(self, kind_a: str = "ours", kind_b: str = "go", *, offload: bool = True,
-                 workers: int | None = None, prefix: str | None = None) -> None:
+                 prefix: str | None = None) -> None:
         self.prefix = prefix or f"t{secrets.token_hex(3)}"
         self.offload = offload
-        self.workers = workers  # overlayd-wg's --workers (None: its default)
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
         p = self.prefix
         self.a = Side(f"{p}-a", f"{p}wa", "198.18.1.1", "10.99.0.1", "fd99::1", *new_key(), kind=kind_a)
@@ -131,7 +128,7 @@ class WgBed:
                         "local", side.underlay_ip, "remote", peer.underlay_ip, "dstport", "4789", "dev", veth)
             else:
                 side.proc = start_engine(side.kind, side.netns, side.ifname, self.tmp / f"{side.ifname}.log",
-                                         offload=self.offload, workers=self.workers)
+                                         offload=self.offload)
             self.sh(side, "ip", "addr", "add", f"{side.tunnel_ip}/24", "dev", side.ifname)
             self.sh(side, "ip", "-6", "addr", "add", f"{side.tunnel_ip6}/64", "dev", side.ifname, "nodad")
             self.sh(side, "ip", "link", "set", side.ifname, "up")

@@ -52,19 +52,22 @@ def test_seal_packets_sends_what_send_packets_sends(sizes: list[int], seed: int)
     assert reference.a.peer_status(reference.b.public_key) == fast.a.peer_status(fast.b.public_key)
 
 
-def _batch(p: Pair, count: int, size: int = 1000) -> tuple[memoryview, int]:
-    """`count` transport datagrams from A to B back to back, as a GRO receive hands them over."""
-    sealed = p.a.send_packets([ip4(A_IP, B_IP, bytes([i]) * size) for i in range(count)], 1.0)
+def _batch(p: Pair, count: int, size: int = 1000, foreign: frozenset[int] = frozenset()) -> tuple[memoryview, int]:
+    """`count` transport datagrams from A to B back to back, as a GRO receive hands them over;
+    the packets at the `foreign` places have a source outside A's allowed IPs."""
+    sealed = p.a.send_packets([ip4("10.0.9.9" if i in foreign else A_IP, B_IP, bytes([i]) * size)
+                               for i in range(count)], 1.0)
     return memoryview(bytearray(b"".join(bytes(d.data) for d in sealed))), len(sealed[0].data)
 
 
 @settings(max_examples=40, deadline=None)
 @given(count=st.integers(2, 64), corrupt=st.lists(st.integers(0, 63), max_size=3), replay=st.booleans(),
-       seed=st.integers(0, 49))
-def test_receive_batch_matches_one_by_one(count: int, corrupt: list[int], replay: bool, seed: int) -> None:
+       seed=st.integers(0, 49), foreign=st.frozensets(st.integers(0, 63), max_size=3))
+def test_receive_batch_matches_one_by_one(count: int, corrupt: list[int], replay: bool, seed: int,
+                                          foreign: frozenset[int]) -> None:
     reference, fast = twin_pairs(seed)
-    data, size = _batch(reference, count)
-    _batch(fast, count)  # the same counters used on both sides
+    data, size = _batch(reference, count, foreign=foreign)
+    _batch(fast, count, foreign=foreign)  # the same counters used on both sides
     buf = bytearray(data)
     for i in corrupt:
         buf[(i % count) * size + 40] ^= 1
