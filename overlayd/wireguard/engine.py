@@ -169,7 +169,7 @@ class Engine:
 
     def _pump_udp(self, udp: UdpSocket, buffers: list[bytearray], views: list[memoryview]) -> bool:
         """Receive up to a batch of datagrams and handle them; False if there was nothing."""
-        received: list[tuple[memoryview, int, Endpoint]] = []  # (data, GRO segment size or 0, source)
+        received: list[tuple[bytes | memoryview, int, Endpoint]] = []  # (data, GRO segment size or 0, source)
         count = used = 0
         try:
             while count < INBOUND_BATCH and used < INBOUND_BUFFERS:
@@ -180,7 +180,7 @@ class Engine:
                     count += -(-n // size)
                     used += 1
                 else:  # one datagram: copy it out and reuse the buffer
-                    received.append((memoryview(bytes(view)), 0, addr))
+                    received.append((bytes(view), 0, addr))
                     count += 1
         except BlockingIOError:
             pass
@@ -195,7 +195,7 @@ class Engine:
         self._receive(received)
         return True
 
-    def _receive(self, received: list[tuple[memoryview, int, Endpoint]]) -> None:
+    def _receive(self, received: list[tuple[bytes | memoryview, int, Endpoint]]) -> None:
         """GRO batches of one session take the core's batch path; the rest go one by one (in
         arrival order either way). Packets for TUN stay grouped by GRO batch: a batch is
         usually one TCP run, which coalesce then recognises whole."""
@@ -206,10 +206,14 @@ class Engine:
         with self._lock:
             device = self._device
             for data, size, addr in received:
-                opened = device.receive_batch_untrusted(data, size, addr, now) if size else None
+                if not size:  # a lone datagram, already copied out
+                    singles.append((data, addr))
+                    continue
+                assert isinstance(data, memoryview)
+                opened = device.receive_batch_untrusted(data, size, addr, now)
                 if opened is None:
                     # Handshake messages are copied out of a GRO buffer: it is reused.
-                    singles += [(d if d and d[0] == _TRANSPORT else bytes(d), addr) for d in segments(data, size)]
+                    singles += [(d if d[0] == _TRANSPORT else bytes(d), addr) for d in segments(data, size)]
                     continue
                 if singles:
                     groups.append(_sort(device.receive_datagrams_untrusted(singles, now), datagrams))

@@ -130,6 +130,9 @@ class UdpSocket:
     def send(self, datagrams: Sequence[Datagram | DatagramBatch]) -> None:
         """Send in as few syscalls as GSO allows (a DatagramBatch is one send, adjacent Datagrams
         are grouped); errors drop the datagrams, as a NIC would."""
+        if len(datagrams) == 1 and type(datagrams[0]) is Datagram:  # a lone packet: the short way
+            self._send_one(datagrams[0].data, datagrams[0].addr)
+            return
         singles: list[Datagram] = []
         for d in datagrams:
             if type(d) is Datagram:
