@@ -7,4 +7,5 @@ from overlayd.wireguard.device import Device
 from overlayd.wireguard.events import Datagram, DatagramBatch, DropReason, Endpoint, Output, TunPacket
 from overlayd.wireguard.peer import PeerConfig, PeerStatus
 
-__all__ = ["Datagram", "DatagramBatch", "Device", "DropReason", "Endpoint", "Output", "PeerConfig", "PeerStatus", "TunPacket"]
+__all__ = ["Datagram", "DatagramBatch", "Device", "DropReason", "Endpoint", "Output", "PeerConfig", "PeerStatus",
+           "TunPacket"]

@@ -2,10 +2,11 @@
 
 Two threads, neither scheduling anything per packet:
 - data: both directions in one loop. TUN -> frames (64 KiB TCP super-packets with offload)
-  cut into segments -> `Device.send_packets` -> UDP GSO sends (one syscall per run of up to 64
-  datagrams to one peer); UDP GRO receives (several at once) -> `Device.receive_datagrams_
-  untrusted` -> TCP segments glued back together -> one TUN write per super-packet. It sleeps
-  in poll() only when both sides are empty.
+  cut into segments -> `Device.seal_packets` (sealed back to back in one buffer per GSO send)
+  -> UDP GSO sends (one syscall per run of up to 64 datagrams to one peer); UDP GRO receives
+  (several at once) -> `Device.receive_batch_untrusted` per GRO batch of one session (else
+  `receive_datagrams_untrusted`) -> TCP segments glued back together -> one TUN write per
+  super-packet. It sleeps in poll() only when both sides are empty.
 - timers: sleeps until `Device.get_timer()` (at most TIMER_TICK), runs `handle_timer`, sends
   what `datagrams_to_send` hands over, and follows the TUN MTU.
 UAPI get/set calls come from the caller's threads.

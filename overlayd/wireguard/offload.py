@@ -310,7 +310,8 @@ def _whole_run(packets: Sequence[bytes]) -> list[Buffer] | None:
     if (
         len(last) <= hlen or last[t + 13] & ~TCP_PSH != TCP_ACK
         or _U32.unpack_from(last, t + 4)[0] != (seq0 + (k - 1) * mss) & 0xFFFFFFFF
-        or any(last[i:j] != first[i:j] for i, j in _SAME_IN_LAST[t]) or last[_OPTIONS[t] : hlen] != first[_OPTIONS[t] : hlen]
+        or any(last[i:j] != first[i:j] for i, j in _SAME_IN_LAST[t])
+        or last[_OPTIONS[t] : hlen] != first[_OPTIONS[t] : hlen]
     ):
         return None
     if not _rows_checksums_valid(rows, t) or not _checksum_valid(last, t):

@@ -74,7 +74,8 @@ def test_receive_batch_matches_one_by_one(count: int, corrupt: list[int], replay
     for p in (reference, fast):  # a replayed batch is refused datagram by datagram
         if replay:
             p.b.receive_datagrams_untrusted([(bytes(d), A_ADDR) for d in segments(memoryview(bytes(buf)), size)], 1.0)
-    expected = reference.b.receive_datagrams_untrusted([(bytes(d), A_ADDR) for d in segments(memoryview(buf), size)], 1.0)
+    one_by_one = [(bytes(d), A_ADDR) for d in segments(memoryview(buf), size)]
+    expected = reference.b.receive_datagrams_untrusted(one_by_one, 1.0)
     result = fast.b.receive_batch_untrusted(memoryview(buf), size, A_ADDR, 1.0)
     assert result is not None
     packets, datagrams = result
