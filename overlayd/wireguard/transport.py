@@ -103,7 +103,7 @@ def batch_counters_untrusted(data: memoryview, size: int) -> tuple[int, list[int
     last may be shorter, but not below a keepalive) are all transport messages to one receiver.
     All headers are read with one unpack (a format per batch shape, cached)."""
     n = len(data)
-    if size < OVERHEAD or (n % size or size) < OVERHEAD:
+    if size < OVERHEAD or n < OVERHEAD or (n % size or size) < OVERHEAD:
         return None
     count = -(-n // size)
     headers = _headers_format(size, count).unpack_from(data)
