@@ -50,8 +50,8 @@ class CookieChecker:
         self._mac1_key = crypto.hash_(LABEL_MAC1, local_public)
         self._cookie_key = crypto.hash_(LABEL_COOKIE, local_public)
         self._secret = b""
-        self._secret_set: float | None = None
-        self._sealer: XSealer | None = None
+        self._secret_set = 0.0
+        self._sealer: XSealer | None = None  # made with the first secret
 
     def check_mac1(self, msg: bytes) -> bool:
         expected = crypto.mac(self._mac1_key, _mac1_region(msg))
@@ -62,14 +62,13 @@ class CookieChecker:
         the current secret, else the cookie reply that gives it one. The secret (and with it
         the sealing nonce prefix) is renewed every COOKIE_REFRESH_TIME; a message can carry no
         valid mac2 for a secret just made."""
-        if self._sealer is None or self._secret_set is None or now - self._secret_set > COOKIE_REFRESH_TIME:
+        fresh = self._sealer is not None and now - self._secret_set <= COOKIE_REFRESH_TIME
+        if self._sealer is None or not fresh:
             self._secret, self._secret_set = rng(_SECRET_SIZE), now
             self._sealer = XSealer(self._cookie_key, rng(XSealer.PREFIX_SIZE))
-            cookie = crypto.mac(self._secret, source)
-        else:
-            cookie = crypto.mac(self._secret, source)
-            if crypto.constant_time_equal(crypto.mac(cookie, _mac2_region(msg)), msg[len(msg) - MAC_SIZE :]):
-                return None
+        cookie = crypto.mac(self._secret, source)
+        if fresh and crypto.constant_time_equal(crypto.mac(cookie, _mac2_region(msg)), msg[len(msg) - MAC_SIZE :]):
+            return None
         nonce, encrypted = self._sealer.seal(cookie, mac1_of(msg))
         return pack_cookie_reply(CookieReply(sender_index(msg), nonce, encrypted))
 
