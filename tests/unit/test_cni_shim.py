@@ -346,3 +346,36 @@ def test_the_new_arguments_are_checked(extra: dict) -> None:
     args = {"env": ENV, "stdin_hex": CONF.hex()} | extra
     with pytest.raises(UsageError):
         trio.run(dispatch, _Plane(), "cni.exec", args)
+
+
+# --- overlayctl cni install ----------------------------------------------------------------
+
+def _install(tmp: Path, *args: str, cc: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ) | ({"CC": cc} if cc else {})
+    return subprocess.run([sys.executable, "-m", "overlayd.cli.main", "--socket", str(tmp / "d.sock"), "--json",
+                           "cni", "install", "--bin-dir", str(tmp / "bin"), "--conf-dir", str(tmp / "net.d"), *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_install_builds_the_c_front_for_the_socket_of_the_conflist(workdir: Path) -> None:
+    tmp = workdir / "inst-c"
+    proc = _install(tmp)
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 0 and out["kind"] == "c" and out["note"] is None
+    assert (tmp / "bin" / "overlayd-cni").read_bytes()[:4] == b"\x7fELF"
+    conflist = json.loads((tmp / "net.d" / "10-overlayd.conflist").read_text())
+    assert conflist["plugins"][0] == {"type": "overlayd-cni", "socket": str(tmp / "d.sock")}
+    assert str(tmp / "d.sock").encode() in (tmp / "bin" / "overlayd-cni").read_bytes()
+
+
+def test_install_without_a_compiler_puts_the_python_client_and_says_so(workdir: Path) -> None:
+    tmp = workdir / "inst-py"
+    proc = _install(tmp, cc="/nonexistent/cc")
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 0 and out["kind"] == "python" and "no C compiler" in out["note"]
+    assert (tmp / "bin" / "overlayd-cni").read_text().startswith("#!")
+    proc = _install(workdir / "inst-c-only", "--plugin", "c", cc="/nonexistent/cc")
+    assert proc.returncode == 2 and "no C compiler" in proc.stderr
+    assert not (workdir / "inst-c-only" / "bin" / "overlayd-cni").exists()
+    proc = _install(workdir / "inst-py-asked", "--plugin", "python")
+    assert json.loads(proc.stdout)["kind"] == "python"
