@@ -209,10 +209,12 @@ static ssize_t ask(void) {
     if (setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) != 0 ||
         setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout) != 0)
         goto out;
-    int r;
-    do r = connect(sock, (struct sockaddr *)&addr, sizeof addr);
-    while (r != 0 && errno == EINTR);
-    if (r != 0) goto out;
+    int r = connect(sock, (struct sockaddr *)&addr, sizeof addr);
+    if (r != 0 && errno == EINTR) {  /* a stop signal; the connection may go on: once more decides */
+        r = connect(sock, (struct sockaddr *)&addr, sizeof addr);
+        if (r != 0 && errno == EISCONN) r = 0;
+    }
+    if (r != 0) goto out;  /* EALREADY included: the Python client tries again */
     for (size_t done = 0; done < req_len;) {
         ssize_t w = send(sock, req + done, req_len - done, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR) continue;
