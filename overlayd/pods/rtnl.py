@@ -105,8 +105,9 @@ class Rtnl:
         refusal is raised once all acks are read.
         """
         first = self._seq + 1
-        self._sock.send(b"".join(
-            _HEADER.pack(_HEADER.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_ACK | flags, first + i, 0) + body
+        self._sock.send(b"".join(  # each message starts 4-byte aligned (NLMSG_ALIGN)
+            _HEADER.pack(_HEADER.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_ACK | flags, first + i, 0)
+            + body + b"\0" * (-len(body) % 4)
             for i, (msg_type, body, flags, _what) in enumerate(requests)))
         refused: NetlinkError | None = None
         for i, (_type, _body, _flags, what) in enumerate(requests):

@@ -182,7 +182,7 @@ def test_request_all_sends_one_datagram_and_reads_every_ack() -> None:
     rtnl = Rtnl(sock)  # type: ignore[arg-type]
     sock.replies = [ack(1), ack(2, errno.EEXIST, "exists"), ack(3)]
     with pytest.raises(NetlinkError) as info:
-        rtnl.request_all([(16, b"aaaa", 0, "up"), (20, b"bbbb", 0x400, "address"), (24, b"cccc", 0, "route")])
+        rtnl.request_all([(16, b"aaaa", 0, "up"), (20, b"bbbbbb", 0x400, "address"), (24, b"cccc", 0, "route")])
     assert info.value.errno == errno.EEXIST and "address" in str(info.value)
     (datagram,) = sock.sent
     offset, seen = 0, []
@@ -190,8 +190,8 @@ def test_request_all_sends_one_datagram_and_reads_every_ack() -> None:
         length, msg_type, flags, seq, _ = HEADER.unpack_from(datagram, offset)
         seen.append((msg_type, seq, datagram[offset + 16:offset + length]))
         assert flags & 0x5 == 0x5  # request, ack
-        offset += length
-    assert seen == [(16, 1, b"aaaa"), (20, 2, b"bbbb"), (24, 3, b"cccc")]
+        offset += (length + 3) & ~3
+    assert seen == [(16, 1, b"aaaa"), (20, 2, b"bbbbbb"), (24, 3, b"cccc")]
     assert sock.replies == []  # all three acks read, so the next request starts clean
     sock.replies = [ack(4)]
     rtnl.request(16, b"", what="next")
