@@ -1,4 +1,9 @@
-"""overlayd-cni: the executable a container runtime runs, as small as it can be.
+"""overlayd-cni in Python: the C front's fallback (overlayd/cni/shim.c), and the plugin itself where no C
+compiler was at hand for `overlayctl cni install`.
+
+The C front hands this client every case it does not carry itself (VERSION, a
+daemon it cannot reach, a config for another socket, ...), with the same
+environment and stdin, so the spec's edge cases have this one implementation.
 
 Runtimes start one plugin process per container and per command, so the
 process start is most of a CNI call's cost. This client therefore imports only
