@@ -38,6 +38,7 @@ from ipam.errors import InvalidConfig
 IPNetwork = IPv4Network | IPv6Network
 
 DEFAULT_NETWORK = IPv4Network("10.244.0.0/16")
+DEFAULT_SERVICE_NETWORK = IPv4Network("10.96.0.0/16")  # Kubernetes' default service range
 DEFAULT_SUBNET_LEN = {4: 24, 6: 64}
 # Host bits every host subnet keeps: 8 addresses = network, gateway, (IPv4 broadcast) and >= 5 pods.
 MIN_HOST_BITS = 3
@@ -206,13 +207,13 @@ class BackendConfig:
         return {**self.unknown, **doc}
 
 
-def _parse_network_untrusted(value: object) -> IPNetwork:
+def _parse_network_untrusted(value: object, name: str = "network") -> IPNetwork:
     if not isinstance(value, str) or "/" not in value or len(value) > 64:
-        raise InvalidConfig("network", f"must be a CIDR string like '10.244.0.0/16', got {_show(value)}")
+        raise InvalidConfig(name, f"must be a CIDR string like '10.244.0.0/16', got {_show(value)}")
     try:
         return ip_network(value, strict=True)
     except ValueError as exc:
-        raise InvalidConfig("network", str(exc)) from None
+        raise InvalidConfig(name, str(exc)) from None
 
 
 def _check_network(network: object) -> IPNetwork:
@@ -265,10 +266,19 @@ class ClusterConfig:
     subnet_len: int | None = None
     backend: BackendConfig = field(default_factory=BackendConfig)
     unknown: Mapping[str, Any] = field(default_factory=dict, hash=False)  # see the module docstring
+    # Where service virtual IPs come from; None: DEFAULT_SERVICE_NETWORK (left out of to_dict, so
+    # configs written before services existed keep their bytes and signatures).
+    service_network: IPv4Network | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unknown", _unknown_mapping(self.unknown, "config"))
         network = _check_network(self.network)
+        if self.service_network is not None:
+            if not isinstance(self.service_network, IPv4Network):
+                raise InvalidConfig("service_network", f"must be an IPv4 network, got {_show(self.service_network)}")
+            if self.service_network.overlaps(network) or self.service_network.prefixlen > 28:  # type: ignore[arg-type]
+                raise InvalidConfig("service_network", f"{self.service_network} must be at most a /28 and must "
+                                                       f"not overlap the pod network {network}")
         subnet_len = DEFAULT_SUBNET_LEN[network.version] if self.subnet_len is None else self.subnet_len
         object.__setattr__(self, "subnet_len", _check_subnet_len(network, subnet_len))
         if not isinstance(self.backend, BackendConfig):
@@ -279,6 +289,11 @@ class ClusterConfig:
         """How many host subnets the network holds."""
         assert self.subnet_len is not None  # resolved in __post_init__
         return 1 << (self.subnet_len - self.network.prefixlen)
+
+    @property
+    def services(self) -> IPv4Network:
+        """The service network in force (the default when none is set)."""
+        return self.service_network if self.service_network is not None else DEFAULT_SERVICE_NETWORK
 
     def contains_subnet(self, subnet: IPNetwork) -> bool:
         """Whether subnet is one of this cluster's host subnets (right family, length and place)."""
@@ -291,13 +306,19 @@ class ClusterConfig:
     @classmethod
     def from_dict_untrusted(cls, doc: object) -> ClusterConfig:
         """Parse a config dict (decoded JSON from etcd); missing fields take their defaults."""
-        fields, unknown = _fields_untrusted(None, doc, ("network", "subnet_len", "backend"))
+        fields, unknown = _fields_untrusted(None, doc, ("network", "subnet_len", "backend", "service_network"))
         network = _parse_network_untrusted(fields["network"]) if "network" in fields else DEFAULT_NETWORK
+        services = None
+        if "service_network" in fields:
+            services = _parse_network_untrusted(fields["service_network"], "service_network")
+            if not isinstance(services, IPv4Network):
+                raise InvalidConfig("service_network", f"must be an IPv4 network, got {services}")
         return cls(
             network=network,
             subnet_len=fields.get("subnet_len"),  # type: ignore[arg-type]  # checked in __post_init__
             backend=BackendConfig.from_dict_untrusted(fields.get("backend", {})),
             unknown=unknown,
+            service_network=services,
         )
 
     def unknown_fields(self) -> list[str]:
@@ -318,8 +339,11 @@ class ClusterConfig:
         return cls.from_dict_untrusted(doc)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.unknown, "network": str(self.network), "subnet_len": self.subnet_len,
-                "backend": self.backend.to_dict()}
+        doc = {**self.unknown, "network": str(self.network), "subnet_len": self.subnet_len,
+               "backend": self.backend.to_dict()}
+        if self.service_network is not None:
+            doc["service_network"] = str(self.service_network)
+        return doc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -13,17 +13,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from overlayd.cluster.keeper import LeaseKeeper
 from overlayd.cluster.records import Lease
 from overlayd.cni.handler import handle as handle_cni_call
 from overlayd.cni.service import CniService
 from overlayd.config import DaemonConfig
-from overlayd.errors import ConflictError
+from overlayd.errors import ConflictError, NotFoundError
 from overlayd.health import HealthModel
 from overlayd.nat.ports import Publication
 from overlayd.peerloop import PeerLoop
 from overlayd.pods.dns import cni_dns
 from overlayd.pods.service import PodService
+from overlayd.registry.records import ServicePort, ServiceSpec
+from overlayd.registry.running import ClusterRegistry
 from overlayd.startup import Host
 
 ETCD_COMPONENTS = ("config", "lease", "watch")  # health components that mean "etcd trouble"
@@ -37,6 +41,7 @@ class Running:
     host: Host
     keeper: LeaseKeeper
     peers: PeerLoop
+    registry: ClusterRegistry
 
 
 class Answers:
@@ -110,6 +115,7 @@ class Answers:
 
     async def pod_add(self, name: str, labels: dict[str, str], ports: tuple[Publication, ...] = ()) -> dict[str, Any]:
         pod = (await self._kernel(self._pods().add, name, labels, ports)).to_dict()
+        self._require().registry.pods_changed()
         if ports:
             problem = await self._require().host.nat.converge()
             if problem is not None:  # the pod stays; the ports follow when the table can be written
@@ -120,6 +126,7 @@ class Answers:
     async def pod_del(self, name: str) -> None:
         published = self._pods().publishes(name)
         await self._kernel(self._pods().delete, name)
+        self._require().registry.pods_changed()
         if published:  # its DNAT rules go with it
             await self._require().host.nat.converge()
 
@@ -136,22 +143,52 @@ class Answers:
 
     async def cni_add(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]:
         attachment = await self._kernel(self._cni().add, network, container_id, ifname, netns)
+        self._require().registry.pods_changed()
         return attachment | {"dns": cni_dns(self._require().host.pod_resolv)}
 
     async def cni_del(self, network: str, container_id: str, ifname: str) -> None:
         await self._kernel(self._cni().delete, network, container_id, ifname)
+        self._require().registry.pods_changed()
 
     async def cni_check(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]:
         return await self._kernel(self._cni().check, network, container_id, ifname, netns)
 
     async def cni_gc(self, network: str, valid: list[tuple[str, str]]) -> list[str]:
-        return await self._kernel(self._cni().gc, network, valid)
+        removed = await self._kernel(self._cni().gc, network, valid)
+        self._require().registry.pods_changed()
+        return removed
 
     async def cni_list(self) -> list[dict[str, Any]]:
         return self._cni().list()
 
-    async def cni_exec(self, env: dict[str, str], stdin: bytes) -> tuple[str, int]:
-        return await handle_cni_call(env, stdin, self)
+    async def cni_exec(self, env: dict[str, str], stdin: bytes, via: str | None = None) -> tuple[str, int] | None:
+        return await handle_cni_call(env, stdin, self, via=via)
+
+
+    # --- services (registry/) ------------------------------------------------------
+
+    def _registry(self) -> ClusterRegistry:
+        return self._require().registry
+
+    async def service_add(self, name: str, selector: dict[str, str], ports: tuple[ServicePort, ...]) -> dict[str, Any]:
+        running = self._require()
+        spec = ServiceSpec(name, running.host.cluster_config.services.network_address, selector, ports)
+        added = await trio.to_thread.run_sync(running.registry.store.add_service, spec,
+                                              running.host.cluster_config.services)
+        return self._registry().service_row(added)
+
+    async def service_del(self, name: str) -> None:
+        await trio.to_thread.run_sync(self._registry().store.delete_service, name)
+
+    async def service_get(self, name: str) -> dict[str, Any]:
+        spec = self._registry().view.services.get(name)
+        if spec is None:
+            raise NotFoundError(f"no service named {name}")
+        return self._registry().service_row(spec)
+
+    async def service_list(self) -> list[dict[str, Any]]:
+        registry = self._registry()
+        return [registry.service_row(registry.view.services[name]) for name in sorted(registry.view.services)]
 
 
 def _lease_row(lease: Lease) -> dict[str, Any]:

@@ -12,7 +12,9 @@ from typing import Any, Protocol
 
 from overlayd.errors import UsageError
 from overlayd.nat.ports import publications_untrusted
+from overlayd.cluster.errors import RecordError
 from overlayd.pods.names import validate_labels, validate_pod_name
+from overlayd.registry.records import ServicePort, ports_untrusted
 
 
 class ControlPlane(Protocol):
@@ -26,8 +28,14 @@ class ControlPlane(Protocol):
     async def pod_get(self, name: str) -> dict[str, Any]: ...
     async def pod_list(self) -> list[dict[str, Any]]: ...
     # CNI attachments (overlayd-cni)
-    async def cni_exec(self, env: dict[str, str], stdin: bytes) -> tuple[str, int]: ...
+    async def cni_exec(self, env: dict[str, str], stdin: bytes, via: str | None = None) -> tuple[str, int] | None: ...
     async def cni_list(self) -> list[dict[str, Any]]: ...
+    # services (registry/)
+    async def service_add(self, name: str, selector: dict[str, str],
+                          ports: tuple[ServicePort, ...]) -> dict[str, Any]: ...
+    async def service_del(self, name: str) -> None: ...
+    async def service_get(self, name: str) -> dict[str, Any]: ...
+    async def service_list(self) -> list[dict[str, Any]]: ...
 
 
 Handler = Callable[[ControlPlane, dict[str, Any]], Awaitable[Any]]
@@ -103,9 +111,15 @@ _CNI_ENV_MAX = 16  # CNI_* variables a call may carry; the spec defines 6
 
 
 async def _cni_exec(plane: ControlPlane, args: dict[str, Any]) -> Any:
-    """One CNI call as the runtime made it; the handler parses it (untrusted) and answers stdout and exit."""
-    _only(args, "env", "stdin_hex")
+    """One CNI call as the runtime made it; the handler parses it (untrusted) and answers stdout and exit.
+
+    The C front of overlayd-cni (overlayd/cni/shim.c) adds "socket" (the one it asked) and "reply": "hex",
+    and gets {"exit": N, "stdout_hex": "..."}, or {"fallback": true} when the call is not for this socket
+    (the config names another, or is no JSON object): the Python client then makes it.
+    """
+    _only(args, "env", "stdin_hex", "socket", "reply")
     env, stdin_hex = args.get("env"), args.get("stdin_hex")
+    via, reply = args.get("socket"), args.get("reply", "text")
     if not isinstance(env, dict) or len(env) > _CNI_ENV_MAX or not all(
             isinstance(k, str) and k.startswith("CNI_") and isinstance(v, str) for k, v in env.items()):
         raise UsageError(f"argument 'env' must map at most {_CNI_ENV_MAX} CNI_* names to strings")
@@ -115,13 +129,65 @@ async def _cni_exec(plane: ControlPlane, args: dict[str, Any]) -> Any:
         stdin = None
     if stdin is None:
         raise UsageError("argument 'stdin_hex' must be the config in hexadecimal")
-    stdout, code = await plane.cni_exec(env, stdin)
-    return {"exit": code, "stdout": stdout}
+    if via is not None and not isinstance(via, str):
+        raise UsageError("argument 'socket' must be a string")
+    if reply not in ("text", "hex"):
+        raise UsageError("argument 'reply' must be \"text\" or \"hex\"")
+    answer = await plane.cni_exec(env, stdin, via)
+    if answer is None:
+        return {"fallback": True}
+    stdout, code = answer
+    return {"exit": code, "stdout_hex": stdout.encode().hex()} if reply == "hex" else {"exit": code, "stdout": stdout}
 
 
 async def _cni_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
     _only(args)
     return await plane.cni_list()
+
+
+# --- services ------------------------------------------------------------------------
+
+
+def _service_name(args: dict[str, Any]) -> str:
+    name = args.get("name")
+    if not isinstance(name, str):
+        raise UsageError("argument 'name' (string) is required")
+    try:
+        validate_pod_name(name)  # services are DNS labels too
+    except UsageError as exc:
+        raise UsageError(str(exc).replace("pod name", "service name")) from None
+    return name
+
+
+async def _service_add(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    """`selector` as labels, `ports` as [{port, target_port, protocol}]."""
+    _only(args, "name", "selector", "ports")
+    selector = args.get("selector")
+    if not isinstance(selector, dict) or not selector or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in selector.items()):
+        raise UsageError("argument 'selector' must map label names to values (at least one)")
+    validate_labels(selector)
+    try:
+        ports = ports_untrusted(args.get("ports"))
+    except RecordError as exc:
+        raise UsageError(f"argument 'ports': {exc}") from None
+    return await plane.service_add(_service_name(args), selector, ports)
+
+
+async def _service_del(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args, "name")
+    await plane.service_del(_service_name(args))
+    return None
+
+
+async def _service_get(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args, "name")
+    return await plane.service_get(_service_name(args))
+
+
+async def _service_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
+    _only(args)
+    return await plane.service_list()
 
 
 COMMANDS: dict[str, Handler] = {
@@ -134,6 +200,10 @@ COMMANDS: dict[str, Handler] = {
     "pod.list": _pod_list,
     "cni.exec": _cni_exec,
     "cni.list": _cni_list,
+    "service.add": _service_add,
+    "service.del": _service_del,
+    "service.get": _service_get,
+    "service.list": _service_list,
 }
 
 

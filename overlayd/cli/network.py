@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     init = net_sub.add_parser("init", help="write the cluster config (refused under live leases without --force)")
     init.add_argument("--cidr", default="10.244.0.0/16", help="pod network (default 10.244.0.0/16)")
     init.add_argument("--subnet-len", type=int, help="per-host subnet prefix length (default /24, IPv6 /64)")
+    init.add_argument("--service-cidr", help="where service virtual IPs come from (default 10.96.0.0/16)")
     init.add_argument("--backend", default="vxlan", choices=["vxlan", "wireguard", "host-gw"],
                       help="how hosts carry pod traffic (default vxlan)")
     init.add_argument("--vni", type=int, help="VXLAN network identifier (default 1)")
@@ -70,7 +71,8 @@ def _cluster_config(args: argparse.Namespace) -> ClusterConfig:
     try:
         network = ipaddress.ip_network(args.cidr)
         backend = BackendConfig(type=args.backend, vni=args.vni, port=args.port)
-        return ClusterConfig(network=network, subnet_len=args.subnet_len, backend=backend)
+        services = ipaddress.IPv4Network(args.service_cidr) if args.service_cidr else None
+        return ClusterConfig(network=network, subnet_len=args.subnet_len, backend=backend, service_network=services)
     except (ValueError, InvalidConfig) as exc:
         raise UsageError(str(exc)) from None
 

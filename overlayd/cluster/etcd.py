@@ -333,6 +333,22 @@ class EtcdClient:
         except _LeaseNotFound:
             raise LeaseLost(lease_id) from None
 
+    def txn(self, what: str, compare: Sequence[tuple[str, int]], puts: Sequence[tuple[str, bytes, int]] = (),
+            deletes: Sequence[str] = ()) -> bool:
+        """One transaction: if every (key, mod_revision) holds (0: the key is absent), put each
+        (key, value, lease_id) and delete each key. Returns whether it applied. LeaseLost when a
+        lease named in a put does not exist."""
+        checks = [(transactions.Mod(key) == revision).build_message() for key, revision in compare]
+        ops = [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease))
+               for key, value, lease in puts]
+        ops += [etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key.encode()))
+                for key in deletes]
+        request = etcdrpc.TxnRequest(compare=checks, success=ops, failure=[])
+        try:
+            return self._call(what, lambda c, url: c.kvstub.Txn(request, c.timeout, metadata=c.metadata).succeeded)
+        except _LeaseNotFound:
+            raise LeaseLost(next((lease for _, _, lease in puts if lease), 0)) from None
+
     def grant(self, ttl: int) -> int:
         """A new lease of ttl seconds; returns its id."""
         return self._call("lease grant", lambda c, url: c.lease(ttl).id)

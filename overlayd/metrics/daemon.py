@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Plat
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from overlayd.dns.metrics import DnsMetrics
+
 from overlayd import __version__
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,14 @@ class DaemonMetrics:
                                      registry=r)
         self.cni_attachments = Gauge("overlayd_cni_attachments", "CNI attachments (overlayd-cni) on this host",
                                      registry=r)
+        self.services = Gauge("overlayd_services", "Services in the cluster as last seen", registry=r)
+        self.service_endpoints = Gauge("overlayd_service_endpoints",
+                                       "Endpoints programmed for service VIPs (one per service port and pod)", registry=r)
+        self.registry_refused = Gauge("overlayd_registry_records_refused",
+                                      "Pod and service records in etcd this host refuses (malformed)", registry=r)
+        self.service_rule_updates = Counter("overlayd_service_rule_updates_total",
+                                            "Rewrites of the service rules after a registry change", registry=r)
+        self.dns = DnsMetrics(r)  # overlayd_dns_queries_total, overlayd_dns_dropped_total (dns/metrics.py)
         # Every known label value shows from the start: a rate() over a series that appears late misses its first step.
         for reason in DROP_REASONS:
             self.dropped_records.labels(reason=reason)

@@ -21,6 +21,7 @@ from overlayd.errors import OverlaydError
 from overlayd.health import Reporter
 from overlayd.nat import nft
 from overlayd.nat.ruleset import IPNetwork, NatSpec, Published
+from overlayd.registry.view import ServiceNat
 
 if TYPE_CHECKING:
     from overlayd.config import DaemonConfig
@@ -37,30 +38,48 @@ class NatKeeper:
     publications: Callable[[], tuple[Published, ...]]  # read under the kernel runner, like the pod service
     kernel: Runner
     reporter: Reporter
+    # Service VIPs from the registry view, read in the trio thread (where the view changes).
+    services: Callable[[], tuple[ServiceNat, ...]] = tuple
 
     def __post_init__(self) -> None:
         self._lock = trio.Lock()
         self.changes = 0  # times the table was rewritten (0 after a start that adopted it)
+        self._checked = False  # a full converge succeeded: the table is ours and the holes are in place
 
-    async def converge(self) -> str | None:
-        """Write the table if it differs; the problem when it could not be written (else None)."""
+    async def converge(self, *, full: bool = True) -> str | None:
+        """Write the table if it differs; the problem when it could not be written (else None).
+
+        full=False, for a change of our own rules (service endpoints): once a full converge has
+        succeeded, the table is rewritten without first reading it and the forward chains back
+        (at 1,000 endpoints those reads cost more than the write); the periodic resync stays full."""
         async with self._lock:
+            services = self.services()
             try:
-                result = await self.kernel(self._converge_now)
+                if not full and self._checked:
+                    await self.kernel(self._write_now, services)
+                    self.changes += 1
+                    self.reporter.recover("nat")
+                    return None
+                result = await self.kernel(self._converge_now, services)
             except OverlaydError as exc:
                 self.reporter.fail("nat", f"nftables: {exc}")
                 return str(exc)
             self.reporter.recover("nat")
+            self._checked = True
             if result.replaced:
                 self.changes += 1
-                log.info("nftables table inet %s written (%d published ports)", self.spec.table,
-                         len(self.spec.published))
+                log.info("nftables table inet %s written (%d published ports, %d service ports)", self.spec.table,
+                         len(self.spec.published), len(self.spec.services))
             for command in result.holes:
                 log.info("nftables: %s", command)
             return None
 
-    def _converge_now(self) -> nft.NatResult:
-        self.spec = replace(self.spec, published=self.publications())
+    def _write_now(self, services: tuple[ServiceNat, ...]) -> None:
+        self.spec = replace(self.spec, published=self.publications(), services=services)
+        nft.write_table(self.spec)
+
+    def _converge_now(self, services: tuple[ServiceNat, ...]) -> nft.NatResult:
+        self.spec = replace(self.spec, published=self.publications(), services=services)
         if self.spec.network.version == 4:  # 127.0.0.1:<published> is DNATed out of the bridge (see ruleset.py)
             ensure_sysctl(PROC_SYS / f"net/ipv4/conf/{self.spec.bridge}/route_localnet", "1")
         return nft.converge(self.spec)
@@ -72,7 +91,9 @@ class NatKeeper:
 
 
 def nat_keeper(config: DaemonConfig, network: IPNetwork, subnet: IPNetwork,
-               publications: Callable[[], tuple[Published, ...]], kernel: Runner, reporter: Reporter) -> NatKeeper:
+               publications: Callable[[], tuple[Published, ...]], kernel: Runner, reporter: Reporter,
+               services: tuple[ServiceNat, ...] = ()) -> NatKeeper:
+    """services: the service rules to keep until the registry takes over (its cache)."""
     spec = NatSpec(table=config.nft_table, network=network, subnet=subnet, bridge=config.bridge_name,
                    ip_masq=config.ip_masq)
-    return NatKeeper(spec, publications, kernel, reporter)
+    return NatKeeper(spec, publications, kernel, reporter, lambda: services)

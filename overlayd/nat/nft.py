@@ -56,6 +56,12 @@ def list_table(name: str) -> str | None:
         raise
 
 
+def write_table(spec: NatSpec) -> None:
+    """Rewrite our table, nothing else, in one transaction: for changes of our own rules once the
+    table is known to be ours (a service's endpoints), without reading the ruleset back first."""
+    _nft("-f", "-", stdin=ruleset.replace_table(spec))
+
+
 def converge(spec: NatSpec) -> NatResult:
     """Make the kernel match `spec`: our table rewritten only when it differs, holes in foreign
     forward chains added or removed; all of it in one transaction."""

@@ -9,6 +9,7 @@ One table of ours (`inet <name>`, marked by its comment) holds every NAT rule:
   prerouting   published ports: traffic to a local address of this host is DNATed to the pod
   output       the same for connections made on the host itself (127.0.0.1 included)
   published    one rule per published port, jumped to from prerouting and output
+  services     service virtual IPs (nat/services.py), jumped to before published ports
   input        (IPv4) new connections from the pods to 127.0.0.0/8 are dropped: the bridge has
                route_localnet on so that 127.0.0.1:<published> works, which would otherwise let
                pods reach services bound to the host's loopback (kube-proxy's CVE-2020-8558)
@@ -37,7 +38,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
+from overlayd.nat import services as service_rules
 from overlayd.nat.ports import Publication
+from overlayd.registry.view import ServiceNat
 
 IPNetwork = IPv4Network | IPv6Network
 IPAddress = IPv4Address | IPv6Address
@@ -65,6 +68,7 @@ class NatSpec:
     bridge: str
     ip_masq: bool
     published: tuple[Published, ...] = ()
+    services: tuple[ServiceNat, ...] = ()
 
 
 def _ip(network: IPNetwork | IPAddress) -> str:
@@ -106,15 +110,15 @@ def _chain(name: str, hook: str | None, rules: Iterable[str]) -> list[str]:
 
 def render(spec: NatSpec) -> str:
     """The table as `nft list table` prints it (and as `nft -f` reads it)."""
-    chains = [
+    to_local = ["jump services", "fib daddr type local jump published"]
+    chains = service_rules.maps(spec.services) + [
         _chain("postrouting", "type nat hook postrouting priority srcnat; policy accept;", _postrouting(spec)),
-        _chain("prerouting", "type nat hook prerouting priority dstnat; policy accept;",
-               ["fib daddr type local jump published"]),
+        _chain("prerouting", "type nat hook prerouting priority dstnat; policy accept;", to_local),
         # nft 1.0.6 takes the `dstnat` keyword on prerouting only; -100 is its value.
-        _chain("output", "type nat hook output priority -100; policy accept;",
-               ["fib daddr type local jump published"]),
+        _chain("output", "type nat hook output priority -100; policy accept;", to_local),
         _chain("published", None, [_published_rule(p) for p in sorted(spec.published, key=_published_key)]),
     ]
+    chains += [_chain(name, hook, rules) for name, hook, rules in service_rules.chains(spec.services)]
     if spec.network.version == 4:
         chains.append(_chain("input", "type filter hook input priority filter; policy accept;",
                              [f'iifname "{spec.bridge}" ip daddr {LOOPBACK_V4} ct state new drop']))
@@ -136,7 +140,18 @@ def replace_table(spec: NatSpec) -> str:
     return f"add table inet {spec.table}\ndelete table inet {spec.table}\n{render(spec)}"
 
 
+_MAP_ITEMS = re.compile(r"(elements = |map )\{([^{}]*)\}")
+
+
+def _sorted_items(match: re.Match[str]) -> str:
+    items = sorted(" ".join(item.split()) for item in match.group(2).split(","))
+    return match.group(1) + "{ " + ", ".join(items) + " }"
+
+
 def _normal(text: str) -> list[str]:
+    """Lines without indentation; map elements in one order: nft lists a named map in hash order,
+    wrapped over lines, so `elements = { ... }` is joined and sorted before comparing."""
+    text = _MAP_ITEMS.sub(_sorted_items, text)
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any
 
+from overlayd.dns.names import DEFAULT_DOMAIN, check_domain
 from overlayd.errors import ConfigError
 
 IPAddress = IPv4Address | IPv6Address
@@ -78,6 +79,20 @@ def pod_resolv(host: str, upstream: str | None = None, servers: Sequence[IPAddre
     return "\n".join(lines) + "\n", problem
 
 
+def cluster_resolv(gateway: IPv4Address, domain: str, host_resolv: str) -> str:
+    """The resolv.conf of pods when cluster DNS runs: the daemon on the pods' gateway answers
+    cluster names and forwards the rest to the host's resolvers; `web` finds web.svc.<domain>
+    through the search list, which keeps the host's domains after ours."""
+    parsed = parse_resolv_conf_untrusted(host_resolv)
+    search = [f"svc.{domain}", f"pod.{domain}", *(d for d in parsed.search if d not in (f"svc.{domain}",
+                                                                                       f"pod.{domain}"))]
+    lines = ["# written by overlayd: cluster DNS on the pods' gateway", f"nameserver {gateway}",
+             "search " + " ".join(search[:6])]  # glibc before 2.26 reads six domains
+    if parsed.options:
+        lines.append("options " + " ".join(parsed.options))
+    return "\n".join(lines) + "\n"
+
+
 def cni_dns(resolv_text: str) -> dict[str, list[str]]:
     """The pods' resolv.conf as a CNI result's `dns` (nameservers, search, options)."""
     parsed = parse_resolv_conf_untrusted(resolv_text)
@@ -93,6 +108,8 @@ class DnsConfig:
     resolv_conf: Path = Path("/etc/resolv.conf")  # the host's
     upstream_resolv_conf: Path = Path("/run/systemd/resolve/resolv.conf")  # systemd-resolved's upstreams
     servers: tuple[IPAddress, ...] = ()  # instead of the host's resolvers
+    domain: str = DEFAULT_DOMAIN  # cluster DNS: <svc>.svc.<domain>, <pod>.pod.<domain>
+    port: int = 53  # cluster DNS: UDP and TCP on the bridge gateway
 
     def pod_resolv(self) -> tuple[str, str | None]:
         """Read the host's files (absent ones count as empty) and build the pods' resolv.conf."""
@@ -104,6 +121,17 @@ class DnsConfig:
 
         return pod_resolv(read(self.resolv_conf) or "", read(self.upstream_resolv_conf), self.servers)
 
+    def upstreams(self) -> tuple[IPAddress, ...]:
+        """Where cluster DNS forwards other names: `servers`, else the host's resolv.conf
+        nameservers, loopback ones included (the daemon runs in the host's namespace)."""
+        if self.servers:
+            return self.servers
+        try:
+            text = self.resolv_conf.read_text(errors="replace")
+        except OSError:
+            return ()
+        return parse_resolv_conf_untrusted(text).nameservers
+
 
 def dns_config_from_mapping(values: Mapping[str, Any] | None) -> DnsConfig:
     """The [dns] table of the TOML file; ConfigError for anything off."""
@@ -111,7 +139,7 @@ def dns_config_from_mapping(values: Mapping[str, Any] | None) -> DnsConfig:
         return DnsConfig()
     if not isinstance(values, Mapping):
         raise ConfigError("[dns] must be a table")
-    unknown = set(values) - {"resolv_conf", "upstream_resolv_conf", "servers"}
+    unknown = set(values) - {"resolv_conf", "upstream_resolv_conf", "servers", "domain", "port"}
     if unknown:
         raise ConfigError(f"unknown [dns] keys: {', '.join(sorted(map(str, unknown)))}")
     fields: dict[str, Any] = {}
@@ -134,4 +162,15 @@ def dns_config_from_mapping(values: Mapping[str, Any] | None) -> DnsConfig:
                               "(it is the pod's own loopback inside its namespace)")
         if len(fields["servers"]) > MAX_NAMESERVERS:
             raise ConfigError(f"dns.servers: at most {MAX_NAMESERVERS} (libc reads no more)")
+    if "domain" in values:
+        try:
+            check_domain(values["domain"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"dns.domain: {exc}") from None
+        fields["domain"] = values["domain"]
+    if "port" in values:
+        port = values["port"]
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"dns.port: expected a port number 1-65535, got {port!r}")
+        fields["port"] = port
     return DnsConfig(**fields)

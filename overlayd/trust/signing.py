@@ -49,6 +49,7 @@ from overlayd.trust.errors import CertificateError, RecordRejected, RejectReason
 from overlayd.trust.keyfiles import raw_public
 
 RECORD_DOMAIN = b"overlayd host record v2\n"  # v2: bound to the etcd lease
+POD_DOMAIN = b"overlayd pod record v1\n"  # pod records (registry/) of the same host, same key
 
 
 def lease_text(lease_id: int) -> str:
@@ -58,6 +59,11 @@ def lease_text(lease_id: int) -> str:
 def record_signed_bytes(key: str, record: HostRecord, lease_id: int) -> bytes:
     """What a host signs for `record` stored under `key` on etcd lease `lease_id`."""
     return RECORD_DOMAIN + canonical_json({"key": key, "lease": lease_text(lease_id), **record.to_dict()})
+
+
+def pod_signed_bytes(key: str, fields: dict[str, object], lease_id: int) -> bytes:
+    """What a host signs for a pod record (its plain fields) stored under `key` on lease `lease_id`."""
+    return POD_DOMAIN + canonical_json({"key": key, "lease": lease_text(lease_id), **fields})
 
 
 class RecordSigner:
@@ -84,6 +90,15 @@ class RecordSigner:
         return value
 
 
+    def sign_pod(self, key: str, fields: dict[str, object], lease_id: int) -> bytes:
+        """A pod record of this host, signed like its host record (registry/ calls this)."""
+        if fields.get("node") != self.cert.node:
+            raise ConfigError(f"the host certificate is for {self.cert.node!r}, not for node {fields.get('node')!r}")
+        signature = self._key.sign(pod_signed_bytes(key, fields, lease_id))
+        return canonical_json({**fields, "lease": lease_text(lease_id), "cert": self.cert.to_dict(),
+                               "sig": base64.b64encode(signature).decode()})
+
+
 class RecordVerifier:
     """Checks signed records against a trust anchor (a LeaseVerifier for the cluster layer).
 
@@ -103,13 +118,29 @@ class RecordVerifier:
             raise
         return lease
 
-    def _verify_untrusted(self, key: str, value: bytes, lease: Lease) -> None:
-        record = lease.record
-
+    def verify_pod_untrusted(self, key: str, value: bytes, node: str, lease_id: int) -> None:
+        """RecordRejected unless the pod record under `key` (of host `node`, on etcd lease
+        `lease_id`) carries a valid signature of that host, made for this key and lease."""
         def reject(reason: RejectReason, detail: str) -> RecordRejected:
-            return RecordRejected(reason, f"{lease.subnet}: record of {record.node!r} rejected ({reason}): {detail}")
+            return RecordRejected(reason, f"pod record {key} rejected ({reason}): {detail}")
 
-        doc = json_object_untrusted(value)  # the lease parsed from it, so this passes
+        try:
+            doc = json_object_untrusted(value)
+            cert, signature = self._signed_by(doc, node, lease_id, reject)
+            fields = {k: v for k, v in doc.items() if k not in ("lease", "cert", "sig")}
+            Ed25519PublicKey.from_public_bytes(cert.public_key).verify(
+                signature, pod_signed_bytes(key, fields, lease_id))
+        except RecordRejected as exc:
+            self.rejected[exc.reason] += 1
+            raise
+        except InvalidSignature:
+            self.rejected[RejectReason.BAD_SIGNATURE] += 1
+            raise reject(RejectReason.BAD_SIGNATURE, "signature does not match the key and the record") from None
+
+    def _signed_by(self, doc: dict, node: str, lease_id: int | None,
+                   reject: Callable[[RejectReason, str], RecordRejected]) -> tuple[HostCertificate, bytes]:
+        """The checks every signed record passes: a certificate of `node` from our CA, valid
+        now, the record bound to the lease it is stored under; returns it with the signature."""
         if "cert" not in doc or "sig" not in doc:
             raise reject(RejectReason.UNSIGNED, "no certificate or signature")
         try:
@@ -125,18 +156,30 @@ class RecordVerifier:
             raise reject(RejectReason.CERT_NOT_YET_VALID, f"certificate valid from {format_time(cert.not_before)}")
         if now >= cert.not_after:
             raise reject(RejectReason.CERT_EXPIRED, f"certificate expired at {format_time(cert.not_after)}")
-        if cert.node != record.node:
+        if cert.node != node:
             raise reject(RejectReason.NODE_MISMATCH, f"certificate is for {cert.node!r}")
         # A record on no lease never expires: whoever wrote it, it is never a peer.
-        if not lease.lease_id:
+        if not lease_id:
             raise reject(RejectReason.NO_LEASE, "stored under no etcd lease")
-        if doc.get("lease") != lease_text(lease.lease_id):
+        if doc.get("lease") != lease_text(lease_id):
             signed_for = doc.get("lease")
             raise reject(RejectReason.REPLAYED, f"signed for etcd lease {str(signed_for)[:20]!r}, stored under "
-                                                f"lease {lease_text(lease.lease_id)}")
+                                                f"lease {lease_text(lease_id)}")
         try:
-            signature = b64_untrusted(doc["sig"], SIGNATURE_BYTES, "sig")
+            return cert, b64_untrusted(doc["sig"], SIGNATURE_BYTES, "sig")
+        except CertificateError:
+            raise reject(RejectReason.BAD_SIGNATURE, "malformed signature") from None
+
+    def _verify_untrusted(self, key: str, value: bytes, lease: Lease) -> None:
+        record = lease.record
+
+        def reject(reason: RejectReason, detail: str) -> RecordRejected:
+            return RecordRejected(reason, f"{lease.subnet}: record of {record.node!r} rejected ({reason}): {detail}")
+
+        doc = json_object_untrusted(value)  # the lease parsed from it, so this passes
+        cert, signature = self._signed_by(doc, record.node, lease.lease_id, reject)
+        try:
             Ed25519PublicKey.from_public_bytes(cert.public_key).verify(
-                signature, record_signed_bytes(key, record, lease.lease_id))
-        except (CertificateError, InvalidSignature, ValueError):
+                signature, record_signed_bytes(key, record, lease.lease_id))  # type: ignore[arg-type]
+        except (InvalidSignature, ValueError):
             raise reject(RejectReason.BAD_SIGNATURE, f"signature does not match {key} and the record") from None

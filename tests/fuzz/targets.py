@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import dns.message
+import dns.name
+
 from ipam.config import ClusterConfig
 from ipam.errors import InvalidConfig
 from overlayd.api.commands import dispatch
@@ -26,6 +29,9 @@ from overlayd.backend.wireguard import WgPeer
 from overlayd.cluster.errors import RecordError
 from overlayd.cluster.keys import KeyLayout
 from overlayd.cluster.records import parse_host_record_untrusted, parse_lease_untrusted
+from overlayd.dns.names import ClusterNames
+from overlayd.dns.resolver import Answer, Drop, Forward, Question, Resolver
+from overlayd.dns.upstream import reply_matches_untrusted
 from overlayd.errors import ClusterError, ConfigError, OverlaydError, UsageError
 from overlayd.wireguard import Output, TunPacket, ippacket
 from overlayd.wireguard.cookie import CookieGenerator
@@ -423,6 +429,40 @@ def control_request(data: bytes) -> None:
     raise AssertionError("a command waited on something: the stub plane never blocks")
 
 
+# --- cluster DNS: queries from pods, replies from upstream resolvers ---------------------
+
+
+@cache
+def _dns_resolver() -> Resolver:
+    return Resolver(ClusterNames(pods={"pod1": ipaddress.IPv4Address("10.244.1.2")},
+                                 services={"web": ipaddress.IPv4Address("10.96.0.10")}))
+
+
+def _dns_seeds() -> list[bytes]:
+    return [dns.message.make_query(name, rdtype, use_edns=edns).to_wire()
+            for name in ("web.svc.cluster.local", "Pod1.pod.cluster.local", "x.svc.cluster.local", "example.com")
+            for rdtype in ("A", "AAAA", "SOA") for edns in (-1, 0)]
+
+
+def dns_query(data: bytes) -> None:
+    """Resolver.resolve_untrusted never raises; what it decides is one of its three kinds."""
+    assert isinstance(_dns_resolver().resolve_untrusted(data), (Answer, Drop, Forward))
+
+
+def _dns_reply_seeds() -> list[bytes]:
+    replies = []
+    for query in _dns_seeds():
+        reply = dns.message.make_response(dns.message.from_wire(query))
+        reply.id = 0x1234
+        replies.append(reply.to_wire())
+    return replies
+
+
+def dns_upstream_reply(data: bytes) -> None:
+    """reply_matches_untrusted returns a message or None, never raises."""
+    reply_matches_untrusted(data, 0x1234, Question(dns.name.from_text("example.com"), 1, 1))
+
+
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("wg_datagrams", wg_datagrams, _wg_seeds, max_len=1024),
     Target("wg_tun_packets", wg_tun_packets, _tun_seeds, max_len=1600),
@@ -432,4 +472,6 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("cluster_config", cluster_config, _config_seeds),
     Target("vxlan_peers", vxlan_peers, _vxlan_seeds),
     Target("control_request", control_request, _control_seeds),
+    Target("dns_query", dns_query, _dns_seeds, max_len=1300),
+    Target("dns_upstream_reply", dns_upstream_reply, _dns_reply_seeds),
 )}

@@ -221,3 +221,25 @@ def test_revoked_host_is_dropped_and_an_old_or_forged_list_never_unrevokes(lab: 
     assert status(h1)["trust"]["revocations"]["generation"] == generation
     assert peer_nodes(h1) == {"h2"}
     assert reaches(h1, h2) and not reaches(h1, h3)
+
+
+def test_pod_records_are_signed_and_a_forged_one_is_refused(lab: TrustLab) -> None:
+    """Pods are published signed (bound to the host's lease); an unsigned record under another
+    host's key, and a signed one moved to another key, are refused and make health degraded."""
+    h1, h2, _ = lab.plan.hosts
+    key = f"{PREFIX}/pods/{h1.name}/{h1.pod_name}"
+    wait_for("h1's pod record", lambda: lab.etcd_value(key) != b"", timeout=15)
+    signed = json.loads(lab.etcd_value(key))
+    assert {"cert", "sig", "lease"} <= set(signed)
+    forged = {"name": "evil", "node": h1.name, "ip": "10.244.99.9", "labels": {"app": "web"}, "kind": "pod"}
+    lab.etcd_put(f"{PREFIX}/pods/{h1.name}/evil", json.dumps(forged).encode())
+    moved = signed | {"name": "copy"}  # a valid signature, for another key and name, on the same lease
+    etcdctl(lab.plan, "put", f"--lease={signed['lease']}", f"{PREFIX}/pods/{h1.name}/copy", json.dumps(moved))
+    try:
+        wait_for("h2 refuses both", lambda: "2 pod or service record(s) refused" in " ".join(status(h2)["problems"]),
+                 timeout=10)
+        assert status(h2)["health"] == "degraded"
+    finally:
+        etcdctl(lab.plan, "del", f"{PREFIX}/pods/{h1.name}/evil")
+        etcdctl(lab.plan, "del", f"{PREFIX}/pods/{h1.name}/copy")
+    wait_for("health ok again", lambda: status(h2)["health"] == "ok", timeout=10)

@@ -19,15 +19,16 @@ from scapy.packet import Packet
 class UnderlayCapture:
     """`with UnderlayCapture(netns) as cap: ...; cap.packets` -> scapy packets."""
 
-    def __init__(self, netns: str, bpf: str = "") -> None:
+    def __init__(self, netns: str, bpf: str = "", snaplen: int = 256) -> None:
         self.netns = netns
         self.bpf = bpf
+        self.snaplen = snaplen
         self._dir = tempfile.TemporaryDirectory(prefix="ovl-cap-")
         self.path = Path(self._dir.name) / "underlay.pcap"
         self.packets: list[Packet] = []
 
     def __enter__(self) -> "UnderlayCapture":
-        cmd = ["ip", "netns", "exec", self.netns, "tcpdump", "-Z", "root", "--immediate-mode", "-i", "any", "-U", "-n", "-s", "256",
+        cmd = ["ip", "netns", "exec", self.netns, "tcpdump", "-Z", "root", "--immediate-mode", "-i", "any", "-U", "-n", "-s", str(self.snaplen),
                "-w", str(self.path)]
         if self.bpf:
             cmd.append(self.bpf)

@@ -52,7 +52,9 @@ def test_daemon_metrics_render_every_documented_family() -> None:
         "overlayd_etcd_errors": "counter", "overlayd_dropped_records": "counter",
         "overlayd_control_refusals": "counter", "overlayd_wireguard_handshakes": "counter",
         "overlayd_wireguard_drops": "counter", "overlayd_state_files_damaged": "counter",
-        "overlayd_cni_attachments": "gauge",
+        "overlayd_cni_attachments": "gauge", "overlayd_services": "gauge", "overlayd_service_endpoints": "gauge",
+        "overlayd_registry_records_refused": "gauge", "overlayd_service_rule_updates": "counter",
+        "overlayd_dns_queries": "counter", "overlayd_dns_dropped": "counter",
     }
     assert {name: f["type"] for name, f in parsed.items() if name.startswith("overlayd_")} == expected
     assert {"process_cpu_seconds", "process_resident_memory_bytes", "python_info"} <= set(parsed)

@@ -41,7 +41,7 @@ def test_published_ports_become_dnat_rules_sorted() -> None:
         "tcp dport 8081 dnat ip to 10.244.3.6:80",
         "udp dport 53 dnat ip to 10.244.3.5:5353",
     ]
-    assert rules(spec, "prerouting") == rules(spec, "output") == ["fib daddr type local jump published"]
+    assert rules(spec, "prerouting") == rules(spec, "output") == ["jump services", "fib daddr type local jump published"]
 
 
 def test_the_table_is_marked_and_replaced_in_one_transaction() -> None:

@@ -262,3 +262,31 @@ def test_signer_refuses_records_peers_would_refuse_as_too_big() -> None:
 
 def test_signer_repr_keeps_the_key_out() -> None:
     assert "host-1" in repr(SIGNER_1) and "private" not in repr(SIGNER_1).lower()
+
+
+# --- pod records (registry/) -----------------------------------------------------------------
+
+POD_KEY = "/t/network/pods/host-1/web-1"
+POD = {"name": "web-1", "node": "host-1", "ip": "10.244.3.2", "labels": {"app": "web"}, "kind": "pod"}
+
+
+def test_pod_record_signed_by_its_host_verifies_and_nothing_else_does() -> None:
+    value = SIGNER_1.sign_pod(POD_KEY, POD, LEASE)
+    check = verifier()
+    check.verify_pod_untrusted(POD_KEY, value, "host-1", LEASE)
+    doc = json.loads(value)
+    cases = {
+        "moved to another key": (POD_KEY.replace("web-1", "web-2"), value, "host-1", LEASE),
+        "replayed under another lease": (POD_KEY, value, "host-1", LEASE + 1),
+        "on no lease": (POD_KEY, value, "host-1", 0),
+        "claimed for another host": (POD_KEY.replace("host-1", "host-2"), value, "host-2", LEASE),
+        "unsigned": (POD_KEY, json.dumps(POD).encode(), "host-1", LEASE),
+        "labels changed": (POD_KEY, encode(doc | {"labels": {"app": "db"}}), "host-1", LEASE),
+        "ip changed": (POD_KEY, encode(doc | {"ip": "10.244.3.3"}), "host-1", LEASE),
+    }
+    for what, (key, data, node, lease) in cases.items():
+        with pytest.raises(RecordRejected):
+            check.verify_pod_untrusted(key, data, node, lease)
+            pytest.fail(what)
+    with pytest.raises(ConfigError):
+        SIGNER_1.sign_pod(POD_KEY, POD | {"node": "host-2"}, LEASE)  # only its own pods
