@@ -169,8 +169,8 @@ class Answers:
     async def cni_list(self) -> list[dict[str, Any]]:
         return self._cni().list()
 
-    async def cni_exec(self, env: dict[str, str], stdin: bytes) -> tuple[str, int]:
-        return await handle_cni_call(env, stdin, self)
+    async def cni_exec(self, env: dict[str, str], stdin: bytes, via: str | None = None) -> tuple[str, int] | None:
+        return await handle_cni_call(env, stdin, self, via=via)
 
 
     # --- services (registry/) ------------------------------------------------------

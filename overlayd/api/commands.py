@@ -29,7 +29,7 @@ class ControlPlane(Protocol):
     async def pod_get(self, name: str) -> dict[str, Any]: ...
     async def pod_list(self) -> list[dict[str, Any]]: ...
     # CNI attachments (overlayd-cni)
-    async def cni_exec(self, env: dict[str, str], stdin: bytes) -> tuple[str, int]: ...
+    async def cni_exec(self, env: dict[str, str], stdin: bytes, via: str | None = None) -> tuple[str, int] | None: ...
     async def cni_list(self) -> list[dict[str, Any]]: ...
     # services (registry/)
     async def service_add(self, name: str, selector: dict[str, str],
@@ -119,9 +119,15 @@ _CNI_ENV_MAX = 16  # CNI_* variables a call may carry; the spec defines 6
 
 
 async def _cni_exec(plane: ControlPlane, args: dict[str, Any]) -> Any:
-    """One CNI call as the runtime made it; the handler parses it (untrusted) and answers stdout and exit."""
-    _only(args, "env", "stdin_hex")
+    """One CNI call as the runtime made it; the handler parses it (untrusted) and answers stdout and exit.
+
+    The C front of overlayd-cni (overlayd/cni/shim.c) adds "socket" (the one it asked) and "reply": "hex",
+    and gets {"exit": N, "stdout_hex": "..."}, or {"fallback": true} when the call is not for this socket
+    (the config names another, or is no JSON object): the Python client then makes it.
+    """
+    _only(args, "env", "stdin_hex", "socket", "reply")
     env, stdin_hex = args.get("env"), args.get("stdin_hex")
+    via, reply = args.get("socket"), args.get("reply", "text")
     if not isinstance(env, dict) or len(env) > _CNI_ENV_MAX or not all(
             isinstance(k, str) and k.startswith("CNI_") and isinstance(v, str) for k, v in env.items()):
         raise UsageError(f"argument 'env' must map at most {_CNI_ENV_MAX} CNI_* names to strings")
@@ -131,8 +137,15 @@ async def _cni_exec(plane: ControlPlane, args: dict[str, Any]) -> Any:
         stdin = None
     if stdin is None:
         raise UsageError("argument 'stdin_hex' must be the config in hexadecimal")
-    stdout, code = await plane.cni_exec(env, stdin)
-    return {"exit": code, "stdout": stdout}
+    if via is not None and not isinstance(via, str):
+        raise UsageError("argument 'socket' must be a string")
+    if reply not in ("text", "hex"):
+        raise UsageError("argument 'reply' must be \"text\" or \"hex\"")
+    answer = await plane.cni_exec(env, stdin, via)
+    if answer is None:
+        return {"fallback": True}
+    stdout, code = answer
+    return {"exit": code, "stdout_hex": stdout.encode().hex()} if reply == "hex" else {"exit": code, "stdout": stdout}
 
 
 async def _cni_list(plane: ControlPlane, args: dict[str, Any]) -> Any:
