@@ -28,6 +28,6 @@ scratch=$(mktemp -d)
 if ! "$venv/bin/python" -c 'import sys; from pathlib import Path; from overlayd.cni.build import build_shim
 build_shim(Path(sys.argv[1]) / "overlayd-cni", "/run/overlayd/overlayd.sock")' "$scratch" 2>"$scratch/err"; then
   echo "install.sh: note: overlayd-cni's C front does not build here ($(tail -c 300 "$scratch/err")); " \
-       "\`overlayctl cni install\` will install the Python client (~10 ms slower per call)" >&2
+       "\`overlayctl cni install\` will install the Python client (~13 ms more per call)" >&2
 fi
 rm -rf "$scratch"

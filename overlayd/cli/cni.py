@@ -74,7 +74,7 @@ def _install(args: argparse.Namespace) -> int:
     kind = args.plugin
     if kind == "auto" and find_compiler() is None:
         kind = "python"
-        note = ("no C compiler (cc) found: installed the Python client, which starts ~10 ms slower per call "
+        note = ("no C compiler (cc) found: installed the Python client, which takes ~13 ms more per call "
                 "than the C front (install gcc and run this again for it)")
     try:
         args.bin_dir.mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,7 @@ class CniWiring:
     def attach(self, host_veth: str, netns: Path, ifname: str, ip: IPAddress) -> Macs:
         """Create the veth, its container end `ifname` in `netns` with ip and default route; undone on failure.
 
-        Four round trips to the kernel: the pair is made in one request (host end up in the bridge, MACs
+        Three netlink round trips: the pair is made in one request (host end up in the bridge, MACs
         chosen here so nobody has to ask for them), then inside the container's namespace one lookup of
         the new end's index and one batch (up, address, default route).
         """
