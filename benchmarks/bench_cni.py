@@ -8,10 +8,13 @@ etcd, real daemon); the reference plugins get their own bridge in the same
 host namespace and a subnet of their own. Timed: the wall-clock time of each
 plugin call as the runtime sees it (process start to exit).
 
-Rounds alternate which implementation goes first. Run as root from the
-repository root, on a quiet machine:
+overlayd-cni is what `overlayctl cni install` puts in place: the C front
+(overlayd/cni/shim.c) built for the lab host's socket; --python-client adds the
+Python client alone (what is installed without a C compiler) as a third
+implementation. Rounds alternate which implementation goes first. Run as root
+from the repository root, on a quiet machine:
 
-    python3 -m benchmarks.bench_cni [--containers 20] [--rounds 5]
+    python3 -m benchmarks.bench_cni [--containers 20] [--rounds 5] [--python-client]
 
 Writes benchmarks/results/cni.json.
 """
@@ -31,6 +34,7 @@ import time
 from pathlib import Path
 
 from overlayd.cli.cni import launcher
+from overlayd.cni.build import build_shim
 from overlayd.lab import runner
 from overlayd.lab.plan import make_plan
 from overlayd.netns import enter_named_netns
@@ -73,6 +77,12 @@ def _summary(values: list[float]) -> dict[str, float]:
             "stdev_ms": statistics.stdev(ordered) if len(ordered) > 1 else 0.0, "calls": len(ordered)}
 
 
+def _per_round(timings: dict[str, dict[str, list[float]]], op: str, per_round: int) -> list[float]:
+    ours, theirs = timings["overlayd"][op], timings["reference"][op]
+    return [round(statistics.median(ours[i:i + per_round]) / statistics.median(theirs[i:i + per_round]), 3)
+            for i in range(0, len(ours), per_round)]
+
+
 def _wait_for_quiet(max_load: float) -> float:
     deadline = time.monotonic() + LOAD_WAIT_S
     while os.getloadavg()[0] > max_load and time.monotonic() < deadline:
@@ -85,6 +95,8 @@ def main() -> int:
     parser.add_argument("--containers", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-load", type=float, default=1.0, help="wait for the 1-minute load to drop below")
+    parser.add_argument("--python-client", action="store_true",
+                        help="also time the Python client alone (overlayctl cni install --plugin python)")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-cni-"))
     plan = make_plan(f"bc{secrets.token_hex(2)}", 1, "vxlan", base)
@@ -92,9 +104,11 @@ def main() -> int:
     try:
         host = plan.hosts[0]
         ours = base / "bin" / "overlayd-cni"
-        ours.parent.mkdir()
-        ours.write_text(launcher())
-        ours.chmod(0o755)
+        build_shim(ours, str(host.socket))  # as `overlayctl cni install` does
+        python_client = base / "bin-py" / "overlayd-cni"
+        python_client.parent.mkdir()
+        python_client.write_text(launcher())
+        python_client.chmod(0o755)
         our_conf = {"cniVersion": "1.0.0", "name": "bench", "type": "overlayd-cni", "socket": str(host.socket)}
         their_conf = {"cniVersion": "1.0.0", "name": "bench-ref", "type": "bridge", "bridge": THEIR_BRIDGE,
                       "isGateway": True, "ipMasq": False, "mtu": 1450,
@@ -102,10 +116,12 @@ def main() -> int:
                                "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(base / "host-local")}}
         enter_named_netns(host.netns)  # the runtime's place: the host's netns (the children inherit it)
         load_before = _wait_for_quiet(args.max_load)
-        timings: dict[str, dict[str, list[float]]] = {k: {"add": [], "del": []} for k in ("overlayd", "reference")}
         impls = [("overlayd", ours, our_conf), ("reference", REFERENCE / "bridge", their_conf)]
-        _round(ours, our_conf, 2, "w")  # warm-up: page cache, first bridge/iptables set-up
-        _round(REFERENCE / "bridge", their_conf, 2, "w")
+        if args.python_client:
+            impls.append(("python_client", python_client, our_conf))
+        timings: dict[str, dict[str, list[float]]] = {name: {"add": [], "del": []} for name, _, _ in impls}
+        for name, binary, conf in impls:  # warm-up: page cache, first bridge/iptables set-up
+            _round(binary, conf, 2, "w")
         for r in range(args.rounds):
             for name, binary, conf in (impls if r % 2 == 0 else impls[::-1]):
                 adds, dels = _round(binary, conf, args.containers, name[0])
@@ -118,10 +134,15 @@ def main() -> int:
         "benchmark": "cni",
         "containers_per_round": args.containers, "rounds": args.rounds,
         "overlayd": {op: _summary(v) for op, v in timings["overlayd"].items()},
+        "overlayd_plugin": "C front (overlayd/cni/shim.c), Python client as fallback",
         "reference_bridge_host_local": {op: _summary(v) for op, v in timings["reference"].items()},
         "ratio_overlayd_to_reference_median": {
             op: statistics.median(timings["overlayd"][op]) / statistics.median(timings["reference"][op])
             for op in ("add", "del")},
+        # Per round (each the same containers' calls of both, one after the other): how steady the ratio is.
+        "ratio_per_round": {op: _per_round(timings, op, args.containers) for op in ("add", "del")},
+        **({"python_client_alone": {op: _summary(v) for op, v in timings["python_client"].items()}}
+           if args.python_client else {}),
         "target_ratio": 0.5,
         "load_1min": {"before": round(load_before, 2), "after": round(load_after, 2)},
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},

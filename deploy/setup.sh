@@ -13,8 +13,9 @@ venv=${OVERLAYD_VENV:-/opt/overlayd/venv}
 
 packages=(etcd-server etcd-client wireguard-go wireguard-tools iperf3 tcpdump nftables
           iproute2 iputils-ping procps util-linux containernetworking-plugins python3-venv
-          dnsmasq-base zsh dnsperf)  # zsh: the tests run the completion script overlayctl generates for it;
-                                     # dnsperf: benchmarks/bench_dns.py
+          dnsmasq-base zsh dnsperf  # zsh: the tests run the completion script overlayctl generates for it;
+                                    # dnsperf: benchmarks/bench_dns.py
+          gcc libc6-dev)  # `overlayctl cni install` builds overlayd-cni's C front (libc.a: linked statically)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -23,6 +23,7 @@ import signal
 import sys
 from collections.abc import Callable
 from functools import partial
+from ipaddress import IPv4Address
 from typing import Any, TypeVar
 
 import trio
@@ -35,6 +36,9 @@ from overlayd.cluster.grace import PeerGrace
 from overlayd.cluster.keeper import LeaseKeeper
 from overlayd.cluster.watch import WatchBatch
 from overlayd.config import DaemonConfig, add_daemon_arguments, config_from_args
+from overlayd.dns.names import ClusterNames
+from overlayd.dns.resolver import NamesSource
+from overlayd.dns.server import serve_dns
 from overlayd.errors import ConfigError, OverlaydError, fatal_error
 from overlayd.health import HealthModel, LoggingReporter
 from overlayd.hoststate import StateFiles
@@ -43,6 +47,7 @@ from overlayd.metrics import CountingReporter, DaemonMetrics, parse_listen_addre
 from overlayd.netns import enter_named_netns
 from overlayd.peering import PeerPolicy
 from overlayd.peerloop import PeerLoop
+from overlayd.policy.signing import PolicyVerifier
 from overlayd.registry.records import PodEntry
 from overlayd.registry.running import ClusterRegistry, own_pod_entries
 from overlayd.sdwatchdog import inform_systemd, status_line
@@ -109,7 +114,21 @@ class Daemon:
                                lease_id=lambda: keeper.lease.lease_id if keeper.lease else None,
                                reporter=self.reporter, disk=self._disk, metrics=self.metrics,
                                encode_pod=host.trust.signer.sign_pod if host.trust.signer else None,
-                               verify_pod=host.trust.verifier.verify_pod_untrusted if host.trust.verifier else None)
+                               verify_pod=host.trust.verifier.verify_pod_untrusted if host.trust.verifier else None,
+                               verify_policy=PolicyVerifier(host.trust.verifier.anchor) if host.trust.verifier else None)
+
+    async def _serve_cluster_dns(self, nursery: trio.Nursery, host: Host, registry: ClusterRegistry) -> None:
+        """Cluster DNS on the pods' gateway (IPv4 clusters), answering from the registry's names."""
+        if not isinstance(host.gateway, IPv4Address):
+            return
+        domain = self.config.dns.domain
+        names = NamesSource(ClusterNames(domain))
+        registry.names_listeners.append(lambda pods, services: names.update(ClusterNames(domain, pods, services)))
+        try:
+            await nursery.start(serve_dns, names, host.gateway, self.config.dns.port, self.config.dns.upstreams(),
+                                self.metrics.dns)
+        except OSError as exc:  # pods keep working by address; the daemon goes on
+            self.reporter.fail("dns", f"cluster DNS on {host.gateway}:{self.config.dns.port}: {exc.strerror or exc}")
 
     async def _first_peers(self, host: Host, peers: PeerLoop, batches: trio.MemoryReceiveChannel[WatchBatch]) -> None:
         """The first peer set: etcd's listing when it comes soon, else the one saved at the last run."""
@@ -159,6 +178,7 @@ class Daemon:
                     nursery.start_soon(host.checks.run, config.trust.recheck_interval, peers.rescreen)
                 registry = self._registry(host, keeper)
                 nursery.start_soon(registry.run)
+                await self._serve_cluster_dns(nursery, host, registry)
                 self.answers.running = Running(host, keeper, peers, registry)
                 self.health.set_ready()
                 self.metrics.ready.set(1)

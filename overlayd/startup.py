@@ -17,6 +17,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -42,7 +43,10 @@ from overlayd.health import HealthModel, Reporter
 from overlayd.hoststate import HostState, StateFiles
 from overlayd.metrics import DaemonMetrics
 from overlayd.nat.keeper import NatKeeper, nat_keeper
+from overlayd.policy.running import startup_rules
+from overlayd.pods.dns import cluster_resolv
 from overlayd.registry import cache as services_cache
+from overlayd.registry.running import own_pod_entries
 from overlayd.pods.config import PodNetworkConfig
 from overlayd.pods.manager import PodManager
 from overlayd.pods.service import PodService, ReconcileReport
@@ -77,6 +81,7 @@ class Host:
     nat: NatKeeper
     cni: CniService  # attachments of container runtimes (overlayd-cni), sharing the pods' address pool
     pod_resolv: str  # the resolv.conf pods get (pods/dns.py); CNI results carry it as `dns`
+    gateway: IPv4Address | IPv6Address  # the bridge's address: pods' default route and cluster DNS
 
 
 class Startup:
@@ -148,9 +153,7 @@ class Startup:
         network = await self._kernel(ensure_host_network, ipr, bridge=config.bridge_name, subnet=subnet,
                                      mtu=backend.mtu)
         await self._kernel(backend.setup, subnet)
-        resolv, problem = config.dns.pod_resolv()
-        if problem is not None:  # pods still work by address; the operator can fix names
-            self._report.fail("dns", problem)
+        resolv = self._pod_resolv(network.gateway.ip)
         pods = await self._kernel(self._open_pods, subnet, network.gateway, backend.mtu, resolv)
         try:
             for problem in pods.problems:
@@ -159,13 +162,33 @@ class Startup:
             cni = await self._kernel(self._open_cni, pods, subnet, network.gateway, backend.mtu)
             nat = nat_keeper(config, cluster_config.network, subnet, pods.publications, self._kernel, self._report,
                              services_cache.load(config.state_dir))
+            # Network policy as last enforced (its cache), until the registry is listed: no pod opens at a restart.
+            local = await self._kernel(own_pod_entries, config.node_name, pods, cni)
+            nat.policy = startup_rules(config.node_name, subnet, config.state_dir, local)
             await nat.converge()  # egress masquerade and published ports (nat/)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(pods.close)
             raise
         return Host(underlay, trust, checks, cluster, cluster_config, record, subnet, lease, backend, pods, nat, cni,
-                    resolv)
+                    resolv, network.gateway.ip)
+
+    def _pod_resolv(self, gateway: IPv4Address | IPv6Address) -> str:
+        """Pods ask cluster DNS on their gateway (IPv4 clusters); IPv6 clusters get the host's resolvers."""
+        dns = self.config.dns
+        if isinstance(gateway, IPv4Address):
+            if not dns.upstreams():  # cluster names still resolve; the rest gets SERVFAIL
+                self._report.fail("dns", "cluster DNS has no upstream resolver for other names: the host's "
+                                         f"{dns.resolv_conf} lists none; set [dns] servers in the daemon config")
+            try:
+                host_text = dns.resolv_conf.read_text(errors="replace")
+            except OSError:  # no search domains or options to carry over: ours alone
+                host_text = ""
+            return cluster_resolv(gateway, dns.domain, host_text)
+        resolv, problem = dns.pod_resolv()
+        if problem is not None:  # pods still work by address; the operator can fix names
+            self._report.fail("dns", problem)
+        return resolv
 
     # --- local state ----------------------------------------------------------
 

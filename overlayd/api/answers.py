@@ -20,12 +20,15 @@ from overlayd.cluster.records import Lease
 from overlayd.cni.handler import handle as handle_cni_call
 from overlayd.cni.service import CniService
 from overlayd.config import DaemonConfig
-from overlayd.errors import ConflictError, NotFoundError
+from overlayd.cluster.errors import RecordError
+from overlayd.errors import ConflictError, NotFoundError, UsageError
 from overlayd.health import HealthModel
 from overlayd.nat.ports import Publication
 from overlayd.peerloop import PeerLoop
 from overlayd.pods.dns import cni_dns
 from overlayd.pods.service import PodService
+from overlayd.policy.model import Policy
+from overlayd.policy.reach import evaluate, explain
 from overlayd.registry.records import ServicePort, ServiceSpec
 from overlayd.registry.running import ClusterRegistry
 from overlayd.startup import Host
@@ -116,6 +119,7 @@ class Answers:
     async def pod_add(self, name: str, labels: dict[str, str], ports: tuple[Publication, ...] = ()) -> dict[str, Any]:
         pod = (await self._kernel(self._pods().add, name, labels, ports)).to_dict()
         self._require().registry.pods_changed()
+        await self._require().registry.policy.local_pods_changed()  # policy covers it before we return
         if ports:
             problem = await self._require().host.nat.converge()
             if problem is not None:  # the pod stays; the ports follow when the table can be written
@@ -127,6 +131,7 @@ class Answers:
         published = self._pods().publishes(name)
         await self._kernel(self._pods().delete, name)
         self._require().registry.pods_changed()
+        await self._require().registry.policy.local_pods_changed()
         if published:  # its DNAT rules go with it
             await self._require().host.nat.converge()
 
@@ -144,11 +149,13 @@ class Answers:
     async def cni_add(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]:
         attachment = await self._kernel(self._cni().add, network, container_id, ifname, netns)
         self._require().registry.pods_changed()
+        await self._require().registry.policy.local_pods_changed()  # before the runtime starts the container
         return attachment | {"dns": cni_dns(self._require().host.pod_resolv)}
 
     async def cni_del(self, network: str, container_id: str, ifname: str) -> None:
         await self._kernel(self._cni().delete, network, container_id, ifname)
         self._require().registry.pods_changed()
+        await self._require().registry.policy.local_pods_changed()
 
     async def cni_check(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]:
         return await self._kernel(self._cni().check, network, container_id, ifname, netns)
@@ -156,13 +163,14 @@ class Answers:
     async def cni_gc(self, network: str, valid: list[tuple[str, str]]) -> list[str]:
         removed = await self._kernel(self._cni().gc, network, valid)
         self._require().registry.pods_changed()
+        await self._require().registry.policy.local_pods_changed()
         return removed
 
     async def cni_list(self) -> list[dict[str, Any]]:
         return self._cni().list()
 
-    async def cni_exec(self, env: dict[str, str], stdin: bytes) -> tuple[str, int]:
-        return await handle_cni_call(env, stdin, self)
+    async def cni_exec(self, env: dict[str, str], stdin: bytes, via: str | None = None) -> tuple[str, int] | None:
+        return await handle_cni_call(env, stdin, self, via=via)
 
 
     # --- services (registry/) ------------------------------------------------------
@@ -189,6 +197,59 @@ class Answers:
     async def service_list(self) -> list[dict[str, Any]]:
         registry = self._registry()
         return [registry.service_row(registry.view.services[name]) for name in sorted(registry.view.services)]
+
+    # --- network policy (policy/) ----------------------------------------------------
+
+    def _check_policy_signature(self, name: str, doc: dict[str, Any] | None, signature: object) -> None:
+        """Trust mode: refuse at once what no daemon would enforce (or, for a delete, obey)."""
+        registry = self._registry()
+        verify = registry.view.verify_policy
+        if verify is None:
+            return
+        if signature is None:
+            raise UsageError("this cluster enforces only policies signed by the cluster CA: add --ca-dir DIR")
+        key = registry.policy_store.key(name)
+        try:
+            verify(key, doc, signature)
+        except RecordError as exc:
+            raise UsageError(f"{exc} (signed for another --etcd-prefix than {key.rsplit('/policies/', 1)[0]}?)") from None
+
+    async def policy_apply(self, policy: Policy, warnings: list[str],
+                           signature: dict[str, Any] | None = None) -> dict[str, Any]:
+        self._check_policy_signature(policy.name, policy.to_doc(), signature)
+        result = await trio.to_thread.run_sync(self._registry().policy_store.apply, policy, signature)
+        return {"name": policy.name, "result": result, "warnings": warnings}
+
+    async def policy_del(self, name: str, signature: dict[str, Any] | None = None) -> None:
+        self._check_policy_signature(name, None, signature)
+        store = self._registry().policy_store
+        if signature is not None:  # a signed tombstone: daemons in trust mode obey only that
+            await trio.to_thread.run_sync(store.tombstone, name, signature)
+        else:
+            await trio.to_thread.run_sync(store.delete, name)
+
+    def _policy_row(self, policy: Policy) -> dict[str, Any]:
+        pods = [p for p in self._registry().policy.pods() if policy.pod_selector.matches(p.labels)]
+        return {"name": policy.name, "pod_selector": str(policy.pod_selector), "types": list(policy.types),
+                "ingress_rules": len(policy.ingress), "egress_rules": len(policy.egress),
+                "pods": sorted(f"{p.node}/{p.name}" for p in pods), "document": policy.to_doc()}
+
+    async def policy_get(self, name: str) -> dict[str, Any]:
+        policy = self._registry().view.policies.get(name)
+        if policy is None:
+            raise NotFoundError(f"no policy named {name}")
+        return self._policy_row(policy)
+
+    async def policy_list(self) -> list[dict[str, Any]]:
+        policies = self._registry().view.policies
+        return [self._policy_row(policies[name]) for name in sorted(policies)]
+
+    async def policy_explain(self, src: str, dst: str, protocol: str, port: int | None) -> dict[str, Any]:
+        enforcer = self._registry().policy
+        policies = dict(self._registry().view.policies)
+        source, target = enforcer.endpoint(src), enforcer.endpoint(dst)
+        verdict = evaluate(policies.values(), source, target, protocol, port)
+        return explain(policies, verdict, source, target, protocol, port)
 
 
 def _lease_row(lease: Lease) -> dict[str, Any]:

@@ -335,8 +335,12 @@ class WireGuardBackend:
         converge_addresses(self._nl, link.index, {device_address(own_subnet)}, self.route_protocol)
 
     def _engine_answers(self) -> bool:
+        from overlayd.wireguard.errors import UntrustedSocketError
+
         try:
             UapiControl(self.device, self.socket_dir).client.get()
+        except UntrustedSocketError:
+            raise  # someone else holds the engine's socket: neither adopt it nor delete the link
         except (OverlaydError, OSError):
             return False
         return True
@@ -387,6 +391,7 @@ class WireGuardBackend:
 
     def _spawn_engine(self, cmd: list[str], what: str) -> None:
         """Start a userspace engine and wait until it answers on its UAPI socket."""
+        from overlayd.wireguard.errors import UntrustedSocketError
         from overlayd.wireguard.uapi_server import UapiClient
 
         # The engine logs to our stderr (the journal under systemd, rotated there), and must not
@@ -400,6 +405,10 @@ class WireGuardBackend:
             try:
                 client.get()
                 break
+            except UntrustedSocketError:
+                proc.kill()
+                proc.wait()
+                raise
             except NotFoundError:
                 if proc.poll() is not None or time.monotonic() >= deadline:
                     proc.kill()

@@ -1,6 +1,6 @@
 """overlayctl: the command line of overlayd.
 
-One module per subcommand group (pod, service, status, network, lab, ca, completion); each registers
+One module per subcommand group (pod, service, policy, status, network, lab, ca, completion); each registers
 its parsers and handlers here. Global options (--socket, -o/--json, --no-headers) are
 accepted anywhere on the line, as kubectl's are. Connection settings come from the flag,
 else the environment, else the client config file (settings.py).
@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from overlayd.cli import ca, cni, completion, lab, network, pod, service, status
+from overlayd.cli import ca, cni, completion, lab, network, pod, policy, service, status
 from overlayd.cli.output import OUTPUT_FORMATS, Style
 from overlayd.cli.settings import config_path, load_config_file, resolve
 from overlayd.errors import OverlaydError, UsageError
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_text("overlayctl"),
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
-    for module in (status, pod, service, network, lab, ca, cni, completion):
+    for module in (status, pod, service, policy, network, lab, ca, cni, completion):
         module.register(sub)
     for p in [parser, *_subparsers(parser)]:
         add_global_arguments(p)

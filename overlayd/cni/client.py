@@ -1,4 +1,9 @@
-"""overlayd-cni: the executable a container runtime runs, as small as it can be.
+"""overlayd-cni in Python: the C front's fallback (overlayd/cni/shim.c), and the plugin itself where no C
+compiler was at hand for `overlayctl cni install`.
+
+The C front hands this client every case it does not carry itself (VERSION, a
+daemon it cannot reach, a config for another socket, ...), with the same
+environment and stdin, so the spec's edge cases have this one implementation.
 
 Runtimes start one plugin process per container and per command, so the
 process start is most of a CNI call's cost. This client therefore imports only
@@ -78,6 +83,18 @@ def _socket_path(config: object) -> str:
     return path if isinstance(path, str) else DEFAULT_SOCKET
 
 
+def _config(raw: bytes) -> object:
+    text = raw.decode("utf-8", "replace")
+    return _decode(text) if text.strip() else {}
+
+
+def target_socket(raw: bytes) -> str | None:
+    """The control socket this client asks for the config `raw`; None when it answers without one
+    (stdin is no JSON object). The daemon uses it to tell the C front when a call is not for it."""
+    config = _config(raw)
+    return _socket_path(config) if isinstance(config, dict) else None
+
+
 def _version(config: object) -> str:
     version = config.get("cniVersion") if isinstance(config, dict) else None
     return version if isinstance(version, str) and len(version) < 32 else SUPPORTED_VERSIONS[-1]
@@ -106,8 +123,7 @@ def _error(config: object, code: int, msg: str) -> tuple[str, int]:
 
 def run(env: dict[str, str], raw: bytes) -> tuple[str, int]:
     """(stdout, exit code) for one call."""
-    text = raw.decode("utf-8", "replace")
-    config = _decode(text) if text.strip() else {}
+    config = _config(raw)
     command = env.get("CNI_COMMAND", "")
     if command == "VERSION":
         supported = ", ".join(_quote(v) for v in SUPPORTED_VERSIONS)

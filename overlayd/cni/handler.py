@@ -1,9 +1,10 @@
 """The daemon's side of overlayd-cni: one CNI call (environment and stdin as the runtime gave them) in, stdout
 and exit code out.
 
-overlayd.cni.client forwards the call untouched (command `cni.exec`); here it is
-parsed as untrusted input and carried out against the CNI attachments. Every
-failure becomes the spec's error JSON with its code, never a traceback.
+overlayd.cni.client (or its C front, shim.c) forwards the call untouched
+(command `cni.exec`); here it is parsed as untrusted input and carried out
+against the CNI attachments. Every failure becomes the spec's error JSON with
+its code, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from overlayd.cni import spec
+from overlayd.cni.client import target_socket
 from overlayd.cni.spec import CniError, Env, NetConf
 from overlayd.errors import ConflictError, KernelError, NotFoundError, OverlaydError, UsageError
 
@@ -27,8 +29,15 @@ class CniOps(Protocol):
     async def cni_gc(self, network: str, valid: list[tuple[str, str]]) -> list[str]: ...
 
 
-async def handle(environ: Mapping[str, str], raw: bytes, ops: CniOps) -> tuple[str, int]:
-    """(stdout, exit code) of the CNI call."""
+async def handle(environ: Mapping[str, str], raw: bytes, ops: CniOps, *, via: str | None = None,
+                 ) -> tuple[str, int] | None:
+    """(stdout, exit code) of the CNI call.
+
+    `via`: the socket the caller (the C front) asked. None when the Python client would not have asked it:
+    the config names another socket, or is no JSON object (the client answers that itself).
+    """
+    if via is not None and target_socket(raw) != via:
+        return None
     try:
         env = spec.parse_env(environ)
         if env.command == "VERSION" and not raw.strip():  # some runtimes ask without a config

@@ -53,6 +53,7 @@ class CniService:
 
     def close(self) -> None:
         self._wiring.close()
+        self._store.close()
 
     def add(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]:
         key = (network, container_id, ifname)
@@ -78,7 +79,7 @@ class CniService:
             raise
         self._attachments[key] = attachment
         try:
-            self._save()
+            self._store.added(attachment, self._attachments.values())
         except BaseException as exc:  # not persisted means not attached: a restart would not know it
             del self._attachments[key]
             self._pool.release(owner)
@@ -87,15 +88,22 @@ class CniService:
             except KernelError as also:
                 exc.add_note(f"removing {attachment.host_veth} failed too: {also}")
             raise
+        self._on_count(len(self._attachments))
         return self._describe(attachment, macs)
 
     def delete(self, network: str, container_id: str, ifname: str) -> None:
         """Idempotent: an unknown attachment, or one whose namespace is gone, is fine."""
-        attachment = self._attachments.pop((network, container_id, ifname), None)
+        key = (network, container_id, ifname)
+        attachment = self._attachments.pop(key, None)
         if attachment is None:
             return
+        try:
+            self._store.removed(key, self._attachments.values())
+        except BaseException:  # still recorded, so still attached: the runtime's next DEL tries again
+            self._attachments[key] = attachment
+            raise
         self._pool.release(attachment.owner)
-        self._save()
+        self._on_count(len(self._attachments))
         self._wiring.detach(attachment.host_veth)
 
     def check(self, network: str, container_id: str, ifname: str, netns: str) -> dict[str, Any]:
@@ -165,7 +173,3 @@ class CniService:
             self.problems.append(f"CNI attachment store {self._store.path}: {exc}; set aside as {aside}; "
                                  "attachments in the kernel are left as they are")
             return {}
-
-    def _save(self) -> None:
-        self._store.save(self._attachments.values())
-        self._on_count(len(self._attachments))

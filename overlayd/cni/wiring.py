@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
+from overlayd.cni.nsopen import NetnsSockets
 from overlayd.errors import ConflictError, KernelError, UsageError
-from overlayd.pods import links, nsfiles
+from overlayd.pods import links
 from overlayd.pods.config import PodNetworkConfig
-from overlayd.pods.rtnl import NetlinkError, Rtnl, attr_str, attr_u32, parse_attrs
+from overlayd.pods.rtnl import NLM_F_CREATE, NLM_F_REPLACE, NetlinkError, Rtnl, attr, attr_str, attr_u32, parse_attrs
 
 IPAddress = IPv4Address | IPv6Address
 CNI_MARK = "z"
@@ -52,6 +53,8 @@ class CniWiring:
     def __init__(self, config: PodNetworkConfig) -> None:
         self._config = config
         self._host = Rtnl()
+        self._inside = NetnsSockets()  # sockets in containers' namespaces; home is the constructor's
+        self._bridge: int | None = None  # the bridge's ifindex, looked up again when a request finds it stale
         # Deletes detached pairs off the request path (see detach()); its socket is made here, in the host's netns.
         self._reaper_rtnl = Rtnl()
         self._reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overlayd-cni-reaper")
@@ -67,6 +70,7 @@ class CniWiring:
     def close(self) -> None:
         self._reaper.shutdown(wait=True)
         self._reaper_rtnl.close()
+        self._inside.close()
         self._host.close()
 
     def netns_exists(self, netns: Path) -> bool:
@@ -74,32 +78,44 @@ class CniWiring:
         return identity is not None and identity[0] == self._nsfs_dev
 
     def attach(self, host_veth: str, netns: Path, ifname: str, ip: IPAddress) -> Macs:
-        """Create the veth, its container end `ifname` in `netns` with ip and default route; undone on failure."""
+        """Create the veth, its container end `ifname` in `netns` with ip and default route; undone on failure.
+
+        Four round trips to the kernel: the pair is made in one request (host end up in the bridge, MACs
+        chosen here so nobody has to ask for them), then inside the container's namespace one lookup of
+        the new end's index and one batch (up, address, default route).
+        """
         fd = self._open_netns(netns)
-        self._wait_reaped(host_veth)
         try:
+            pod = self._inside.open(fd)
             try:
-                links.create_veth(self._host, host_veth, ifname, mtu=self._config.mtu,
-                                  master_index=self._bridge_index(), peer_netns_fd=fd)
-            except NetlinkError as exc:
-                if exc.errno == errno.EEXIST:
-                    raise ConflictError(f"{host_veth} on the host or {ifname} in {netns} exists already") from None
-                raise
+                self._wait_reaped(host_veth)
+                macs = Macs(host=_random_mac(), container=_random_mac())
+                self._create_veth(host_veth, netns, ifname, fd, macs)
+                try:
+                    self._configure(pod, netns, ifname, ip)
+                except BaseException:
+                    links.delete_link(self._host, host_veth)
+                    raise
+            finally:
+                pod.close()
         finally:
             os.close(fd)
-        try:
-            return self._configure(host_veth, netns, ifname, ip)
-        except BaseException:
-            links.delete_link(self._host, host_veth)
-            raise
+        return macs
 
     def ensure(self, host_veth: str, netns: Path, ifname: str, ip: IPAddress) -> Macs:
         """Repair an attachment whose netns exists: recreate a missing veth, re-add address and route."""
         host_end = links.get_link(self._host, host_veth)
         if host_end is None:
             return self.attach(host_veth, netns, ifname, ip)
+        self._bridge = None
         links.set_link(self._host, host_end.index, mtu=self._config.mtu, master_index=self._bridge_index())
-        return self._configure(host_veth, netns, ifname, ip)
+        fd = self._open_netns(netns)
+        try:
+            with self._inside.open(fd) as pod:
+                container_mac = self._configure(pod, netns, ifname, ip)
+        finally:
+            os.close(fd)
+        return Macs(host=_mac(self._host, host_veth), container=container_mac)
 
     def problems(self, host_veth: str, netns: Path, ifname: str, ip: IPAddress) -> list[str]:
         """What differs from the attachment as ADD made it (CHECK); empty when all is in place."""
@@ -109,7 +125,12 @@ class CniWiring:
         host_end = links.get_link(self._host, host_veth)
         if host_end is None or not host_end.up or host_end.master != self._bridge_index():
             found.append(f"host end {host_veth} is missing, down or not in bridge {self._config.bridge}")
-        with nsfiles.call_in_netns(netns, Rtnl) as pod:
+        fd = self._open_netns(netns)
+        try:
+            pod = self._inside.open(fd)
+        finally:
+            os.close(fd)
+        with pod:
             link = links.get_link(pod, ifname)
             if link is None:
                 return found + [f"{ifname} is missing in {netns}"]
@@ -161,21 +182,72 @@ class CniWiring:
         return fd
 
     def _bridge_index(self) -> int:
-        bridge = links.get_link(self._host, self._config.bridge)
-        if bridge is None:
-            raise KernelError(f"bridge {self._config.bridge} does not exist")
-        return bridge.index
+        if self._bridge is None:
+            bridge = links.get_link(self._host, self._config.bridge)
+            if bridge is None:
+                raise KernelError(f"bridge {self._config.bridge} does not exist")
+            self._bridge = bridge.index
+        return self._bridge
 
-    def _configure(self, host_veth: str, netns: Path, ifname: str, ip: IPAddress) -> Macs:
-        with nsfiles.call_in_netns(netns, Rtnl) as pod:
-            link = links.get_link(pod, ifname)
-            if link is None:
-                raise KernelError(f"{ifname} is missing in {netns} after creating the veth")
-            links.set_link(pod, link.index, mtu=self._config.mtu)
-            links.replace_address(pod, link.index, ip, self._config.prefixlen)
-            links.replace_default_route(pod, self._config.gateway, link.index)
-            container_mac = _mac(pod, ifname)
-        return Macs(host=_mac(self._host, host_veth), container=container_mac)
+    def _create_veth(self, host_veth: str, netns: Path, ifname: str, netns_fd: int, macs: Macs) -> None:
+        for attempt in range(2):
+            try:
+                links.create_veth(self._host, host_veth, ifname, mtu=self._config.mtu,
+                                  master_index=self._bridge_index(), peer_netns_fd=netns_fd,
+                                  host_mac=_mac_bytes(macs.host), peer_mac=_mac_bytes(macs.container))
+                return
+            except NetlinkError as exc:
+                if exc.errno == errno.EEXIST:
+                    raise ConflictError(f"{host_veth} on the host or {ifname} in {netns} exists already") from None
+                if attempt or exc.errno not in _STALE_MASTER:
+                    raise
+                self._bridge = None  # the bridge was made again (another index): look it up, once
+
+    def _configure(self, pod: Rtnl, netns: Path, ifname: str, ip: IPAddress) -> str:
+        """Up, MTU, address and default route for the container's end (in one batch); its MAC."""
+        body = links._ifinfomsg() + attr_str(links.IFLA_IFNAME, ifname) + attr_u32(links.IFLA_EXT_MASK,
+                                                                                   links.RTEXT_FILTER_SKIP_STATS)
+        try:
+            (reply,) = pod.query(links.RTM_GETLINK, body, what=f"look up {ifname} in {netns}")
+        except NetlinkError as exc:
+            if exc.errno == errno.ENODEV:
+                raise KernelError(f"{ifname} is missing in {netns} after creating the veth") from None
+            raise
+        index = links._IFINFOMSG.unpack_from(reply)[2]
+        mac = _format_mac(parse_attrs(reply, links._IFINFOMSG.size).get(_IFLA_ADDRESS, b""))
+        config = self._config
+        family = links.family_of(ip)
+        up = links._ifinfomsg(index=index, flags=links.IFF_UP, change=links.IFF_UP) + attr_u32(links.IFLA_MTU,
+                                                                                                config.mtu)
+        address = links._IFADDRMSG.pack(family, config.prefixlen, 0, links.RT_SCOPE_UNIVERSE, index) + attr(
+            links.IFA_LOCAL, ip.packed) + attr(links.IFA_ADDRESS, ip.packed)
+        route = links._RTMSG.pack(family, 0, 0, 0, links.RT_TABLE_MAIN, links.RTPROT_STATIC, links.RT_SCOPE_UNIVERSE,
+                                  links.RTN_UNICAST, 0) + attr(links.RTA_GATEWAY, config.gateway.packed) + attr_u32(
+            links.RTA_OIF, index)
+        pod.request_all([
+            (links.RTM_NEWLINK, up, 0, f"set {ifname} up"),
+            (links.RTM_NEWADDR, address, NLM_F_CREATE | NLM_F_REPLACE, f"add address {ip}/{config.prefixlen}"),
+            (links.RTM_NEWROUTE, route, NLM_F_CREATE | NLM_F_REPLACE, f"set default route via {config.gateway}"),
+        ])
+        return mac
+
+
+_STALE_MASTER = frozenset({errno.EINVAL, errno.ENODEV, errno.EOPNOTSUPP})
+
+
+def _random_mac() -> str:
+    """A random unicast, locally administered MAC, as the kernel picks one for a new veth end."""
+    raw = bytearray(os.urandom(6))
+    raw[0] = (raw[0] & 0xFE) | 0x02
+    return _format_mac(raw)
+
+
+def _format_mac(raw: bytes | bytearray) -> str:
+    return ":".join(f"{b:02x}" for b in bytes(raw))
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -190,8 +262,7 @@ def _mac(rtnl: Rtnl, ifname: str) -> str:
     body = links._ifinfomsg() + attr_str(links.IFLA_IFNAME, ifname) + attr_u32(links.IFLA_EXT_MASK,
                                                                                links.RTEXT_FILTER_SKIP_STATS)
     (reply,) = rtnl.query(links.RTM_GETLINK, body, what=f"read the MAC of {ifname}")
-    raw = parse_attrs(reply, links._IFINFOMSG.size).get(_IFLA_ADDRESS, b"")
-    return ":".join(f"{b:02x}" for b in bytes(raw))
+    return _format_mac(parse_attrs(reply, links._IFINFOMSG.size).get(_IFLA_ADDRESS, b""))
 
 
 _RTM_GETROUTE = 26

@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Plat
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from overlayd.dns.metrics import DnsMetrics
+
 from overlayd import __version__
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ REFUSAL_REASONS = (REFUSED_UID, REFUSED_OVERSIZED, REFUSED_MALFORMED, REFUSED_TI
 ETCD_OPERATIONS = ("config", "lease", "watch")
 
 WireGuardDrops = Callable[[], Mapping[str, int] | None]
+# ({(policy, direction): packets}, packets dropped for an unknown local address) or None (policy/running.py)
+PolicyDrops = Callable[[], tuple[Mapping[tuple[str, str], int], int] | None]
 PodCount = Callable[[], int | None]
 
 
@@ -112,6 +116,11 @@ class DaemonMetrics:
                                       "Pod and service records in etcd this host refuses (malformed)", registry=r)
         self.service_rule_updates = Counter("overlayd_service_rule_updates_total",
                                             "Rewrites of the service rules after a registry change", registry=r)
+        self.policies = Gauge("overlayd_policies", "Network policies in force on this host", registry=r)
+        self.policy_rule_updates = Counter("overlayd_policy_rule_updates_total",
+                                           "Rewrites of the network policy rules after a policy or pod change",
+                                           registry=r)
+        self.dns = DnsMetrics(r)  # overlayd_dns_queries_total, overlayd_dns_dropped_total (dns/metrics.py)
         # Every known label value shows from the start: a rate() over a series that appears late misses its first step.
         for reason in DROP_REASONS:
             self.dropped_records.labels(reason=reason)
@@ -125,6 +134,8 @@ class DaemonMetrics:
         self.pods.set_function(self._pod_count)
         self._wireguard = _WireGuardDrops()
         r.register(self._wireguard)
+        self._policy_drops = _PolicyDrops()
+        r.register(self._policy_drops)
 
     def count_dropped(self, rejected: Iterable[str]) -> None:
         """Count skipped etcd entries (WatchBatch.rejected) by the reason each carries."""
@@ -145,6 +156,10 @@ class DaemonMetrics:
         """source() returns the WireGuard engine's drop counts by reason (Device.drops), or None
         when unknown; it runs at every scrape, so it must return a cached snapshot, not do I/O."""
         self._wireguard.source = source
+
+    def set_policy_drops_source(self, source: PolicyDrops | None) -> None:
+        """source() returns the network policy drop counts as last read from the kernel (memory only)."""
+        self._policy_drops.source = source
 
     def _pod_count(self) -> float:
         count = self._pods_source() if self._pods_source is not None else None
@@ -179,6 +194,37 @@ class _WireGuardDrops(Collector):
         for reason, count in sorted(drops.items()):
             family.add_metric((str(reason),), float(count))
         yield family
+
+
+class _PolicyDrops(Collector):
+    """overlayd_policy_drops_total{policy, direction} and overlayd_policy_unknown_drops_total, from
+    the named counters of our nftables table (read every few seconds, and before each rewrite).
+    Policy names are label values: they come from `overlayctl policy apply`, an operator's
+    command, and there is one series pair per policy in force."""
+
+    def __init__(self) -> None:
+        self.source: PolicyDrops | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            drops = self.source() if self.source is not None else None
+        except Exception:  # a broken source must not cost the other metrics their scrape
+            log.exception("reading the policy drop counters failed")
+            return
+        if drops is None:
+            return
+        per_policy, unknown = drops
+        family = CounterMetricFamily("overlayd_policy_drops_total",
+                                     "Packets network policy dropped at a pod the policy isolates (first packets of "
+                                     "flows no rule allows, retries included), by policy and direction; a drop at a "
+                                     "pod several policies isolate counts for each",
+                                     labels=("policy", "direction"))
+        for (policy, direction), count in sorted(per_policy.items()):
+            family.add_metric((policy, direction), float(count))
+        yield family
+        yield CounterMetricFamily("overlayd_policy_unknown_drops_total",
+                                  "Packets dropped because their pod address on this host was not yet known to the "
+                                  "policy rules", value=float(unknown))
 
 
 class CountingReporter:

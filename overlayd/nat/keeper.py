@@ -25,6 +25,8 @@ from overlayd.registry.view import ServiceNat
 
 if TYPE_CHECKING:
     from overlayd.config import DaemonConfig
+    from overlayd.policy.counters import PolicyCounters
+    from overlayd.policy.nft import PolicyTable
 
 log = logging.getLogger("overlayd")
 
@@ -40,6 +42,10 @@ class NatKeeper:
     reporter: Reporter
     # Service VIPs from the registry view, read in the trio thread (where the view changes).
     services: Callable[[], tuple[ServiceNat, ...]] = tuple
+    # Network policy rules (policy/running.py), also read in the trio thread; None: no policy.
+    policy: Callable[[], PolicyTable | None] = lambda: None
+    # Policy drop counters (policy/counters.py): a rewrite starts them at zero, so they are read first.
+    counters: PolicyCounters | None = None
 
     def __post_init__(self) -> None:
         self._lock = trio.Lock()
@@ -54,13 +60,14 @@ class NatKeeper:
         (at 1,000 endpoints those reads cost more than the write); the periodic resync stays full."""
         async with self._lock:
             services = self.services()
+            policy = self.policy()
             try:
                 if not full and self._checked:
-                    await self.kernel(self._write_now, services)
+                    await self.kernel(self._write_now, services, policy)
                     self.changes += 1
                     self.reporter.recover("nat")
                     return None
-                result = await self.kernel(self._converge_now, services)
+                result = await self.kernel(self._converge_now, services, policy)
             except OverlaydError as exc:
                 self.reporter.fail("nat", f"nftables: {exc}")
                 return str(exc)
@@ -74,15 +81,22 @@ class NatKeeper:
                 log.info("nftables: %s", command)
             return None
 
-    def _write_now(self, services: tuple[ServiceNat, ...]) -> None:
-        self.spec = replace(self.spec, published=self.publications(), services=services)
+    def _write_now(self, services: tuple[ServiceNat, ...], policy: PolicyTable | None = None) -> None:
+        counts = self.counters.read(self.spec) if self.counters else None
+        self.spec = replace(self.spec, published=self.publications(), services=services, policy=policy)
         nft.write_table(self.spec)
+        if self.counters:
+            self.counters.rewritten(counts)
 
-    def _converge_now(self, services: tuple[ServiceNat, ...]) -> nft.NatResult:
-        self.spec = replace(self.spec, published=self.publications(), services=services)
+    def _converge_now(self, services: tuple[ServiceNat, ...], policy: PolicyTable | None = None) -> nft.NatResult:
+        counts = self.counters.read(self.spec) if self.counters else None
+        self.spec = replace(self.spec, published=self.publications(), services=services, policy=policy)
         if self.spec.network.version == 4:  # 127.0.0.1:<published> is DNATed out of the bridge (see ruleset.py)
             ensure_sysctl(PROC_SYS / f"net/ipv4/conf/{self.spec.bridge}/route_localnet", "1")
-        return nft.converge(self.spec)
+        result = nft.converge(self.spec)
+        if self.counters:
+            (self.counters.rewritten if result.replaced else self.counters.seen)(counts)
+        return result
 
     async def resync_periodically(self) -> None:
         while True:

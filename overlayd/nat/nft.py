@@ -79,3 +79,11 @@ def converge(spec: NatSpec) -> NatResult:
     if script:
         _nft("-f", "-", stdin=script)
     return NatResult(replace, holes.commands)
+
+
+def list_counters(name: str) -> object:
+    """`nft -j list counters table inet <name>`, decoded (the named counters of network policy)."""
+    try:
+        return json.loads(_nft("-j", "list", "counters", "table", "inet", name))
+    except ValueError as exc:
+        raise KernelError(f"nft -j list counters: not JSON ({exc})") from None

@@ -40,6 +40,8 @@ from typing import Any
 
 from overlayd.nat import services as service_rules
 from overlayd.nat.ports import Publication
+from overlayd.policy import nft as policy_rules
+from overlayd.policy.nft import PolicyTable
 from overlayd.registry.view import ServiceNat
 
 IPNetwork = IPv4Network | IPv6Network
@@ -69,6 +71,7 @@ class NatSpec:
     ip_masq: bool
     published: tuple[Published, ...] = ()
     services: tuple[ServiceNat, ...] = ()
+    policy: PolicyTable | None = None  # network policy (policy/nft.py); None: no policy in the cluster
 
 
 def _ip(network: IPNetwork | IPAddress) -> str:
@@ -111,7 +114,8 @@ def _chain(name: str, hook: str | None, rules: Iterable[str]) -> list[str]:
 def render(spec: NatSpec) -> str:
     """The table as `nft list table` prints it (and as `nft -f` reads it)."""
     to_local = ["jump services", "fib daddr type local jump published"]
-    chains = service_rules.maps(spec.services) + [
+    chains = (policy_rules.counter_lines(spec.policy) + service_rules.maps(spec.services)
+              + policy_rules.set_lines(spec.policy)) + [
         _chain("postrouting", "type nat hook postrouting priority srcnat; policy accept;", _postrouting(spec)),
         _chain("prerouting", "type nat hook prerouting priority dstnat; policy accept;", to_local),
         # nft 1.0.6 takes the `dstnat` keyword on prerouting only; -100 is its value.
@@ -119,6 +123,7 @@ def render(spec: NatSpec) -> str:
         _chain("published", None, [_published_rule(p) for p in sorted(spec.published, key=_published_key)]),
     ]
     chains += [_chain(name, hook, rules) for name, hook, rules in service_rules.chains(spec.services)]
+    chains += [_chain(name, hook, rules) for name, hook, rules in policy_rules.chain_parts(spec.policy)]
     if spec.network.version == 4:
         chains.append(_chain("input", "type filter hook input priority filter; policy accept;",
                              [f'iifname "{spec.bridge}" ip daddr {LOOPBACK_V4} ct state new drop']))
@@ -141,6 +146,7 @@ def replace_table(spec: NatSpec) -> str:
 
 
 _MAP_ITEMS = re.compile(r"(elements = |map )\{([^{}]*)\}")
+_COUNTER_VALUES = re.compile(r"packets \d+ bytes \d+")  # named counters (policy drops) count on
 
 
 def _sorted_items(match: re.Match[str]) -> str:
@@ -151,7 +157,7 @@ def _sorted_items(match: re.Match[str]) -> str:
 def _normal(text: str) -> list[str]:
     """Lines without indentation; map elements in one order: nft lists a named map in hash order,
     wrapped over lines, so `elements = { ... }` is joined and sorted before comparing."""
-    text = _MAP_ITEMS.sub(_sorted_items, text)
+    text = _COUNTER_VALUES.sub("packets 0 bytes 0", _MAP_ITEMS.sub(_sorted_items, text))
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

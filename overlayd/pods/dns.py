@@ -79,6 +79,20 @@ def pod_resolv(host: str, upstream: str | None = None, servers: Sequence[IPAddre
     return "\n".join(lines) + "\n", problem
 
 
+def cluster_resolv(gateway: IPv4Address, domain: str, host_resolv: str) -> str:
+    """The resolv.conf of pods when cluster DNS runs: the daemon on the pods' gateway answers
+    cluster names and forwards the rest to the host's resolvers; `web` finds web.svc.<domain>
+    through the search list, which keeps the host's domains after ours."""
+    parsed = parse_resolv_conf_untrusted(host_resolv)
+    search = [f"svc.{domain}", f"pod.{domain}", *(d for d in parsed.search if d not in (f"svc.{domain}",
+                                                                                       f"pod.{domain}"))]
+    lines = ["# written by overlayd: cluster DNS on the pods' gateway", f"nameserver {gateway}",
+             "search " + " ".join(search[:6])]  # glibc before 2.26 reads six domains
+    if parsed.options:
+        lines.append("options " + " ".join(parsed.options))
+    return "\n".join(lines) + "\n"
+
+
 def cni_dns(resolv_text: str) -> dict[str, list[str]]:
     """The pods' resolv.conf as a CNI result's `dns` (nameservers, search, options)."""
     parsed = parse_resolv_conf_untrusted(resolv_text)

@@ -31,6 +31,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE = 24
 IFF_UP = 0x1
+IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
 IFLA_MASTER = 10
@@ -122,15 +123,19 @@ def list_links(rtnl: Rtnl) -> list[Link]:
 
 
 def create_veth(
-    rtnl: Rtnl, host_name: str, peer_name: str, *, mtu: int, master_index: int, peer_netns_fd: int
+    rtnl: Rtnl, host_name: str, peer_name: str, *, mtu: int, master_index: int, peer_netns_fd: int,
+    host_mac: bytes | None = None, peer_mac: bytes | None = None,
 ) -> None:
     """Create a veth pair in one request: host end up in the bridge, peer (still down) in another netns.
 
     The peer cannot be brought up in the same request: the kernel opens it before the pair is linked (ENOTCONN).
+    MACs not given are the kernel's random ones.
     """
     peer = _ifinfomsg() + attr_str(IFLA_IFNAME, peer_name) + attr_u32(IFLA_MTU, mtu) + attr_u32(
         IFLA_NET_NS_FD, peer_netns_fd
     )
+    if peer_mac is not None:
+        peer += attr(IFLA_ADDRESS, peer_mac)
     linkinfo = attr_str(IFLA_INFO_KIND, "veth") + attr(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer))
     body = (
         _ifinfomsg(flags=IFF_UP, change=IFF_UP)
@@ -138,6 +143,7 @@ def create_veth(
         + attr_u32(IFLA_MTU, mtu)
         + attr_u32(IFLA_MASTER, master_index)
         + attr(IFLA_LINKINFO, linkinfo)
+        + (attr(IFLA_ADDRESS, host_mac) if host_mac is not None else b"")
     )
     rtnl.request(RTM_NEWLINK, body, NLM_F_CREATE | NLM_F_EXCL, what=f"create veth {host_name}")
 

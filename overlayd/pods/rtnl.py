@@ -98,6 +98,27 @@ class Rtnl:
         self._send(msg_type, body, NLM_F_REQUEST | NLM_F_ACK | flags)
         self._collect(what)
 
+    def request_all(self, requests: list[tuple[int, bytes, int, str]]) -> None:
+        """Send change requests (type, body, flags, what) in one datagram and wait for every ack.
+
+        The kernel carries them out in order, acking each, and goes on after a refusal; the first
+        refusal is raised once all acks are read.
+        """
+        first = self._seq + 1
+        self._sock.send(b"".join(  # each message starts 4-byte aligned (NLMSG_ALIGN)
+            _HEADER.pack(_HEADER.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_ACK | flags, first + i, 0)
+            + body + b"\0" * (-len(body) % 4)
+            for i, (msg_type, body, flags, _what) in enumerate(requests)))
+        refused: NetlinkError | None = None
+        for i, (_type, _body, _flags, what) in enumerate(requests):
+            self._seq = first + i
+            try:
+                self._collect(what)
+            except NetlinkError as exc:
+                refused = refused or exc
+        if refused is not None:
+            raise refused
+
     def query(self, msg_type: int, body: bytes, *, what: str, dump: bool = False) -> list[bytes]:
         """Send a get (or dump) request and return the replies' payloads (after the netlink header)."""
         self._send(msg_type, body, NLM_F_REQUEST | NLM_F_ACK | (NLM_F_DUMP if dump else 0))

@@ -1,4 +1,4 @@
-"""Keeps a RegistryView in step with etcd's pods/ and services/ keys (trio).
+"""Keeps a RegistryView in step with etcd's pods/, services/ and policies/ keys (trio).
 
 Each prefix is listed, then watched from the listing's revision on; a broken or compacted
 watch lists again. Every change that matters sets `changed`, a Pulse the service proxy and
@@ -14,6 +14,7 @@ import trio
 
 from overlayd.cluster.errors import WatchCompacted
 from overlayd.cluster.etcd import KeyValue
+from overlayd.cluster.watch import MAX_BACKOFF, MIN_BACKOFF  # the same promise: back within ~2 s of etcd
 from overlayd.errors import ClusterError
 from overlayd.health import Reporter
 from overlayd.registry.store import RegistryStore
@@ -21,7 +22,6 @@ from overlayd.registry.view import Change, RegistryView
 
 log = logging.getLogger("overlayd")
 
-MIN_BACKOFF, MAX_BACKOFF = 0.25, 8.0
 
 
 class Pulse:
@@ -53,14 +53,15 @@ class RegistryFollower:
         self._view = view
         self._changed = changed
         self._report = reporter
-        self.ready = trio.Event()  # both prefixes listed once
+        self.ready = trio.Event()  # every prefix listed once
         self._listed: set[str] = set()
 
     async def run(self) -> NoReturn:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_forever, self._store.pods)
             nursery.start_soon(self._follow_forever, self._store.services)
-        raise AssertionError("unreachable")  # both tasks loop forever
+            nursery.start_soon(self._follow_forever, self._store.policies)
+        raise AssertionError("unreachable")  # the tasks loop forever
 
     async def _follow_forever(self, prefix: str) -> NoReturn:
         backoff = MIN_BACKOFF
@@ -69,7 +70,7 @@ class RegistryFollower:
                 listing = await trio.to_thread.run_sync(self._store.list, prefix, abandon_on_cancel=True)
                 self._view.reset(prefix, _changes(listing.kvs))
                 self._listed.add(prefix)
-                if len(self._listed) == 2:
+                if len(self._listed) == 3:
                     self.ready.set()
                 self._changed.set()
                 stream = await trio.to_thread.run_sync(self._store.etcd.watch, prefix, listing.revision + 1,

@@ -14,6 +14,7 @@ from typing import NoReturn
 
 import trio
 
+from overlayd.cluster.watch import MAX_BACKOFF, MIN_BACKOFF
 from overlayd.errors import ClusterError
 from overlayd.health import Reporter
 from overlayd.registry.follow import Pulse
@@ -51,13 +52,18 @@ class PodPublisher:
 
     async def run(self, ready: trio.Event) -> NoReturn:
         await ready.wait()  # the view must show etcd before we judge what is missing or stray
+        backoff = MIN_BACKOFF
         while True:
             lease_id = self._lease_id()
-            if lease_id is not None:
-                await self._publish(lease_id)
-            await self.pulse.wait(RECHECK_INTERVAL)
+            if lease_id is None or await self._publish(lease_id):
+                backoff = MIN_BACKOFF
+                await self.pulse.wait(RECHECK_INTERVAL)
+            else:  # etcd trouble: retry soon, so health is ok again within seconds of etcd
+                await self.pulse.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
 
-    async def _publish(self, lease_id: int) -> None:
+    async def _publish(self, lease_id: int) -> bool:
+        """Whether etcd now holds what it should."""
         writes, withdraw = self.plan(await self._wanted(), lease_id)
         try:
             for entry in writes:
@@ -68,7 +74,8 @@ class PodPublisher:
                 self._written.pop(name, None)
         except ClusterError as exc:  # retried at the next pulse or recheck
             self._report.fail("pod-records", f"publishing this host's pods: {exc}")
-            return
+            return False
         self._report.recover("pod-records")
         if writes or withdraw:
             log.info("pod records: %d written, %d withdrawn", len(writes), len(withdraw))
+        return True

@@ -21,12 +21,14 @@ from overlayd.health import Reporter
 from overlayd.metrics import DaemonMetrics
 from overlayd.nat.keeper import NatKeeper
 from overlayd.pods.service import PodService
+from overlayd.policy.running import PolicyEnforcer
+from overlayd.policy.store import PolicyStore
 from overlayd.registry import cache
 from overlayd.registry.follow import Pulse, RegistryFollower
 from overlayd.registry.publish import PodPublisher
 from overlayd.registry.records import CNI_NAME_PREFIX, PodEntry, ServiceSpec
 from overlayd.registry.store import PodEncoder, RegistryStore
-from overlayd.registry.view import PodVerifier, RegistryView, ServiceNat
+from overlayd.registry.view import PodVerifier, PolicyVerifier, RegistryView, ServiceNat
 from overlayd.statefile import StateError
 
 log = logging.getLogger("overlayd")
@@ -50,10 +52,12 @@ class ClusterRegistry:
     def __init__(self, *, node: str, prefix: str, etcd: EtcdClient, nat: NatKeeper, state_dir: Path,
                  wanted: Callable[[], Awaitable[list[PodEntry]]], lease_id: Callable[[], int | None],
                  reporter: Reporter, disk: Callable[..., Awaitable[Any]], metrics: DaemonMetrics,
-                 encode_pod: PodEncoder | None = None, verify_pod: PodVerifier | None = None) -> None:
-        """encode_pod/verify_pod: the trust layer's signature and check of pod records (None: off)."""
+                 encode_pod: PodEncoder | None = None, verify_pod: PodVerifier | None = None,
+                 verify_policy: PolicyVerifier | None = None) -> None:
+        """encode_pod/verify_pod: the trust layer's signature and check of pod records (None: off);
+        verify_policy: the cluster CA's check of policy records (policy/signing.py; None: off)."""
         self.store = RegistryStore(etcd, prefix, encode_pod)
-        self.view = RegistryView(prefix, verify_pod)
+        self.view = RegistryView(prefix, verify_pod, verify_policy)
         self._changed = Pulse()
         self._follower = RegistryFollower(self.store, self.view, self._changed, reporter)
         self.publisher = PodPublisher(node, self.store, self.view, wanted, lease_id, reporter)
@@ -67,6 +71,9 @@ class ClusterRegistry:
         self._programmed: tuple[ServiceNat, ...] = self._cached
         self.names_listeners: list[NamesListener] = []
         nat.services = self.rows
+        self.policy_store = PolicyStore(etcd, prefix)
+        self.policy = PolicyEnforcer(node=node, view=self.view, ready=self.ready, nat=nat, state_dir=state_dir,
+                                     wanted=wanted, reporter=reporter, disk=disk, metrics=metrics)
 
     @property
     def ready(self) -> trio.Event:
@@ -85,6 +92,7 @@ class ClusterRegistry:
             nursery.start_soon(self._follower.run)
             nursery.start_soon(self.publisher.run, self.ready)
             nursery.start_soon(self._follow_changes)
+            nursery.start_soon(self.policy.run)
         raise AssertionError("unreachable")
 
     async def _follow_changes(self) -> NoReturn:
@@ -98,7 +106,14 @@ class ClusterRegistry:
             rows = self.rows()
             self._metrics.services.set(len(self.view.services))
             self._metrics.service_endpoints.set(sum(len(row.endpoints) for row in rows))
-            if rows != self._programmed and await self._nat.converge(full=False) is None:
+            table = self.policy.table()  # network policy (policy/running.py): written in the same rewrite
+            if table != self.policy.programmed:
+                await self.policy.prepare(table)
+            if (rows != self._programmed or table != self.policy.programmed) and \
+                    await self._nat.converge(full=False) is None:
+                await self.policy.programmed_now(table)
+                if rows == self._programmed:
+                    continue
                 self._programmed = rows
                 self._metrics.service_rule_updates.inc()
                 try:
@@ -111,7 +126,7 @@ class ClusterRegistry:
         self._metrics.registry_refused.set(len(refused))
         if refused:
             key, why = next(iter(sorted(refused.items())))
-            self._report.fail("registry-records", f"{len(refused)} pod or service record(s) refused, e.g. {key}: {why}")
+            self._report.fail("registry-records", f"{len(refused)} pod, service or policy record(s) refused, e.g. {key}: {why}")
         else:
             self._report.recover("registry-records")
 

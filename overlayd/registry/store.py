@@ -31,6 +31,7 @@ class RegistryStore:
         self.pods = f"{prefix}/pods/"
         self.services = f"{prefix}/services/"
         self.vips = f"{prefix}/vips/"
+        self.policies = f"{prefix}/policies/"  # written by policy/store.py
 
     def pod_key(self, node: str, name: str) -> str:
         return f"{self.pods}{node}/{name}"

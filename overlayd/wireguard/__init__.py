@@ -4,7 +4,8 @@ The I/O shell (TUN + UDP) and the UAPI server drive a `Device`; see device.py fo
 """
 
 from overlayd.wireguard.device import Device
-from overlayd.wireguard.events import Datagram, DropReason, Endpoint, Output, TunPacket
+from overlayd.wireguard.events import Datagram, DatagramBatch, DropReason, Endpoint, Output, TunPacket
 from overlayd.wireguard.peer import PeerConfig, PeerStatus
 
-__all__ = ["Datagram", "Device", "DropReason", "Endpoint", "Output", "PeerConfig", "PeerStatus", "TunPacket"]
+__all__ = ["Datagram", "DatagramBatch", "Device", "DropReason", "Endpoint", "Output", "PeerConfig", "PeerStatus",
+           "TunPacket"]

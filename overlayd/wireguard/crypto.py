@@ -108,8 +108,18 @@ def dh(private: X25519PrivateKey, peer_public: bytes) -> bytes | None:
         shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError:  # OpenSSL refuses all-zero outputs (low-order points)
         return None
-    return None if shared == _ZERO_KEY else shared
+    return None if hmac.compare_digest(shared, _ZERO_KEY) else shared
 
 
-def constant_time_equal(a: bytes, b: bytes) -> bool:
+def constant_time_equal(a: BytesLike, b: BytesLike) -> bool:
+    """For anything secret (keys, DH results, MACs): the time taken does not depend on where they differ."""
     return hmac.compare_digest(a, b)
+
+
+# Any clamped scalar maps exactly the low-order points to the all-zero result; this one is public.
+_PROBE = X25519PrivateKey.from_private_bytes(clamp_private_key(bytes(range(1, 33))))
+
+
+def is_low_order(public_key: bytes) -> bool:
+    """Whether X25519 with this public key gives no shared secret whatever our private key."""
+    return dh(_PROBE, public_key) is None

@@ -14,14 +14,14 @@ Bad packets never raise; they are dropped and counted in `drops` by DropReason.
 """
 
 import collections
-import ipaddress
 import math
+import socket
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
-from overlayd.wireguard import crypto, noise
+from overlayd.wireguard import crypto, noise, transport
 from overlayd.wireguard.constants import (
     DEFAULT_MTU,
     HANDSHAKE_INITIATION_RATE,
@@ -33,7 +33,6 @@ from overlayd.wireguard.constants import (
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,
-    PADDING_MULTIPLE,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
@@ -42,16 +41,18 @@ from overlayd.wireguard.constants import (
     REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER_MAX,
     RESPONSE_SIZE,
-    TAG_SIZE,
     TRANSPORT_HEADER_SIZE,
     TRANSPORT_MIN_SIZE,
     ZERO_KEY_MATERIAL_AFTER,
 )
-from overlayd.wireguard.cookie import CookieChecker
+from overlayd.wireguard.cookie import ReplyOutcome
 from overlayd.wireguard.crypto import RandomBytes
 from overlayd.wireguard.errors import InvalidConfigError, InvalidKeyError, UnknownPeerError
-from overlayd.wireguard.events import Datagram, DropReason, Endpoint, Output, TunPacket
+from overlayd.wireguard.events import (
+    Datagram, DatagramBatch, DatagramSink, DropReason, Endpoint, Output, Packet, TunPacket,
+)
 from overlayd.wireguard.handshake import HandshakeState
+from overlayd.wireguard.identity import Identity
 from overlayd.wireguard.ippacket import destination_untrusted, source_and_length_untrusted
 from overlayd.wireguard.keypair import Keypair
 from overlayd.wireguard.messages import (
@@ -64,36 +65,27 @@ from overlayd.wireguard.messages import (
     parse_cookie_reply_untrusted,
     parse_initiation_untrusted,
     parse_response_untrusted,
-    sender_index,
 )
 from overlayd.wireguard.peer import Peer, PeerConfig, PeerStatus
 from overlayd.wireguard.ratelimit import LoadDetector, RateLimiter, source_key
-from overlayd.wireguard.routing import AllowedIPs
+from overlayd.wireguard.routing import AllowedIPs, Network
 from overlayd.wireguard.tai64n import tai64n
 from overlayd.wireguard.timers import Timer
 
-_ZEROS = bytes(PADDING_MULTIPLE)
-_PAD_MASK = ~(PADDING_MULTIPLE - 1)
-_OVERHEAD = TRANSPORT_HEADER_SIZE + TAG_SIZE
 _nonce = crypto.counter_nonce
 
 
-class _DatagramSink(Protocol):
-    """Where send helpers put datagrams: a list[Datagram] or the receive path's list[Output]."""
-
-    def append(self, item: Datagram, /) -> None: ...
-
-
 def _cookie_source(addr: Endpoint) -> bytes:
-    """The bytes a cookie is bound to: source IP and port."""
+    """The bytes a cookie is bound to: source IP and port (as the socket layer wrote them)."""
     host = str(addr[0]).split("%", 1)[0]
-    return ipaddress.ip_address(host).packed + int(addr[1]).to_bytes(2, "big")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.inet_pton(family, host) + int(addr[1]).to_bytes(2, "big")
 
 
 class Device:
     def __init__(
         self,
-        private_key: bytes,
+        private_key: bytes | None,
         *,
         rng: RandomBytes,
         listen_port: int = 0,
@@ -102,7 +94,9 @@ class Device:
         load: LoadDetector | None = None,
         rate_limiter: RateLimiter | None = None,
     ) -> None:
-        """`wall_offset` turns `now` into Unix time (for TAI64N timestamps and handshake times);
+        """`private_key` None is an interface without identity (as after `wg set private-key
+        /dev/null`): peers can be configured, but nothing is sent or accepted until a key is set.
+        `wall_offset` turns `now` into Unix time (for TAI64N timestamps and handshake times);
         `listen_port` is only stored for the UAPI to report."""
         self._rng = rng
         self.listen_port = listen_port
@@ -115,60 +109,82 @@ class Device:
         self._routes: AllowedIPs[Peer] = AllowedIPs()
         self._handshake_index: dict[int, Peer] = {}  # local index of an unfinished handshake
         self._keypair_index: dict[int, Keypair] = {}  # local index of a session
-        self._outbox: list[Datagram] = []
-        self._set_identity(private_key)
+        # Datagrams made outside a receive or send call (timers, configuration), never batched.
+        self._outbox: list[Any] = []
+        self._identity = None if private_key is None else Identity(private_key)
 
     # Identity and configuration.
 
-    def _set_identity(self, private_key: bytes) -> None:
-        self._private_key = crypto.check_key(private_key, "private key")
-        self._static = crypto.private_key_object(self._private_key)
-        self.public_key = crypto.public_key(self._static)
-        self._cookies = CookieChecker(self.public_key)
-        self._responder_start = noise.responder_start(self.public_key)
+    @property
+    def private_key(self) -> bytes | None:
+        return None if self._identity is None else self._identity.private_key
 
     @property
-    def private_key(self) -> bytes:
-        return self._private_key
+    def public_key(self) -> bytes | None:
+        return None if self._identity is None else self._identity.public_key
 
-    def set_private_key(self, private_key: bytes) -> None:
-        """New identity: every session is dropped; a peer with the new public key is removed."""
-        self._set_identity(private_key)
-        if self.public_key in self._peers:  # we cannot be our own peer (as wireguard-go)
-            self.remove_peer(self.public_key)
-        for peer in list(self._peers.values()):
-            static_static = crypto.dh(self._static, peer.public_key)
-            if static_static is None:  # unreachable: peer keys were checked not to be low order
-                raise InvalidKeyError("peer public key is a low-order point")
-            peer.static_static = static_static
-            self._zero_all(peer)
+    def set_private_key(self, private_key: bytes | None, now: float) -> None:
+        """New identity (None: none). Sessions and handshakes are dropped, a peer with the new
+        public key is removed; what waited for a session is sent with the new identity."""
+        identity = None if private_key is None else Identity(private_key)
+        if identity is not None and identity.public_key in self._peers:  # not our own peer (as wireguard-go)
+            self.remove_peer(identity.public_key)
+        self._identity = identity
+        for peer in self._peers.values():
+            peer.static_static = None if identity is None else identity.static_static(peer.public_key)
+            self._forget_keypairs(peer.keypairs.clear())
+            self._free_handshake_index(peer)
+            peer.handshake.clear()
+            if identity is not None and (peer.staged or peer.persistent_keepalive):
+                self._send_keepalive(peer, now, self._outbox)
+
+    def has_peer(self, public_key: bytes) -> bool:
+        return public_key in self._peers
 
     def set_peer(self, config: PeerConfig, now: float) -> None:
         """Add a peer or update one (see PeerConfig for what each field replaces)."""
-        public_key = crypto.check_key(config.public_key, "peer public key")
-        if public_key == self.public_key:
+        self.update_peer(
+            config.public_key, now,
+            preshared_key=noise.NO_PRESHARED_KEY if config.preshared_key is None else config.preshared_key,
+            endpoint=config.endpoint, persistent_keepalive=config.persistent_keepalive,
+            allowed_ips=config.allowed_ips, replace_allowed_ips=True,
+        )
+
+    def update_peer(
+        self, public_key: bytes, now: float, *, preshared_key: bytes | None = None, endpoint: Endpoint | None = None,
+        persistent_keepalive: int | None = None, allowed_ips: Iterable[Network] = (),
+        replace_allowed_ips: bool = False,
+    ) -> None:
+        """Create or change a peer with `wg set`'s meaning: None keeps a value (a new peer has
+        none), an all-zero preshared key is no preshared key, allowed IPs are added to the peer's
+        unless `replace_allowed_ips`. Costs what the given IPs cost, whatever the peer has."""
+        public_key = crypto.check_key(public_key, "peer public key")
+        identity = self._identity
+        if identity is not None and public_key == identity.public_key:
             raise InvalidKeyError("a peer cannot have the interface's own public key")
-        psk = noise.NO_PRESHARED_KEY
-        if config.preshared_key is not None:
-            psk = crypto.check_key(config.preshared_key, "preshared key")
-        if config.persistent_keepalive < 0 or config.persistent_keepalive > 65535:
+        if preshared_key is not None:
+            preshared_key = crypto.check_key(preshared_key, "preshared key")
+        if persistent_keepalive is not None and not 0 <= persistent_keepalive <= 65535:
             raise InvalidConfigError("persistent keepalive must be 0..65535 seconds")
         peer = self._peers.get(public_key)
         if peer is None:
-            static_static = crypto.dh(self._static, public_key)
-            if static_static is None:
+            if crypto.is_low_order(public_key):
                 raise InvalidKeyError("peer public key is a low-order point")
+            static_static = None if identity is None else identity.static_static(public_key)
             peer = self._peers[public_key] = Peer(public_key, static_static)
-        peer.preshared_key = psk
-        if config.endpoint is not None:
-            peer.endpoint = config.endpoint
-        self._routes.remove_owner(peer)
-        for network in config.allowed_ips:
+        if preshared_key is not None:
+            peer.preshared_key = preshared_key
+        if endpoint is not None:
+            peer.endpoint = endpoint
+        if replace_allowed_ips:
+            self._routes.remove_owner(peer)
+        for network in allowed_ips:
             self._routes.insert(network, peer)
-        keepalive_was_off = peer.persistent_keepalive == 0
-        peer.persistent_keepalive = config.persistent_keepalive
-        if keepalive_was_off and peer.persistent_keepalive > 0:
-            self._send_keepalive(peer, now, self._outbox)  # as wireguard-go: start at once
+        if persistent_keepalive is not None:
+            keepalive_was_off = peer.persistent_keepalive == 0
+            peer.persistent_keepalive = persistent_keepalive
+            if keepalive_was_off and persistent_keepalive > 0:
+                self._send_keepalive(peer, now, self._outbox)  # as wireguard-go: start at once
 
     def remove_peer(self, public_key: bytes) -> None:
         peer = self._peers.pop(public_key, None)
@@ -181,7 +197,7 @@ class Device:
         peer = self._peers.get(public_key)
         if peer is None:
             raise UnknownPeerError("no peer with this public key")
-        psk = None if peer.preshared_key == noise.NO_PRESHARED_KEY else peer.preshared_key
+        psk = None if crypto.constant_time_equal(peer.preshared_key, noise.NO_PRESHARED_KEY) else peer.preshared_key
         last = None if peer.last_handshake is None else peer.last_handshake + self.wall_offset
         return PeerStatus(
             public_key=peer.public_key, preshared_key=psk, endpoint=peer.endpoint,
@@ -191,10 +207,6 @@ class Device:
 
     def peer_statuses(self) -> list[PeerStatus]:
         return [self.peer_status(key) for key in self._peers]
-
-    def signal_under_load(self, now: float) -> None:
-        """The shell has a backlog of handshake messages: demand cookies for a while."""
-        self._load.signal(now)
 
     # Outputs queued outside the receive/send calls, and timers.
 
@@ -239,34 +251,46 @@ class Device:
 
     # Outbound: packets from TUN.
 
-    def send_packet(self, packet: bytes, now: float) -> list[Datagram]:
-        out: list[Datagram] = []
+    def send_packet(self, packet: Packet, now: float) -> list[Datagram]:
+        out: list[Any] = []  # one Datagram each: nothing is batched here
         peer = self._route(packet)
         if peer is not None:
-            self._send_run(peer, (packet,), now, out)
+            self._send_run(peer, (packet,), now, out, False)
         return out
 
-    def send_packets(self, packets: Iterable[bytes], now: float) -> list[Datagram]:
+    def send_packets(self, packets: Iterable[Packet], now: float) -> list[Datagram]:
         """Batch form: consecutive packets for one peer are sealed together (one session check and
         one timer update per run), and their datagrams are adjacent with one endpoint (for GSO)."""
-        out: list[Datagram] = []
+        out: list[Any] = []  # one Datagram each: nothing is batched here
+        self._send_packets(packets, now, out, batched=False)
+        return out
+
+    def seal_packets(self, packets: Iterable[Packet], now: float) -> list[Datagram | DatagramBatch]:
+        """send_packets for a shell with UDP GSO: a run's datagrams come sealed back to back in
+        one buffer per GSO send (DatagramBatch), not as one object each. Handshake messages and
+        packets that waited for a session still come as Datagrams."""
+        out: list[Datagram | DatagramBatch] = []
+        self._send_packets(packets, now, out, batched=True)
+        return out
+
+    def _send_packets(self, packets: Iterable[Packet], now: float, out: DatagramSink, *,
+                      batched: bool) -> None:
         route = self._route
         run_peer: Peer | None = None
-        run: list[bytes] = []
+        run: list[Packet] = []
         for packet in packets:
             peer = route(packet)
             if peer is None:
                 continue
             if peer is not run_peer:
                 if run_peer is not None:
-                    self._send_run(run_peer, run, now, out)
+                    self._send_run(run_peer, run, now, out, batched)
                 run_peer, run = peer, []
             run.append(packet)
         if run_peer is not None:
-            self._send_run(run_peer, run, now, out)
-        return out
+            self._send_run(run_peer, run, now, out, batched)
 
-    def _route(self, packet: bytes) -> Peer | None:
+    def _route(self, packet: Packet) -> Peer | None:
         """Cryptokey routing: the peer whose allowed IPs hold the destination."""
         destination = destination_untrusted(packet)
         if destination is None:
@@ -277,31 +301,31 @@ class Device:
             self.drops[DropReason.NO_ROUTE] += 1
         return peer
 
-    def _send_run(self, peer: Peer, packets: Sequence[bytes], now: float, out: _DatagramSink) -> None:
+    def _send_run(self, peer: Peer, packets: Sequence[Packet], now: float, out: DatagramSink, batched: bool) -> None:
         keypair = peer.keypairs.current
         if (
             keypair is not None and not peer.staged and peer.endpoint is not None
             and keypair.send_counter + len(packets) <= REJECT_AFTER_MESSAGES
             and now - keypair.created < REJECT_AFTER_TIME
         ):
-            self._transmit(peer, keypair, packets, now, out)
+            self._transmit(peer, keypair, packets, now, out, batched)
             return
         for packet in packets:
             self._stage(peer, packet)
         self._send_staged(peer, now, out)
 
-    def _stage(self, peer: Peer, packet: bytes) -> None:
+    def _stage(self, peer: Peer, packet: Packet) -> None:
         if len(peer.staged) >= MAX_STAGED_PACKETS:
             peer.staged.popleft()
             self.drops[DropReason.STAGED_OVERFLOW] += 1
         peer.staged.append(packet)
 
-    def _send_keepalive(self, peer: Peer, now: float, out: _DatagramSink) -> None:
+    def _send_keepalive(self, peer: Peer, now: float, out: DatagramSink) -> None:
         if not peer.staged:
             peer.staged.append(b"")
         self._send_staged(peer, now, out)
 
-    def _send_staged(self, peer: Peer, now: float, out: _DatagramSink) -> None:
+    def _send_staged(self, peer: Peer, now: float, out: DatagramSink) -> None:
         if not peer.staged:
             return
         keypair = peer.keypairs.current
@@ -317,34 +341,17 @@ class Device:
             return
         packets = tuple(peer.staged)
         peer.staged.clear()
-        self._transmit(peer, keypair, packets, now, out)
+        self._transmit(peer, keypair, packets, now, out, False)
 
     def _transmit(
-        self, peer: Peer, keypair: Keypair, packets: Iterable[bytes], now: float, out: _DatagramSink
+        self, peer: Peer, keypair: Keypair, packets: Sequence[Packet], now: float, out: DatagramSink, batched: bool
     ) -> None:
-        """Encrypt and emit (the hot path: locals only, one buffer per datagram)."""
+        """Encrypt and emit (transport.py has the hot loops), then the bookkeeping once per run."""
         endpoint = peer.endpoint
-        mtu = self.mtu
-        seal = keypair.send.encrypt_into
-        pack_header = TRANSPORT_HEADER.pack_into
+        assert endpoint is not None  # callers checked it
+        seal = transport.seal_batched if batched and len(packets) > 1 else transport.seal_each
+        sent_bytes, sent_data = seal(keypair, packets, self.mtu, endpoint, out)
         counter = keypair.send_counter
-        sent_bytes = 0
-        sent_data = False
-        for packet in packets:
-            n = len(packet)
-            padded = (n + PADDING_MULTIPLE - 1) & _PAD_MASK
-            if padded > mtu:
-                padded = max(n, mtu)
-            if padded != n:
-                packet = bytes(packet) + _ZEROS[: padded - n]
-            buf = bytearray(padded + _OVERHEAD)
-            pack_header(buf, 0, MESSAGE_TRANSPORT, keypair.remote_index, counter)
-            seal(_nonce(counter), packet, None, memoryview(buf)[TRANSPORT_HEADER_SIZE:])
-            counter += 1
-            sent_bytes += len(buf)
-            sent_data = sent_data or n > 0
-            out.append(Datagram(buf, endpoint))  # type: ignore[arg-type]  # callers checked it
-        keypair.send_counter = counter
         peer.tx_bytes += sent_bytes
         timers = peer.timers
         timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive)
@@ -357,7 +364,11 @@ class Device:
 
     # Handshake messages we send.
 
-    def _send_initiation(self, peer: Peer, now: float, out: _DatagramSink, *, is_retry: bool) -> None:
+    def _send_initiation(self, peer: Peer, now: float, out: DatagramSink, *, is_retry: bool) -> None:
+        static_static = peer.static_static
+        identity = self._identity
+        if static_static is None or identity is None:
+            return  # no identity: no initiation (as the kernel), staged packets wait for a key
         timers = peer.timers
         if not is_retry:
             timers.handshake_attempts = 0
@@ -370,8 +381,8 @@ class Device:
         ephemeral = crypto.private_key_object(crypto.generate_private_key(self._rng))
         state = peer.initiator_start.copy()
         fields = noise.write_initiation(
-            state, ephemeral=ephemeral, static_public=self.public_key, remote_static=peer.public_key,
-            static_static=peer.static_static, payload=tai64n(now + self.wall_offset),
+            state, ephemeral=ephemeral, static_public=identity.public_key, remote_static=peer.public_key,
+            static_static=static_static, payload=tai64n(now + self.wall_offset),
         )
         if fields is None:  # unreachable: the peer's key was checked not to be low order
             raise InvalidKeyError("peer public key is a low-order point")
@@ -384,7 +395,7 @@ class Device:
         self._emit(peer, message, out)
         timers.on_handshake_initiated(now, self._jitter())
 
-    def _send_response(self, peer: Peer, now: float, out: _DatagramSink) -> None:
+    def _send_response(self, peer: Peer, now: float, out: DatagramSink) -> None:
         handshake = peer.handshake
         assert handshake.symmetric is not None  # set by initiation_consumed
         ephemeral = crypto.private_key_object(crypto.generate_private_key(self._rng))
@@ -431,7 +442,7 @@ class Device:
             dropped = peer.keypairs.install_as_responder(keypair)
         self._forget_keypairs(dropped)
 
-    def _emit(self, peer: Peer, message: bytes | bytearray, out: _DatagramSink) -> None:
+    def _emit(self, peer: Peer, message: bytes | bytearray, out: DatagramSink) -> None:
         if peer.endpoint is None:
             self.drops[DropReason.NO_ENDPOINT] += 1
             return
@@ -445,7 +456,8 @@ class Device:
         self._receive(data, addr, now, out)
         return out
 
-    def receive_datagrams_untrusted(self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float) -> list[Output]:
+    def receive_datagrams_untrusted(self, datagrams: Iterable[tuple[bytes | memoryview, Endpoint]],
+                                    now: float) -> list[Output]:
         """Batch form. Each transport packet is decrypted and checked on its own, but the per-peer
         bookkeeping (roaming, stats, timers, key confirmation) runs once per run of packets that
         share a session and a source address."""
@@ -460,7 +472,7 @@ class Device:
                 if run_keypair is not None:  # keep order with handshake messages
                     self._transport_received(run_keypair, run_addr, run_bytes, run_data, now, out)
                     run_keypair = None
-                self._receive(data, addr, now, out)
+                self._receive(bytes(data), addr, now, out)  # (bytes of bytes is no copy)
                 continue
             opened = open_transport(data, now)
             if opened is None:
@@ -477,6 +489,57 @@ class Device:
         if run_keypair is not None:
             self._transport_received(run_keypair, run_addr, run_bytes, run_data, now, out)
         return out
+
+    def receive_batch_untrusted(self, data: memoryview, size: int, addr: Endpoint, now: float
+                                ) -> tuple[list[bytes], list[Datagram | DatagramBatch]] | None:
+        """Fast path for one GRO receive: datagrams of `size` bytes back to back in `data` (the
+        last may be shorter), all from `addr`. If they are all transport messages for one live
+        session, they are opened with the bookkeeping done once, and the result is (inner packets
+        for TUN, datagrams to send). Otherwise None, with nothing changed: the caller then hands
+        the datagrams to receive_datagrams_untrusted, which takes them one by one."""
+        found = transport.batch_counters_untrusted(data, size)
+        if found is None:
+            return None
+        receiver, counters = found
+        keypair = self._keypair_index.get(receiver)
+        if keypair is None or now - keypair.created >= REJECT_AFTER_TIME:
+            return None
+        plaintexts, bad = transport.open_batch(keypair, data, size, counters)
+        self._drop(DropReason.BAD_AEAD, bad)
+        self._drop(DropReason.REPLAY, len(counters) - bad - len(plaintexts))
+        out: list[Datagram | DatagramBatch] = []
+        if not plaintexts:
+            return [], out
+        peer = keypair.peer
+        lookup = self._routes.lookup
+        packets = []
+        # A packet with the same first 4 bytes (version, header length, total length), length
+        # and source as one already let through is let through as that one was (the segments
+        # of one TCP flow): two slice compares instead of parsing and looking up each.
+        known_start = known_source = b""
+        known_length = -1
+        for plaintext in plaintexts:
+            if not plaintext:
+                continue  # a keepalive
+            if len(plaintext) == known_length and plaintext[:4] == known_start:
+                if plaintext[12:16] == known_source:
+                    packets.append(plaintext)
+                    continue
+            header = source_and_length_untrusted(plaintext)
+            if header is None:
+                self.drops[DropReason.BAD_INNER_PACKET] += 1
+                continue
+            source, length = header
+            if lookup(source) is not peer:
+                self.drops[DropReason.NOT_ALLOWED_IP] += 1
+                continue
+            if length == len(plaintext) and plaintext[0] == 0x45:  # whole IPv4 packet, no options
+                known_start, known_source, known_length = plaintext[:4], source, length
+            packets.append(plaintext if length == len(plaintext) else plaintext[:length])
+        data_packets = sum(1 for p in plaintexts if p)
+        self._transport_received(keypair, addr, sum(map(len, plaintexts)) + transport.OVERHEAD * len(plaintexts),
+                                 data_packets, now, out)
+        return packets, out
 
     def _receive(self, data: bytes, addr: Endpoint, now: float, out: list[Output]) -> None:
         if len(data) < 4:
@@ -500,7 +563,7 @@ class Device:
         else:
             self.drops[DropReason.UNKNOWN_TYPE] += 1
 
-    def _open_transport(self, data: bytes, now: float) -> tuple[Keypair, bytes] | None:
+    def _open_transport(self, data: bytes | memoryview, now: float) -> tuple[Keypair, bytes] | None:
         """Find the session, decrypt, then (only once authenticated) check the replay window."""
         _, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
         keypair = self._keypair_index.get(receiver)
@@ -521,7 +584,7 @@ class Device:
         return keypair, plaintext
 
     def _transport_received(
-        self, keypair: Keypair, addr: Endpoint, nbytes: int, data_packets: int, now: float, out: _DatagramSink
+        self, keypair: Keypair, addr: Endpoint, nbytes: int, data_packets: int, now: float, out: DatagramSink
     ) -> None:
         """Bookkeeping after authenticated transport packets (`data_packets` of them not keepalives)."""
         peer = keypair.peer
@@ -564,14 +627,19 @@ class Device:
         if len(data) != (INITIATION_SIZE if kind == MESSAGE_INITIATION else RESPONSE_SIZE):
             self.drops[DropReason.BAD_SIZE] += 1
             return
-        under_load = self._load.observe_handshake(now)
-        if not self._cookies.check_mac1(data):
+        identity = self._identity
+        if identity is None:
+            self.drops[DropReason.NO_IDENTITY] += 1
+            return
+        cookies = identity.cookies
+        if not cookies.check_mac1(data):
             self.drops[DropReason.BAD_MAC] += 1
             return
-        if under_load:
+        # Only mac1-valid messages count: junk that anyone can send must not switch on load.
+        if self._load.observe_handshake(now):
             source = _cookie_source(addr)
-            if not self._cookies.check_mac2(data, source, now):
-                reply = self._cookies.create_reply(data, sender_index(data), source, now, self._rng)
+            reply = cookies.reply_unless_mac2(data, source, now, self._rng)
+            if reply is not None:
                 out.append(Datagram(reply, addr))
                 self.drops[DropReason.COOKIE_SENT] += 1
                 return
@@ -579,16 +647,17 @@ class Device:
                 self.drops[DropReason.RATE_LIMITED] += 1
                 return
         if kind == MESSAGE_INITIATION:
-            self._receive_initiation(data, addr, now, out)
+            self._receive_initiation(identity, data, addr, now, out)
         else:
-            self._receive_response(data, addr, now, out)
+            self._receive_response(identity, data, addr, now, out)
 
-    def _receive_initiation(self, data: bytes, addr: Endpoint, now: float, out: list[Output]) -> None:
+    def _receive_initiation(self, identity: Identity, data: bytes, addr: Endpoint, now: float,
+                            out: list[Output]) -> None:
         message = parse_initiation_untrusted(data)
         assert message is not None  # type and size were checked by the caller
-        state = self._responder_start.copy()
+        state = identity.responder_start.copy()
         remote_static = noise.read_initiation_static(
-            state, static_private=self._static, remote_ephemeral=message.ephemeral,
+            state, static_private=identity.static, remote_ephemeral=message.ephemeral,
             encrypted_static=message.encrypted_static,
         )
         if remote_static is None:
@@ -598,6 +667,7 @@ class Device:
         if peer is None:
             self.drops[DropReason.UNKNOWN_PEER] += 1
             return
+        assert peer.static_static is not None  # set for every peer while there is an identity
         timestamp = noise.read_initiation_payload(
             state, static_static=peer.static_static, encrypted_payload=message.encrypted_timestamp
         )
@@ -619,7 +689,8 @@ class Device:
         peer.timers.on_authenticated_packet_received()
         self._send_response(peer, now, out)
 
-    def _receive_response(self, data: bytes, addr: Endpoint, now: float, out: list[Output]) -> None:
+    def _receive_response(self, identity: Identity, data: bytes, addr: Endpoint, now: float,
+                          out: list[Output]) -> None:
         message = parse_response_untrusted(data)
         assert message is not None  # type and size were checked by the caller
         peer = self._handshake_index.get(message.receiver)
@@ -633,7 +704,7 @@ class Device:
         assert handshake.symmetric is not None and handshake.local_ephemeral is not None
         state = handshake.symmetric.copy()
         payload = noise.read_response(
-            state, ephemeral=handshake.local_ephemeral, static_private=self._static,
+            state, ephemeral=handshake.local_ephemeral, static_private=identity.static,
             remote_ephemeral=message.ephemeral, preshared_key=peer.preshared_key,
             encrypted_payload=message.encrypted_nothing,
         )
@@ -665,7 +736,10 @@ class Device:
         if peer is None:
             self.drops[DropReason.UNKNOWN_INDEX] += 1
             return
-        if not peer.cookies.consume_reply(message, now):
+        outcome = peer.cookies.consume_reply(message, now)
+        if outcome is ReplyOutcome.UNEXPECTED:
+            self.drops[DropReason.UNEXPECTED_COOKIE] += 1
+        elif outcome is ReplyOutcome.BAD:
             self.drops[DropReason.BAD_COOKIE] += 1
 
     # Bookkeeping.

@@ -2,10 +2,11 @@
 
 Two threads, neither scheduling anything per packet:
 - data: both directions in one loop. TUN -> frames (64 KiB TCP super-packets with offload)
-  cut into segments -> `Device.send_packets` -> UDP GSO sends (one syscall per run of up to 64
-  datagrams to one peer); UDP GRO receives (several at once) -> `Device.receive_datagrams_
-  untrusted` -> TCP segments glued back together -> one TUN write per super-packet. It sleeps
-  in poll() only when both sides are empty.
+  cut into segments -> `Device.seal_packets` (sealed back to back in one buffer per GSO send)
+  -> UDP GSO sends (one syscall per run of up to 64 datagrams to one peer); UDP GRO receives
+  (several at once) -> `Device.receive_batch_untrusted` per GRO batch of one session (else
+  `receive_datagrams_untrusted`) -> TCP segments glued back together -> one TUN write per
+  super-packet. It sleeps in poll() only when both sides are empty.
 - timers: sleeps until `Device.get_timer()` (at most TIMER_TICK), runs `handle_timer`, sends
   what `datagrams_to_send` hands over, and follows the TUN MTU.
 UAPI get/set calls come from the caller's threads.
@@ -32,10 +33,8 @@ from collections.abc import Callable, Sequence
 from overlayd.errors import KernelError
 from overlayd.wireguard import crypto
 from overlayd.wireguard.device import Device
-from overlayd.wireguard.errors import UnknownPeerError
-from overlayd.wireguard.events import Endpoint, TunPacket
+from overlayd.wireguard.events import Datagram, DatagramBatch, Endpoint, Output, Packet, TunPacket
 from overlayd.wireguard.offload import coalesce, split_frame
-from overlayd.wireguard.peer import PeerConfig
 from overlayd.wireguard.tun import TunDevice
 from overlayd.wireguard.uapi import ZERO_KEY, DeviceState, PeerState, PeerUpdate, SetRequest, UapiError
 from overlayd.wireguard.udp import RECEIVE_BUFFER_BYTES, UdpSocket, from_socket, max_gso_segments, segments
@@ -47,13 +46,10 @@ MTU_CHECK_INTERVAL = 1.0
 OUTBOUND_BATCH = 64  # packets taken from TUN before sealing them in one locked call
 INBOUND_BATCH = 64  # datagrams taken from UDP before opening them in one locked call
 INBOUND_BUFFERS = 8  # 64 KiB receive buffers (a GRO receive keeps its buffer until handled)
-HANDSHAKE_BACKLOG = 16  # more handshake messages than this in one batch: demand cookies
 TUN_FRAME_BYTES = 65536 + 1024
 TRANSPORT_OVERHEAD = 32  # header and tag around an inner packet of at most MTU bytes
 _TRANSPORT = 4
 _POLL_MS = 1000
-
-_probe_key = crypto.private_key_object(crypto.generate_private_key(os.urandom))
 
 
 class Engine:
@@ -70,14 +66,10 @@ class Engine:
         self._tun = tun
         self._rng = rng
         self._clock = clock
-        self._lock = threading.Lock()  # guards _device and _has_key
+        self._lock = threading.Lock()  # guards _device
         self._config_lock = threading.Lock()  # one UAPI set at a time
-        # Until a private key is set the device holds a random one and the engine stays
-        # silent: nothing is sent or accepted (wireguard-go without a key does the same).
-        self._device = Device(
-            crypto.generate_private_key(rng), rng=rng, mtu=tun.mtu, wall_offset=time.time() - clock()
-        )
-        self._has_key = False
+        # No identity until a UAPI set gives a private key: the device sends and accepts nothing.
+        self._device = Device(None, rng=rng, mtu=tun.mtu, wall_offset=time.time() - clock())
         self._mtu = 0  # what _follow_mtu last saw
         self._udp = UdpSocket(listen_port)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -152,7 +144,7 @@ class Engine:
     def _pump_tun(self, frame: bytearray, view: memoryview) -> bool:
         """Read up to a batch of packets from TUN and send them; False if there was nothing."""
         tun = self._tun
-        packets: list[bytes] = []
+        packets: list[Packet] = []
         reads = 0
         try:
             while len(packets) < OUTBOUND_BATCH:
@@ -169,61 +161,72 @@ class Engine:
         self._send(packets)
         return True
 
-    def _send(self, packets: Sequence[bytes]) -> None:
+    def _send(self, packets: Sequence[Packet]) -> None:
         now = self._clock()
         with self._lock:
-            if not self._has_key:
-                return
-            datagrams = self._device.send_packets(packets, now)
+            datagrams = self._device.seal_packets(packets, now)
         if datagrams:
             self._udp.send(datagrams)
 
     def _pump_udp(self, udp: UdpSocket, buffers: list[bytearray], views: list[memoryview]) -> bool:
         """Receive up to a batch of datagrams and handle them; False if there was nothing."""
-        batch: list[tuple[bytes | memoryview, Endpoint]] = []
-        used = handshakes = 0
+        received: list[tuple[bytes | memoryview, int, Endpoint]] = []  # (data, GRO segment size or 0, source)
+        count = used = 0
         try:
-            while len(batch) < INBOUND_BATCH and used < INBOUND_BUFFERS:
+            while count < INBOUND_BATCH and used < INBOUND_BUFFERS:
                 n, size, addr = udp.recv_into(buffers[used])
                 view = views[used][:n]
-                if 0 < size < n:  # a GRO batch (one flow, equal sizes): its datagrams stay in this buffer
-                    batch += [(d if d[0] == _TRANSPORT else bytes(d), addr) for d in segments(view, size)]
+                if 0 < size < n:  # a GRO batch (one flow, equal sizes): it stays in this buffer
+                    received.append((view, size, addr))
+                    count += -(-n // size)
                     used += 1
                 else:  # one datagram: copy it out and reuse the buffer
-                    batch.append((bytes(view), addr))
-                    if n and view[0] != _TRANSPORT:
-                        handshakes += 1
+                    received.append((bytes(view), 0, addr))
+                    count += 1
         except BlockingIOError:
             pass
         except OSError:  # the socket was replaced (listen port change) or shut down
             if udp is self._udp and not self._stopping:
                 raise
             return True
-        if not batch:
+        if not received:
             return False
         self.stats["udp_batches"] += 1
-        self.stats["udp_datagrams"] += len(batch)
-        self._receive(batch, handshakes)
+        self.stats["udp_datagrams"] += count
+        self._receive(received)
         return True
 
-    def _receive(self, batch: list[tuple[bytes | memoryview, Endpoint]], handshakes: int) -> None:
+    def _receive(self, received: list[tuple[bytes | memoryview, int, Endpoint]]) -> None:
+        """GRO batches of one session take the core's batch path; the rest go one by one (in
+        arrival order either way). Packets for TUN stay grouped by GRO batch: a batch is
+        usually one TCP run, which coalesce then recognises whole."""
         now = self._clock()
+        groups: list[list[bytes]] = []
+        datagrams: list[Datagram | DatagramBatch] = []
+        singles: list[tuple[bytes | memoryview, Endpoint]] = []
         with self._lock:
-            if not self._has_key:
-                return
-            if handshakes > HANDSHAKE_BACKLOG:
-                self._device.signal_under_load(now)
-            outputs = self._device.receive_datagrams_untrusted(batch, now)  # type: ignore[arg-type]
-        packets = []
-        datagrams = []
-        for output in outputs:
-            if type(output) is TunPacket:
-                packets.append(output.data)
-            else:
-                datagrams.append(output)
+            device = self._device
+            for data, size, addr in received:
+                if not size:  # a lone datagram, already copied out
+                    singles.append((data, addr))
+                    continue
+                assert isinstance(data, memoryview)
+                opened = device.receive_batch_untrusted(data, size, addr, now)
+                if opened is None:
+                    # Handshake messages are copied out of a GRO buffer: it is reused.
+                    singles += [(d if d[0] == _TRANSPORT else bytes(d), addr) for d in segments(data, size)]
+                    continue
+                if singles:
+                    groups.append(_sort(device.receive_datagrams_untrusted(singles, now), datagrams))
+                    singles = []
+                groups.append(opened[0])
+                datagrams += opened[1]
+            if singles:
+                groups.append(_sort(device.receive_datagrams_untrusted(singles, now), datagrams))
         if datagrams:
-            self._udp.send(datagrams)  # type: ignore[arg-type]
-        self._write_tun(packets)
+            self._udp.send(datagrams)
+        for packets in groups:
+            self._write_tun(packets)
 
     def _write_tun(self, packets: list[bytes]) -> None:
         tun = self._tun
@@ -247,7 +250,7 @@ class Engine:
             now = self._clock()
             with self._lock:
                 self._device.handle_timer(now)
-                datagrams = self._device.datagrams_to_send(now) if self._has_key else []
+                datagrams = self._device.datagrams_to_send(now)
             if datagrams:
                 self._udp.send(datagrams)
             if now >= next_mtu_check:
@@ -273,7 +276,7 @@ class Engine:
     def get_state(self) -> DeviceState:
         with self._lock:
             statuses = self._device.peer_statuses()
-            private_key = self._device.private_key if self._has_key else None
+            private_key = self._device.private_key
         peers = tuple(
             PeerState(
                 public_key=s.public_key,
@@ -305,7 +308,7 @@ class Engine:
             with self._lock:
                 now = self._clock()
                 if request.private_key is not None:
-                    self._set_private_key(request.private_key)
+                    self._set_private_key(request.private_key, now)
                 if request.replace_peers:
                     for status in self._device.peer_statuses():
                         self._device.remove_peer(status.public_key)
@@ -316,9 +319,13 @@ class Engine:
     def _check_peers(self, updates: Sequence[PeerUpdate]) -> list[Endpoint | None]:
         """Refuse low-order keys and endpoints this socket cannot reach; socket addresses out."""
         endpoints: list[Endpoint | None] = []
+        checked: set[bytes] = set()  # one X25519 per key, however many sections name it
         for update in updates:
-            if not update.remove and crypto.dh(_probe_key, update.public_key) is None:
-                raise UapiError(errno.EINVAL, f"peer {update.public_key.hex()[:8]}...: low-order public key")
+            key = update.public_key
+            if not update.remove and key not in checked:
+                if crypto.is_low_order(key):
+                    raise UapiError(errno.EINVAL, f"peer {key.hex()[:8]}...: low-order public key")
+                checked.add(key)
             try:
                 endpoints.append(None if update.endpoint is None else self._udp.to_socket(*update.endpoint))
             except KernelError as e:
@@ -334,49 +341,44 @@ class Engine:
         self._udp = new  # sessions stay: peers learn the new port from our next packet
         old.close()
 
-    def _set_private_key(self, key: bytes) -> None:
+    def _set_private_key(self, key: bytes, now: float) -> None:
         device = self._device
-        if key == ZERO_KEY:
-            device.set_private_key(crypto.generate_private_key(self._rng))
-            self._has_key = False
-        elif not (self._has_key and key == device.private_key):  # same key again: keep sessions
-            device.set_private_key(key)  # stored as given, as wireguard-go (X25519 clamps itself)
-            self._has_key = True
+        current = device.private_key
+        if crypto.constant_time_equal(key, ZERO_KEY):
+            if current is not None:
+                device.set_private_key(None, now)
+        elif current is None or not crypto.constant_time_equal(key, current):  # same key again: keep sessions
+            device.set_private_key(key, now)  # stored as given, as wireguard-go (X25519 clamps itself)
+
+
+def _sort(outputs: list[Output], datagrams: list[Datagram | DatagramBatch]) -> list[bytes]:
+    """The packets for TUN among `outputs`; datagrams to send go to `datagrams`."""
+    packets = []
+    for output in outputs:
+        if isinstance(output, TunPacket):
+            packets.append(output.data)
+        else:
+            datagrams.append(output)
+    return packets
 
 
 def apply_peer_update(device: Device, update: PeerUpdate, endpoint: Endpoint | None, now: float) -> None:
-    """One `public_key=` section of a UAPI set on the core Device, with wireguard-go's meaning:
-    fields left out keep their value, allowed IPs are added unless replace_allowed_ips, a
-    section for our own public key is ignored. `endpoint` is `update.endpoint` as a socket address."""
+    """One `public_key=` section of a UAPI set on the core Device, with wireguard-go's meaning
+    (see Device.update_peer); a section for our own public key is ignored. `endpoint` is
+    `update.endpoint` as a socket address. Costs what the section says, not what the peer has,
+    so many sections for one peer stay linear."""
     key = update.public_key
     if key == device.public_key:
         return
-    try:
-        current = device.peer_status(key)
-    except UnknownPeerError:
-        current = None
+    exists = device.has_peer(key)
     if update.remove:
-        if current is not None:
+        if exists:
             device.remove_peer(key)
         return
-    if current is None and update.update_only:
+    if not exists and update.update_only:
         return
-    allowed = list(update.allowed_ips)
-    if current is not None and not update.replace_allowed_ips:
-        allowed = [*current.allowed_ips, *allowed]
-    psk = update.preshared_key
-    if psk is None and current is not None:
-        psk = current.preshared_key
-    keepalive = update.persistent_keepalive
-    if keepalive is None:
-        keepalive = current.persistent_keepalive if current is not None else 0
-    device.set_peer(
-        PeerConfig(
-            public_key=key,
-            preshared_key=None if psk == ZERO_KEY else psk,
-            endpoint=endpoint,
-            allowed_ips=tuple(dict.fromkeys(allowed)),
-            persistent_keepalive=keepalive,
-        ),
-        now,
+    device.update_peer(
+        key, now, preshared_key=update.preshared_key, endpoint=endpoint,
+        persistent_keepalive=update.persistent_keepalive, allowed_ips=update.allowed_ips,
+        replace_allowed_ips=update.replace_allowed_ips,
     )

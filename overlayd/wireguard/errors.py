@@ -24,3 +24,8 @@ class UnknownPeerError(WireGuardError, NotFoundError):
 
 class HandshakeStateError(WireGuardError):
     """A handshake step was attempted in a state that does not allow it (a bug in the caller)."""
+
+
+class UntrustedSocketError(WireGuardError):
+    """The UAPI socket is held by a process that is neither root nor us, or lies in a
+    directory that others can write: nothing (least of all a private key) is sent to it."""

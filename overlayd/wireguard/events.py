@@ -2,17 +2,29 @@
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 # A UDP address as the socket layer gives it: (host, port) or (host, port, flowinfo, scope_id).
 Endpoint = tuple[Any, ...]
+# An IP packet as the shell hands it over (segments cut from a TSO frame are views of one buffer).
+Packet = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True, slots=True)
 class Datagram:
     """Send `data` in one UDP datagram to `addr`."""
 
-    data: bytes | bytearray
+    data: bytes | bytearray | memoryview
+    addr: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class DatagramBatch:
+    """Datagrams of `size` bytes back to back in `data` (the last may be shorter), all to
+    `addr`: one UDP GSO send (at most 64 datagrams, 65,507 bytes)."""
+
+    data: memoryview
+    size: int
     addr: Endpoint
 
 
@@ -24,7 +36,13 @@ class TunPacket:
     peer: bytes
 
 
-Output = Datagram | TunPacket
+Output = Datagram | DatagramBatch | TunPacket
+
+
+class DatagramSink(Protocol):
+    """Where send helpers put datagrams: a list[Datagram] or the receive path's list[Output]."""
+
+    def append(self, item: Datagram | DatagramBatch, /) -> None: ...
 
 
 class DropReason(enum.StrEnum):
@@ -34,6 +52,7 @@ class DropReason(enum.StrEnum):
     UNKNOWN_TYPE = "unknown_type"
     BAD_SIZE = "bad_size"  # handshake message of the wrong length
     BAD_MAC = "bad_mac"  # mac1 does not verify
+    NO_IDENTITY = "no_identity"  # handshake message while the interface has no private key
     COOKIE_SENT = "cookie_sent"  # under load without a valid mac2: answered with a cookie
     RATE_LIMITED = "rate_limited"
     BAD_HANDSHAKE = "bad_handshake"  # AEAD or DH failure inside a handshake message
@@ -43,6 +62,7 @@ class DropReason(enum.StrEnum):
     INVALID_STATE = "invalid_state"  # response to an initiation we are not waiting on
     UNKNOWN_INDEX = "unknown_index"
     BAD_COOKIE = "bad_cookie"
+    UNEXPECTED_COOKIE = "unexpected_cookie"  # cookie reply when none is awaited (or past the cap)
     EXPIRED_KEY = "expired_key"  # transport packet for a keypair past REJECT_AFTER_TIME
     BAD_AEAD = "bad_aead"
     REPLAY = "replay"

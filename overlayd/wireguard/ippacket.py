@@ -5,13 +5,13 @@ import struct
 _U16 = struct.Struct(">H")
 
 
-def destination_untrusted(packet: bytes) -> bytes | None:
+def destination_untrusted(packet: bytes | bytearray | memoryview) -> bytes | None:
     """Packed destination address of an IPv4/IPv6 packet, or None if it is neither."""
     n = len(packet)
     if n >= 20 and packet[0] >> 4 == 4:
-        return packet[16:20]
+        return bytes(packet[16:20])  # a dict key: a view of a shell buffer would not hash
     if n >= 40 and packet[0] >> 4 == 6:
-        return packet[24:40]
+        return bytes(packet[24:40])
     return None
 
 

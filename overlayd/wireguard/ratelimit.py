@@ -62,10 +62,11 @@ class RateLimiter:
 
 @dataclass
 class LoadDetector:
-    """"Under load" when more than `threshold` handshake messages arrive within one `window`.
+    """"Under load" when more than `threshold` handshake messages with a valid mac1 arrive
+    within one `window` (the device counts nothing else, so junk cannot switch it on).
 
-    Stays under load for UNDER_LOAD_AFTER_TIME after the last sign of load, like wireguard-go
-    (which looks at its handshake queue length). The I/O shell may also report a backlog.
+    128 is wireguard-go's figure (it looks at a handshake queue of 1024 being 1/8 full); the
+    state lasts UNDER_LOAD_AFTER_TIME after the last sign of load, as there.
     """
 
     threshold: int = 128
@@ -83,7 +84,3 @@ class LoadDetector:
         if self._count > self.threshold:
             self._until = now + UNDER_LOAD_AFTER_TIME
         return now < self._until
-
-    def signal(self, now: float) -> None:
-        """The shell saw a handshake backlog: treat the device as under load for a while."""
-        self._until = now + UNDER_LOAD_AFTER_TIME

@@ -41,3 +41,23 @@ class ReplayWindow:
             return False
         words[word] = old | bit
         return True
+
+    def accept_all(self, counters: list[int]) -> list[bool]:
+        """`accept` for each counter in turn. A run of consecutive counters all newer than the
+        highest seen (a GRO batch in order, the usual case) is recorded a word at a time."""
+        first = counters[0] if counters else 0
+        last = first + len(counters) - 1
+        if not counters or first <= self._highest or last >= REJECT_AFTER_MESSAGES \
+                or last - first >= REPLAY_WINDOW_SIZE or counters != list(range(first, last + 1)):
+            return [self.accept(c) for c in counters]
+        words = self._words
+        current = self._highest >> _WORD_SHIFT
+        for i in range(1, min((last >> _WORD_SHIFT) - current, _WORDS) + 1):
+            words[(current + i) % _WORDS] = 0
+        self._highest = last
+        # Every bit from first to last is clear: they are all above the old highest.
+        for word in range(first >> _WORD_SHIFT, (last >> _WORD_SHIFT) + 1):
+            low = max(first, word << _WORD_SHIFT) & _BIT_MASK
+            high = min(last, (word << _WORD_SHIFT) | _BIT_MASK) & _BIT_MASK
+            words[word % _WORDS] |= ((1 << (high - low + 1)) - 1) << low
+        return [True] * len(counters)

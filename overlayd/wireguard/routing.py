@@ -62,7 +62,7 @@ class AllowedIPs(Generic[V]):
         return int(network.network_address) >> (network.max_prefixlen - network.prefixlen), network.prefixlen
 
     def insert(self, network: Network | str, owner: V) -> None:
-        net = ipaddress.ip_network(network, strict=False)
+        net = network if isinstance(network, Network) else ipaddress.ip_network(network, strict=False)
         self._cache.clear()
         prefix, length = self._key(net)
         old = self._family(net).insert(prefix, length, owner)

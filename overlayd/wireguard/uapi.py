@@ -12,6 +12,7 @@ Unlike wireguard-go, a set request is parsed and checked whole before anything i
 from __future__ import annotations
 
 import errno
+import hmac
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -47,7 +48,7 @@ class PeerUpdate:
     public_key: bytes
     remove: bool = False
     update_only: bool = False  # do not create the peer if it does not exist
-    preshared_key: bytes | None = None  # ZERO_KEY removes it
+    preshared_key: bytes | None = field(default=None, repr=False)  # ZERO_KEY removes it; a secret
     endpoint: UapiEndpoint | None = None
     persistent_keepalive: int | None = None
     replace_allowed_ips: bool = False
@@ -56,7 +57,7 @@ class PeerUpdate:
 
 @dataclass(frozen=True)
 class SetRequest:
-    private_key: bytes | None = None  # ZERO_KEY removes it
+    private_key: bytes | None = field(default=None, repr=False)  # ZERO_KEY removes it; a secret
     listen_port: int | None = None
     fwmark: int | None = None  # 0 removes it
     replace_peers: bool = False
@@ -66,7 +67,7 @@ class SetRequest:
 @dataclass(frozen=True)
 class PeerState:
     public_key: bytes
-    preshared_key: bytes | None = None
+    preshared_key: bytes | None = field(default=None, repr=False)
     endpoint: UapiEndpoint | None = None
     last_handshake_ns: int = 0  # Unix time in nanoseconds; 0 is never
     rx_bytes: int = 0
@@ -79,7 +80,7 @@ class PeerState:
 class DeviceState:
     """What a get returns. listen_port 0 and fwmark 0 are not sent (as wireguard-go)."""
 
-    private_key: bytes | None = None
+    private_key: bytes | None = field(default=None, repr=False)
     listen_port: int = 0
     fwmark: int = 0
     peers: tuple[PeerState, ...] = field(default=())
@@ -316,7 +317,7 @@ def parse_get_untrusted(text: str) -> DeviceState:
                 device[key] = _uint(value, 65535 if key == "listen_port" else 0xFFFFFFFF, key)
         elif key == "preshared_key":
             psk = parse_key_untrusted(value, key)
-            peer[key] = None if psk == ZERO_KEY else psk
+            peer[key] = None if hmac.compare_digest(psk, ZERO_KEY) else psk
         elif key == "endpoint":
             peer[key] = parse_endpoint_untrusted(value)
         elif key == "persistent_keepalive_interval":

@@ -11,6 +11,9 @@ Client use (what the overlayd daemon does after starting `overlayd-wg IFNAME`):
     client.set(SetRequest(peers=(PeerUpdate(public_key=pk, endpoint=(ip, 51820),
                                             replace_allowed_ips=True, allowed_ips=(net,)),)))
     state = client.get()  # DeviceState: peers with endpoints, counters, last handshakes
+
+The client sends nothing (least of all a private key) to a socket whose listener runs as
+neither root nor its own user (SO_PEERCRED), or that lies in a directory anyone else can write.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import selectors
 import socket
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from overlayd.errors import ConflictError, KernelError, NotFoundError
+from overlayd.wireguard.errors import UntrustedSocketError
 from overlayd.wireguard.uapi import (
     MAX_LINE_BYTES,
     MAX_REQUEST_BYTES,
@@ -251,9 +256,11 @@ class UapiClient:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(self.timeout)
             try:
+                _check_directory(self.path.parent)
                 sock.connect(str(self.path))
             except (FileNotFoundError, ConnectionRefusedError) as e:
                 raise NotFoundError(f"no WireGuard interface answers on {self.path}: {e.strerror}") from None
+            _check_listener(sock, self.path)
             try:
                 sock.sendall(request.encode())
                 sock.shutdown(socket.SHUT_WR)  # one request per connection: EOF ends the exchange
@@ -268,3 +275,27 @@ class UapiClient:
             return b"".join(chunks).decode("utf-8")
         except UnicodeDecodeError:
             raise UapiError(errno.EPROTO, "answer is not UTF-8") from None
+
+
+_UCRED = struct.Struct("=iII")  # pid, uid, gid
+
+
+def _trusted_uids() -> set[int]:
+    return {0, os.geteuid()}
+
+
+def _check_directory(directory: Path) -> None:
+    """The socket's directory must be root's (or ours) and writable by nobody else: whoever can
+    write there can put their own socket in the engine's place."""
+    info = directory.stat()
+    if info.st_uid not in _trusted_uids() or info.st_mode & 0o022:
+        raise UntrustedSocketError(
+            f"refusing UAPI socket directory {directory}: owner uid {info.st_uid}, mode "
+            f"{stat.S_IMODE(info.st_mode):o} (it must belong to root and be writable by no one else)")
+
+
+def _check_listener(sock: socket.socket, path: Path) -> None:
+    """SO_PEERCRED: the process that listens on the socket must run as root or as us."""
+    pid, uid, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    if uid not in _trusted_uids():
+        raise UntrustedSocketError(f"refusing UAPI socket {path}: it is held by pid {pid} running as uid {uid}")

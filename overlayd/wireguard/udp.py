@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterator, Sequence
 
 from overlayd.errors import KernelError
-from overlayd.wireguard.events import Datagram, Endpoint
+from overlayd.wireguard.events import Datagram, DatagramBatch, Endpoint
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -34,15 +34,16 @@ _U16 = struct.Struct("=H")
 _I32 = struct.Struct("=i")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Buffer = bytes | bytearray | memoryview
 
 
-def gso_runs(datagrams: Sequence[Datagram]) -> Iterator[tuple[Endpoint, int, list[bytes | bytearray]]]:
+def gso_runs(datagrams: Sequence[Datagram]) -> Iterator[tuple[Endpoint, int, list[Buffer]]]:
     """Group consecutive datagrams into GSO sends: (addr, segment size, buffers).
 
     A run shares one address and one size; a shorter datagram may close it (GSO allows a short
     last segment); runs respect the kernel's segment and byte limits.
     """
-    run: list[bytes | bytearray] = []
+    run: list[Buffer] = []
     run_addr: Endpoint = ()
     size = total = 0
     for d in datagrams:
@@ -126,33 +127,61 @@ class UdpSocket:
                 return n, _I32.unpack_from(data)[0], addr
         return n, 0, addr
 
-    def send(self, datagrams: Sequence[Datagram]) -> None:
-        """Send in as few syscalls as GSO allows; errors drop the datagrams, as a NIC would."""
+    def send(self, datagrams: Sequence[Datagram | DatagramBatch]) -> None:
+        """Send in as few syscalls as GSO allows (a DatagramBatch is one send, adjacent Datagrams
+        are grouped); errors drop the datagrams, as a NIC would."""
+        if len(datagrams) == 1 and type(datagrams[0]) is Datagram:  # a lone packet: the short way
+            self._send_one(datagrams[0].data, datagrams[0].addr)
+            return
+        singles: list[Datagram] = []
+        for d in datagrams:
+            if type(d) is Datagram:
+                singles.append(d)
+                continue
+            assert isinstance(d, DatagramBatch)
+            if singles:
+                self._send_singles(singles)
+                singles = []
+            if len(d.data) > d.size:
+                self._send_gso([d.data], d.size, d.addr)
+            else:
+                self._send_one(d.data, d.addr)
+        if singles:
+            self._send_singles(singles)
+
+    def _send_singles(self, datagrams: Sequence[Datagram]) -> None:
         if not self.gso:
             for d in datagrams:
                 self._send_one(d.data, d.addr)
             return
-        sock = self.sock
         for addr, size, bufs in gso_runs(datagrams):
             if len(bufs) == 1:
                 self._send_one(bufs[0], addr)
-                continue
+            else:
+                self._send_gso(bufs, size, addr)
+
+    def _send_gso(self, bufs: list[Buffer], size: int, addr: Endpoint) -> None:
+        """Datagrams of `size` bytes (the last may be shorter) in one sendmsg."""
+        if self.gso:
             self.sends += 1
             try:
-                sock.sendmsg(bufs, [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))], 0, addr)
+                self.sock.sendmsg(bufs, [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))], 0, addr)
+                return
             except BlockingIOError:
                 self.send_errors += 1
+                return
             except OSError as e:
                 if e.errno not in (errno.EIO, errno.EINVAL):
                     self.send_errors += 1
-                    continue
+                    return
                 # EIO: the route's device cannot checksum for GSO, stop using it; EINVAL: a
                 # segment exceeds the path MTU, let the single sends report it.
                 self.gso = e.errno != errno.EIO
-                for buf in bufs:
-                    self._send_one(buf, addr)
+        data = b"".join(bufs)
+        for i in range(0, len(data), size):
+            self._send_one(data[i : i + size], addr)
 
-    def _send_one(self, data: bytes | bytearray, addr: Endpoint) -> None:
+    def _send_one(self, data: Buffer, addr: Endpoint) -> None:
         self.sends += 1
         try:
             self.sock.sendto(data, addr)

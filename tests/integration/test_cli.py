@@ -285,8 +285,9 @@ def test_bash_completion_from_the_generated_script(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     script.write_text(result.stdout)
     assert _bash_complete(script, ["overlayctl", ""]) == sorted(
-        ["status", "hosts", "peers", "pod", "service", "network", "lab", "ca", "cni", "completion"])
+        ["status", "hosts", "peers", "pod", "service", "policy", "network", "lab", "ca", "cni", "completion"])
     assert _bash_complete(script, ["overlayctl", "service", ""]) == ["add", "del", "get", "ls"]
+    assert _bash_complete(script, ["overlayctl", "policy", ""]) == ["apply", "del", "explain", "get", "ls"]
     assert _bash_complete(script, ["overlayctl", "pod", ""]) == ["add", "del", "exec", "get", "ls"]
     assert _bash_complete(script, ["overlayctl", "--socket", "/x", "pod", "a"]) == ["add"]
     assert _bash_complete(script, ["overlayctl", "lab", "up", "--backend", ""]) == ["host-gw", "vxlan", "wireguard"]

@@ -2,7 +2,10 @@
 
 The reference plugins Debian ships (portmap, bandwidth, tuning, firewall) are
 chained after overlayd-cni: they parse our result with the CNI project's Go
-library, so a malformed result fails them. Tests run in file order on one lab.
+library, so a malformed result fails them. Tests run in file order on one lab,
+once with the plugin `overlayctl cni install` builds (the C front,
+overlayd/cni/shim.c) and once with the Python client alone (`--plugin
+python`, which is also the C front's fallback).
 """
 
 from __future__ import annotations
@@ -40,14 +43,18 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     yield from running_lab(tmp_path_factory.mktemp("lab"), 2, "vxlan")
 
 
-@pytest.fixture(scope="module")
-def installed(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+@pytest.fixture(scope="module", params=["c", "python"])
+def installed(request: pytest.FixtureRequest, lab: Lab, tmp_path_factory: pytest.TempPathFactory,
+              ) -> tuple[Path, dict[str, Any]]:
     """`overlayctl cni install` into temp dirs, pointed at h1's daemon: (bin dir, network list)."""
     base = tmp_path_factory.mktemp("cni")
     bin_dir, conf_dir = base / "bin", base / "net.d"
     out = overlayctl(lab.host("h1").socket, "--json", "cni", "install", "--bin-dir", str(bin_dir),
-                     "--conf-dir", str(conf_dir), check=True).stdout
+                     "--conf-dir", str(conf_dir), "--plugin", request.param, check=True).stdout
     assert json.loads(out)["plugin"] == str(bin_dir / "overlayd-cni")
+    assert json.loads(out)["kind"] == request.param
+    is_elf = (bin_dir / "overlayd-cni").read_bytes()[:4] == b"\x7fELF"
+    assert is_elf == (request.param == "c")
     netlist = json.loads((conf_dir / "10-overlayd.conflist").read_text())
     # The sysctl tuning applies, so a test can see it ran.
     next(p for p in netlist["plugins"] if p["type"] == "tuning")["sysctl"] = {
@@ -287,6 +294,13 @@ def test_a_daemon_restart_keeps_every_attachment(
                                       capture_output=True, text=True, check=True).stdout)[0]["ifindex"]
     before = _attachments(h1)
     stop_daemon(h1, 15)
+    # No daemon behind the socket: the spec's "try again later" (11), and "not available" (50) for STATUS.
+    waiting = Container()
+    down = runtime.exec_plugin("overlayd-cni", "ADD", ours["plugins"][0] | {"cniVersion": "1.0.0", "name": "x"},
+                               container_id=waiting.id, netns=first.netns, ifname="eth1")
+    assert down.returncode == 1 and json.loads(down.stdout)["code"] == 11, down
+    down = runtime.exec_plugin("overlayd-cni", "STATUS", ours["plugins"][0] | {"cniVersion": "1.1.0", "name": "x"})
+    assert down.returncode == 1 and json.loads(down.stdout)["code"] == 50, down
     runner.start_daemon(lab.plan, h1)
     runner.wait_ready(h1)
     assert _attachments(h1) == before
@@ -323,10 +337,10 @@ def test_start_finishes_a_cut_short_del_and_leaves_unrecorded_attached_links_alo
     stop_daemon(h1, 9)
     # As a crash leaves them: one DEL answered (record gone, link detached, not yet deleted); one link with its
     # record lost (a damaged store), still attached and carrying traffic.
-    store = h1.dir / "state" / "cni.json"
-    doc = json.loads(store.read_text())
-    doc["attachments"] = []
-    store.write_text(json.dumps(doc))
+    store = h1.dir / "state" / "cni.json"  # the snapshot, and the journal of changes since
+    assert b"add" in store.with_suffix(".journal").read_bytes()
+    store.write_text(json.dumps({"version": 1, "attachments": []}))
+    store.with_suffix(".journal").write_bytes(b"")
     netns_exec(h1.netns, "ip", "link", "set", deleted_veth, "down", "nomaster")
     runner.start_daemon(lab.plan, h1)
     runner.wait_ready(h1)
@@ -334,3 +348,45 @@ def test_start_finishes_a_cut_short_del_and_leaves_unrecorded_attached_links_alo
     assert _link_exists(h1.netns, unknown_veth)
     assert _reaches(lab.pod_netns("pod2"), unknown.result["ips"][0]["address"].split("/")[0])
     netns_exec(h1.netns, "ip", "link", "del", unknown_veth)
+
+
+# --- the C front's own cases: whatever it cannot do goes to the Python client ---------------
+
+@pytest.fixture(scope="module")
+def c_front_of_h2(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Runtime:
+    """A runtime whose overlayd-cni was built for h2's socket (the conflist it wrote names h2)."""
+    base = tmp_path_factory.mktemp("cni-h2")
+    overlayctl(lab.host("h2").socket, "cni", "install", "--bin-dir", str(base / "bin"), "--conf-dir",
+               str(base / "net.d"), "--plugin", "c", check=True)
+    return Runtime(host_netns=lab.host("h1").netns, cni_path=[base / "bin", REFERENCE_PLUGINS])
+
+
+def test_a_config_naming_another_socket_reaches_that_daemon(
+        lab: Lab, c_front_of_h2: Runtime, containers: list[Container]) -> None:
+    """Built for h2, given a config for h1: h2's daemon says so, untouched, and the Python client asks h1."""
+    h1, h2 = lab.host("h1"), lab.host("h2")
+    conf = {"cniVersion": "1.0.0", "name": "overlayd", "type": "overlayd-cni", "socket": str(h1.socket)}
+    c = _new(containers)
+    result = c_front_of_h2.call("overlayd-cni", "ADD", conf, container_id=c.id, netns=c.netns, ifname="eth0")
+    assert [a["container_id"] for a in _attachments(h1)] == [c.id] and _attachments(h2) == []
+    subnet = ipaddress.ip_network(next(h["subnet"] for h in lab.result["hosts"] if h["name"] == "h1"))
+    assert ipaddress.ip_interface(result["ips"][0]["address"]).ip in subnet
+    assert c_front_of_h2.call("overlayd-cni", "DEL", conf, container_id=c.id, netns=c.netns, ifname="eth0") is None
+    assert _attachments(h1) == []
+
+
+def test_version_and_an_oversized_config_through_the_c_front(lab: Lab, c_front_of_h2: Runtime) -> None:
+    version = c_front_of_h2.call("overlayd-cni", "VERSION", {"cniVersion": "1.0.0"})
+    assert version == {"cniVersion": "1.0.0", "supportedVersions": ["1.0.0", "1.1.0"]}
+    # More than the C front reads into one request: the Python client gets all of it (a truncated config
+    # would be a decode error, 6) and says it is too large for the control socket (7), as on its own.
+    conf = {"cniVersion": "1.0.0", "name": "overlayd", "type": "overlayd-cni",
+            "socket": str(lab.host("h2").socket), "padding": "x" * 40_000}
+    c = Container()
+    proc = c_front_of_h2.exec_plugin("overlayd-cni", "ADD", conf, container_id=c.id, netns=c.netns, ifname="eth0")
+    error = json.loads(proc.stdout)
+    assert proc.returncode == 1 and error["code"] == 7 and "too large" in error["msg"], proc
+    # Just under that, the C front carries it (the daemon parses it: here, a netns that does not exist).
+    conf["padding"] = "x" * 30_000
+    proc = c_front_of_h2.exec_plugin("overlayd-cni", "ADD", conf, container_id=c.id, netns=c.netns, ifname="eth0")
+    assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 4, proc

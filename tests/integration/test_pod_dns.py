@@ -1,11 +1,12 @@
-"""Pods resolve names with the host's resolvers they can reach (issue 10, part 4).
+"""Pods resolve every name through cluster DNS on their gateway (issues 10 and 11).
 
 dnsmasq is the judge: it serves `web.lab.test` on h1's underlay address. h1's daemon is
-given a resolv.conf that lists a systemd-resolved-style loopback stub first (unreachable
-from a pod's own network namespace) and then dnsmasq, with a search domain. Pods must get
-only the reachable one, keep the search domain, and resolve through `ip netns exec` and
-through `overlayctl pod exec`; pods made before the daemon restarted get it too; `lab down`
-leaves no /etc/netns entry behind.
+given a resolv.conf that lists a systemd-resolved-style loopback stub first (nothing
+answers there in the lab) and then dnsmasq, with a search domain. Pods must get the
+cluster resolver with the cluster's search domains before the host's, and resolve an
+outside name through it (the daemon forwards to the host's resolvers, past the dead stub)
+through `ip netns exec` and `overlayctl pod exec`; pods made before the daemon restarted
+get it too; `lab down` leaves no /etc/netns entry behind.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -63,16 +65,18 @@ def resolve(netns: str, name: str) -> str:
     return netns_exec(netns, "getent", "hosts", name, check=False).stdout.split(" ")[0]
 
 
-def test_pods_get_the_reachable_resolvers_and_resolve_names(lab: Lab, dnsmasq: str) -> None:
+def test_pods_ask_cluster_dns_which_forwards_other_names_to_the_hosts_resolvers(lab: Lab, dnsmasq: str) -> None:
     h1 = lab.host("h1")
     restart_with_resolv_conf(lab, f"nameserver 127.0.0.53\nnameserver {dnsmasq}\nsearch lab.test\n")
+    gateway = ip_network(ControlClient(h1.socket).call("status")["subnet"])[1]
     ControlClient(h1.socket).call("pod.add", name="fresh", labels={})
     for pod in ("fresh", "pod1"):  # made after the restart, and before it
         netns = h1.pod_netns_prefix + pod
         written = (ETC_NETNS_DIR / netns / "resolv.conf").read_text()
         assert [line for line in written.splitlines() if not line.startswith("#")] == [
-            f"nameserver {dnsmasq}", "search lab.test"]
-        assert resolve(netns, "web") == ANSWER  # the search domain at work
+            f"nameserver {gateway}", "search svc.cluster.local pod.cluster.local lab.test"]
+        assert resolve(netns, "web") == ANSWER  # not a cluster name: the host's search domain, forwarded
+        assert resolve(netns, "pod1.pod.cluster.local") == lab.pod_ip("pod1")  # a cluster name, from memory
     cli = subprocess.run([sys.executable, "-m", "overlayd.cli.main", "--socket", str(h1.socket), "pod", "exec",
                           "fresh", "--", "getent", "hosts", "web.lab.test"], capture_output=True, text=True,
                          timeout=30)
@@ -81,9 +85,9 @@ def test_pods_get_the_reachable_resolvers_and_resolve_names(lab: Lab, dnsmasq: s
     assert not (ETC_NETNS_DIR / (h1.pod_netns_prefix + "fresh")).exists()
 
 
-def test_loopback_only_resolvers_are_reported(lab: Lab) -> None:
+def test_a_host_without_resolvers_is_reported(lab: Lab) -> None:
     h1 = lab.host("h1")
-    restart_with_resolv_conf(lab, "nameserver 127.0.0.53\n")
+    restart_with_resolv_conf(lab, "search lab.test\n")
     report = ControlClient(h1.socket).call("status")
     assert report["health"] == "degraded" and any(p.startswith("dns:") for p in report["problems"]), report
 

@@ -93,9 +93,18 @@ def test_service_get_shows_vip_ports_and_endpoints_on_every_host(lab: Lab, web: 
         assert {(p["port"], p["protocol"]) for p in row["ports"]} == {(80, "tcp"), (53, "udp")}
 
 
-def test_60_connections_from_each_host_reach_pods_on_several_hosts(lab: Lab, web: dict) -> None:
+def test_cluster_dns_gives_the_vip_and_pod_addresses(lab: Lab, web: dict) -> None:
+    netns = web["pods"]["c-2"]["netns"]
+    for name in ("web", "web.svc.cluster.local"):
+        assert netns_exec(netns, "getent", "hosts", name).stdout.split()[0] == web["vip"]
+    assert netns_exec(netns, "getent", "hosts", "web-3.pod.cluster.local").stdout.split()[0] == \
+        web["pods"]["web-3"]["ip"]
+    assert netns_exec(netns, "getent", "hosts", "nothing.svc.cluster.local", check=False).returncode == 2
+
+
+def test_60_connections_by_name_from_each_host_reach_pods_on_several_hosts(lab: Lab, web: dict) -> None:
     for i in (1, 2, 3):
-        answers = _ask(web["pods"][f"c-{i}"]["netns"], web["vip"], 80, 60)
+        answers = _ask(web["pods"][f"c-{i}"]["netns"], "web", 80, 60)  # `web`: the search list finds the service
         assert not [a for a in answers if a.startswith("error")], answers
         backends = Counter(a.split()[0] for a in answers)
         assert len(backends) >= 2, backends

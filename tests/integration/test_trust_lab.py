@@ -236,10 +236,41 @@ def test_pod_records_are_signed_and_a_forged_one_is_refused(lab: TrustLab) -> No
     moved = signed | {"name": "copy"}  # a valid signature, for another key and name, on the same lease
     etcdctl(lab.plan, "put", f"--lease={signed['lease']}", f"{PREFIX}/pods/{h1.name}/copy", json.dumps(moved))
     try:
-        wait_for("h2 refuses both", lambda: "2 pod or service record(s) refused" in " ".join(status(h2)["problems"]),
+        wait_for("h2 refuses both", lambda: "2 pod, service or policy record(s) refused" in " ".join(status(h2)["problems"]),
                  timeout=10)
         assert status(h2)["health"] == "degraded"
     finally:
         etcdctl(lab.plan, "del", f"{PREFIX}/pods/{h1.name}/evil")
         etcdctl(lab.plan, "del", f"{PREFIX}/pods/{h1.name}/copy")
+    wait_for("health ok again", lambda: status(h2)["health"] == "ok", timeout=10)
+
+
+def test_policies_must_be_signed_and_forged_or_deleted_ones_change_nothing(lab: TrustLab, tmp_path: Path) -> None:
+    """Trust mode: only CA-signed policies are enforced; a forged policy that would open the pods is
+    refused, and deleting the signed one in etcd does not open them: only a signed `policy del` does."""
+    h1, h2, _ = lab.plan.hosts
+    closed = tmp_path / "closed.yaml"
+    closed.write_text("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: closed}\n"
+                      "spec: {podSelector: {}}\n")
+    unsigned = subprocess.run([sys.executable, "-m", "overlayd.cli.main", "--socket", str(h1.socket), "policy", "apply",
+                               "-f", str(closed)], capture_output=True, text=True, timeout=60)
+    assert unsigned.returncode == 2 and "signed by the cluster CA" in unsigned.stderr
+    overlayctl("--socket", str(h1.socket), "policy", "apply", "-f", str(closed), "--ca-dir", str(lab.ca_dir))
+    key = f"{PREFIX}/policies/closed"
+    assert json.loads(lab.etcd_value(key))["signature"]["generation"] > 0
+    try:
+        wait_for("h2's pod is closed", lambda: not reaches(h1, h2), timeout=15, interval=0.2)
+        forged = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "open"},
+                  "spec": {"podSelector": {}, "ingress": [{}]}}
+        lab.etcd_put(f"{PREFIX}/policies/open", json.dumps(forged).encode())
+        etcdctl(lab.plan, "del", key)  # the signed one, deleted behind the CA's back
+        wait_for("h2 refuses both", lambda: "2 pod, service or policy record(s) refused" in
+                 " ".join(status(h2)["problems"]), timeout=10)
+        assert status(h2)["health"] == "degraded"
+        assert not reaches(h1, h2), "a forged policy or a deleted key must not open the pod"
+        assert [p["name"] for p in ControlClient(h2.socket).call("policy.list")] == ["closed"]
+    finally:
+        etcdctl(lab.plan, "del", f"{PREFIX}/policies/open")
+        overlayctl("--socket", str(h1.socket), "policy", "del", "closed", "--ca-dir", str(lab.ca_dir))
+    wait_for("open again", lambda: reaches(h1, h2), timeout=15, interval=0.2)
     wait_for("health ok again", lambda: status(h2)["health"] == "ok", timeout=10)

@@ -57,6 +57,7 @@ def _queries(dashboard: dict) -> Iterator[tuple[str, str]]:
 def exported() -> frozenset[str]:
     metrics = DaemonMetrics()
     metrics.set_wireguard_drops_source(lambda: {"bad_mac": 0})  # present when the WireGuard backend runs
+    metrics.set_policy_drops_source(lambda: ({("p", "ingress"): 0}, 0))  # present while policies are in force
     return metrics.exported_names()
 
 
@@ -87,6 +88,7 @@ def test_every_query_names_an_exported_metric(dashboard: dict, exported: frozens
 def test_every_overlayd_family_has_a_panel(dashboard: dict) -> None:
     metrics = DaemonMetrics()
     metrics.set_wireguard_drops_source(lambda: {"bad_mac": 0})
+    metrics.set_policy_drops_source(lambda: ({("p", "ingress"): 0}, 0))
     used = set().union(*(metric_names(expr) for _, expr in _queries(dashboard)))
     for family in metrics.registry.collect():
         if family.name.startswith("overlayd_"):

@@ -42,6 +42,7 @@ def test_daemon_metrics_render_every_documented_family() -> None:
     m.wireguard_handshakes.inc()
     m.set_pods_source(lambda: 4)
     m.set_wireguard_drops_source(lambda: drops_from_engine_counters({"drop_bad_mac": 4, "udp_sends": 9}))
+    m.set_policy_drops_source(lambda: ({("web-only", "ingress"): 3}, 1))
     parsed = parse_exposition(m.render().decode())
     # The parser names counter families without `_total`; their samples keep it.
     expected = {
@@ -54,6 +55,9 @@ def test_daemon_metrics_render_every_documented_family() -> None:
         "overlayd_wireguard_drops": "counter", "overlayd_state_files_damaged": "counter",
         "overlayd_cni_attachments": "gauge", "overlayd_services": "gauge", "overlayd_service_endpoints": "gauge",
         "overlayd_registry_records_refused": "gauge", "overlayd_service_rule_updates": "counter",
+        "overlayd_policies": "gauge", "overlayd_policy_rule_updates": "counter",
+        "overlayd_policy_drops": "counter", "overlayd_policy_unknown_drops": "counter",
+        "overlayd_dns_queries": "counter", "overlayd_dns_dropped": "counter",
     }
     assert {name: f["type"] for name, f in parsed.items() if name.startswith("overlayd_")} == expected
     assert {"process_cpu_seconds", "process_resident_memory_bytes", "python_info"} <= set(parsed)

@@ -25,10 +25,14 @@ from overlayd.wireguard.offload import (
     checksum,
     coalesce,
     ones_sum,
-    split_frame,
 )
 
 SRC4, DST4 = "10.99.0.1", "10.99.0.2"
+
+
+def split_frame(frame: memoryview) -> list[bytes]:
+    """offload.split_frame with its segments as bytes (they may be views of one buffer)."""
+    return [bytes(s) for s in offload.split_frame(frame)]
 SRC6, DST6 = "fd99::1", "fd99::2"
 TS_OPTIONS = [("NOP", None), ("NOP", None), ("Timestamp", (12345, 678))]
 
@@ -232,3 +236,112 @@ def test_split_then_coalesce_round_trips(version: int, size: int, mss: int, pure
     for frame in coalesce(segments):
         glued += bytes(parse(unpack_frame(frame)[1], version)[TCP].payload)
     assert glued == payload
+
+
+def _corrupt(packet: bytes, offset: int) -> bytes:
+    """Flip a bit after the checksum was computed: what a sender's bad RAM or NIC would do
+    before encrypting (the AEAD then vouches for the bad bytes)."""
+    buf = bytearray(packet)
+    buf[offset] ^= 0x10
+    return bytes(buf)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("bad", [0, 2, 3])  # the first, a middle and the (short) last segment
+def test_coalesce_never_glues_a_segment_with_a_bad_checksum(version: int, bad: int, payload_sums: str) -> None:
+    # Finding 5: a corrupted segment was merged into a NEEDS_CSUM frame, which the kernel
+    # accepts without checking. It must reach the kernel on its own, with no offload flag.
+    sizes = [1368, 1368, 1368, 700]
+    seqs = [1000 + sum(sizes[:i]) for i in range(4)]
+    segments = [tcp_packet(version, bytes([i]) * size, seq=seq) for i, (size, seq) in enumerate(zip(sizes, seqs))]
+    segments[bad] = _corrupt(segments[bad], len(segments[bad]) - 100)
+    assert not checksums_valid(segments[bad], version)
+    frames = [unpack_frame(f) for f in coalesce(segments)]
+    for (flags, gso, *_), packet in frames:
+        if bytes(packet) == segments[bad]:
+            assert (flags, gso) == (0, GSO_NONE)  # the kernel checks it and drops it
+        else:
+            assert bytes(parse(packet, version)[TCP].payload)[:1] != bytes([bad])
+    assert sum(bytes(packet) == segments[bad] for _, packet in frames) == 1
+
+
+def test_coalesce_never_glues_a_segment_with_a_bad_ipv4_header_checksum(payload_sums: str) -> None:
+    segments = [tcp_packet(4, b"x" * 1368, seq=1000 + 1368 * i) for i in range(3)]
+    segments[1] = _corrupt(segments[1], 11)  # the header checksum field; the TCP checksum holds
+    assert [unpack_frame(f)[0][:2] for f in coalesce(segments)] == [(0, GSO_NONE)] * 3
+
+
+def _frames_bytes(frames: list) -> list[bytes]:
+    return [b"".join(bytes(piece) for piece in frame) for frame in frames]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    version=st.sampled_from([4, 6]),
+    count=st.integers(min_value=3, max_value=70),
+    mss=st.sampled_from([500, 1368, 1388]),
+    short_last=st.booleans(),
+    mutation=st.sampled_from([None, "seq", "flags", "ttl", "port", "payload", "length", "ack", "push_middle"]),
+    where=st.integers(min_value=0, max_value=69),
+)
+def test_whole_run_fast_path_agrees_with_packet_by_packet(
+    version: int, count: int, mss: int, short_last: bool, mutation: str | None, where: int
+) -> None:
+    # The numpy recognition of a whole run must give exactly the frames the general loop gives,
+    # for genuine runs and for runs broken in one place.
+    sizes = [mss] * count
+    if short_last:
+        sizes[-1] = mss // 2
+    seqs = [1000 + sum(sizes[:i]) for i in range(count)]
+    segments = [tcp_packet(version, bytes([i % 251]) * size, seq=seq) for i, (size, seq) in enumerate(zip(sizes, seqs))]
+    i = where % count
+    if mutation == "seq":
+        segments[i] = tcp_packet(version, bytes([i % 251]) * sizes[i], seq=seqs[i] + 1)
+    elif mutation == "flags":
+        segments[i] = tcp_packet(version, bytes([i % 251]) * sizes[i], seq=seqs[i], flags="PA")
+    elif mutation == "push_middle":
+        segments[count // 2] = tcp_packet(version, bytes([1]) * sizes[count // 2], seq=seqs[count // 2], flags="PA")
+    elif mutation == "port":
+        segments[i] = tcp_packet(version, bytes([i % 251]) * sizes[i], seq=seqs[i], sport=40001)
+    elif mutation == "ack":
+        segments[i] = tcp_packet(version, bytes([i % 251]) * sizes[i], seq=seqs[i], ack=8)
+    elif mutation == "ttl" and version == 4:
+        segments[i] = _with_ttl(segments[i], 63)
+    elif mutation == "payload":
+        segments[i] = _corrupt(segments[i], len(segments[i]) - 1)
+    elif mutation == "length":
+        segments[i] = tcp_packet(version, bytes([i % 251]) * (sizes[i] - 4), seq=seqs[i])
+    if mutation is None and count <= 64 and len(segments[0]) - sizes[0] + sum(sizes) <= 65535:
+        assert offload._whole_run(segments) is not None  # the fast path is what is being judged
+    fast = coalesce(segments)
+    saved = offload._whole_run
+    offload._whole_run = lambda packets: None
+    try:
+        general = coalesce(segments)
+    finally:
+        offload._whole_run = saved
+    assert _frames_bytes(fast) == _frames_bytes(general)
+
+
+def _with_ttl(packet: bytes, ttl: int) -> bytes:
+    parsed = IP(packet)
+    parsed.ttl = ttl
+    del parsed.chksum
+    return bytes(parsed)
+
+
+@settings(max_examples=60, deadline=None)
+@given(version=st.sampled_from([4, 6]), size=st.integers(min_value=1, max_value=20000),
+       mss=st.integers(min_value=8, max_value=1500), flags=st.sampled_from(["A", "PA", "FPA", "CA", "CPA"]),
+       ip_id=st.integers(0, 65535), seq=st.integers(0, 2**32 - 1))
+def test_split_with_numpy_sums_cuts_exactly_as_without(version: int, size: int, mss: int, flags: str, ip_id: int,
+                                                   seq: int) -> None:
+    frame = tso_frame(version, bytes((i * 13) & 0xFF for i in range(size)), mss, flags=flags, ip_id=ip_id, seq=seq)
+    with_numpy = split_frame(frame)
+    saved = offload._np
+    offload._np = None
+    try:
+        by_loop = split_frame(frame)
+    finally:
+        offload._np = saved
+    assert with_numpy == by_loop
