@@ -236,7 +236,8 @@ def run(rounds: int, seconds: float, count: int, max_load: float) -> dict:
     p99 = summary["at_half_dnsmasq_rate"]["overlayd"]["p99_ms"]["median"]
     return {
         "benchmark": "dns", "rounds": rounds, "seconds_per_run": seconds, "names": 2 * count,
-        "tool": subprocess.run(["dnsperf", "-h"], capture_output=True, text=True).stderr.split("\n")[0] or "dnsperf",
+        "tool": "dnsperf " + subprocess.run(["dpkg-query", "-W", "-f=${Version}", "dnsperf"],
+                                            capture_output=True, text=True).stdout,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_1min_start": load_start, "load_1min_end": load_end},
         "half_dnsmasq_rate": half_rate,
