@@ -29,18 +29,17 @@ import argparse
 import json
 import os
 import platform
-import queue
 import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from ipaddress import IPv4Address, ip_network
 from pathlib import Path
 from typing import Any
 
+from benchmarks.nftwatch import RuleMonitor, nft_f_floor, nft_list, summary_ms, wait_until
 from overlayd.api.client import ControlClient
 from overlayd.cluster.etcd import EtcdClient
 from overlayd.lab import runner
@@ -54,7 +53,6 @@ from overlayd.registry.records import PodEntry
 RESULTS = Path(__file__).resolve().parent / "results" / "policy.json"
 PREFIX = "/overlayd/network"
 FAKE_NODE = "bench-node"
-TABLE = "overlayd"
 APPS = 20
 
 
@@ -95,60 +93,8 @@ def _fake_pod(i: int) -> PodEntry:
                     {"app": f"app{i % APPS}", "tier": "front" if i % 2 else "back"})
 
 
-class RuleMonitor:
-    """`nft monitor` in a host's netns: when a rule appears, without polling `nft list`."""
-
-    def __init__(self, netns: str) -> None:
-        self._proc = subprocess.Popen(["ip", "netns", "exec", netns, "nft", "monitor", "rules"],
-                                      stdout=subprocess.PIPE, text=True, bufsize=1)
-        self._lines: queue.SimpleQueue[tuple[float, str]] = queue.SimpleQueue()
-        threading.Thread(target=self._read, daemon=True).start()
-        time.sleep(0.3)
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            if line.startswith("add rule") and "comment" in line:
-                self._lines.put((time.perf_counter(), line))
-
-    def drain(self) -> None:
-        while not self._lines.empty():
-            self._lines.get()
-
-    def wait_for(self, needle: str, timeout: float = 30.0) -> float:
-        deadline = time.perf_counter() + timeout
-        while True:
-            at, line = self._lines.get(timeout=max(0.0, deadline - time.perf_counter()))
-            if needle in line:
-                return at
-
-    def close(self) -> None:
-        self._proc.kill()
-        self._proc.wait()
-
-
-def _nft_list(netns: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "table", "inet", TABLE],
-                          capture_output=True, text=True, check=True).stdout
-
-
-def _wait_until(check, timeout: float = 60.0, interval: float = 0.05) -> float:
-    start = time.perf_counter()
-    while not check():
-        if time.perf_counter() - start > timeout:
-            raise RuntimeError("timed out")
-        time.sleep(interval)
-    return time.perf_counter() - start
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"median_ms": statistics.median(ordered) * 1e3, "min_ms": ordered[0] * 1e3, "max_ms": ordered[-1] * 1e3,
-            "p90_ms": ordered[(len(ordered) * 9) // 10] * 1e3, "count": len(ordered)}
-
-
 def _counters(netns: str) -> int:
-    return _nft_list(netns).count("\tcounter ")
+    return nft_list(netns).count("\tcounter ")
 
 
 def setup(plan, etcd: EtcdClient, pods: int, policies: int) -> dict[str, dict]:
@@ -176,7 +122,7 @@ def apply_all(etcd: EtcdClient, docs: list[dict[str, Any]], plan) -> float:
     for doc in docs:
         store.apply(parse_policy_untrusted(doc)[0])
     want = 1 + sum(len(parse_policy_untrusted(d)[0].types) for d in docs)
-    _wait_until(lambda: all(_counters(h.netns) == want for h in plan.hosts), timeout=120, interval=0.1)
+    wait_until(lambda: all(_counters(h.netns) == want for h in plan.hosts), timeout=120, interval=0.1)
     return time.perf_counter() - start
 
 
@@ -184,7 +130,7 @@ def delete_all(etcd: EtcdClient, plan) -> None:
     keys = [kv.key for kv in etcd.get_prefix(f"{PREFIX}/policies/").kvs]
     for i in range(0, len(keys), 100):  # etcd takes at most 128 operations per transaction
         etcd.txn("bench", (), deletes=[k.decode() if isinstance(k, bytes) else k for k in keys[i:i + 100]])
-    _wait_until(lambda: all(_counters(h.netns) == 0 for h in plan.hosts), timeout=120, interval=0.1)
+    wait_until(lambda: all(_counters(h.netns) == 0 for h in plan.hosts), timeout=120, interval=0.1)
 
 
 def apply_to_enforcement(plan, etcd: EtcdClient, pods: int, policies: int, updates: int) -> dict[str, Any]:
@@ -203,20 +149,16 @@ def apply_to_enforcement(plan, etcd: EtcdClient, pods: int, policies: int, updat
             start = time.perf_counter()
             ControlClient(socket).call("policy.apply", document=bench_policy(port))
             answered.append(time.perf_counter() - start)
-            seen = [m.wait_for(f"tcp dport {port} return comment \"bench ingress 0\"") for m in monitors]
+            needle = f"tcp dport {port} return comment \"bench ingress 0\""
+            seen = [m.wait(lambda line: needle in line) for m in monitors]
             ours.append(max(seen) - start)
             first_host.append(min(seen) - start)
     finally:
         for m in monitors:
             m.close()
     h1 = plan.hosts[0]
-    text = _nft_list(h1.netns)
-    script = f"add table inet {TABLE}\ndelete table inet {TABLE}\n{text}"
-    floor: list[float] = []
-    for _ in range(updates):
-        start = time.perf_counter()
-        subprocess.run(["ip", "netns", "exec", h1.netns, "nft", "-f", "-"], input=script, text=True, check=True)
-        floor.append(time.perf_counter() - start)
+    text = nft_list(h1.netns)
+    floor = nft_f_floor(h1.netns, text, updates)
     # The pure rule build for h1's inputs, in this process.
     parsed = [parse_policy_untrusted(d)[0] for d in docs]
     entries = [_fake_pod(i) for i in range(pods)]
@@ -232,10 +174,10 @@ def apply_to_enforcement(plan, etcd: EtcdClient, pods: int, policies: int, updat
     rules = sum(1 for line in text.splitlines() if "comment \"" in line and " return " in line)
     return {"pods": pods, "policies": policies, "hosts": len(plan.hosts),
             "first_apply_of_all_policies_s": round(first, 2),
-            "overlayd_apply_to_rule_on_every_host": _summary(ours),
-            "apply_to_rule_on_the_first_host": _summary(first_host),
-            "policy_apply_answered": _summary(answered),
-            "nft_f_alone_one_host": _summary(floor), "rule_build_in_process": _summary(build),
+            "overlayd_apply_to_rule_on_every_host": summary_ms(ours),
+            "apply_to_rule_on_the_first_host": summary_ms(first_host),
+            "policy_apply_answered": summary_ms(answered),
+            "nft_f_alone_one_host": summary_ms(floor), "rule_build_in_process": summary_ms(build),
             "table_on_h1": {"bytes": len(text), "sets": sets, "allow_rules": rules},
             "how": "from just before the control-socket policy.apply (a changed port of one policy) to `nft monitor` "
                    "on the last of the 3 hosts showing the new rule"}

@@ -29,13 +29,12 @@ import secrets
 import statistics
 import subprocess
 import sys
-import queue
 import tempfile
-import threading
 import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from benchmarks.nftwatch import RuleMonitor, nft_f_floor, nft_list, summary_ms, wait_until
 from overlayd.api.client import ControlClient
 from overlayd.cluster.etcd import EtcdClient
 from overlayd.lab import runner
@@ -46,63 +45,10 @@ from overlayd.registry.records import PodEntry
 RESULTS = Path(__file__).resolve().parent / "results" / "services.json"
 PREFIX = "/overlayd/network"
 FAKE_NODE = "bench-node"
-TABLE = "overlayd"
-
-
-def _nft_list(netns: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "table", "inet", TABLE],
-                          capture_output=True, text=True, check=True).stdout
 
 
 def _fake_pod(i: int) -> PodEntry:
     return PodEntry(f"b{i}", FAKE_NODE, IPv4Address(int(IPv4Address("10.250.0.0")) + i + 1), {"bench": "yes"})
-
-
-class RuleMonitor:
-    """`nft monitor` in a host's netns: the moment a rule appears, without polling `nft list`."""
-
-    def __init__(self, netns: str) -> None:
-        self._proc = subprocess.Popen(["ip", "netns", "exec", netns, "nft", "monitor", "rules"],
-                                      stdout=subprocess.PIPE, text=True, bufsize=1)
-        self._lines: queue.SimpleQueue[tuple[float, str]] = queue.SimpleQueue()
-        threading.Thread(target=self._read, daemon=True).start()
-        time.sleep(0.3)  # let it subscribe
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            self._lines.put((time.perf_counter(), line))
-
-    def drain(self) -> None:
-        while not self._lines.empty():
-            self._lines.get()
-
-    def wait_rule(self, chain: str, predicate, timeout: float = 30.0) -> float:
-        """The time at which a rule of `chain` satisfying predicate(line) was added."""
-        deadline = time.perf_counter() + timeout
-        while True:
-            at, line = self._lines.get(timeout=max(0.0, deadline - time.perf_counter()))
-            if line.startswith("add rule") and f" {chain} " in line and predicate(line):
-                return at
-
-    def close(self) -> None:
-        self._proc.kill()
-        self._proc.wait()
-
-
-def _wait_until(check, timeout: float = 30.0, interval: float = 0.002) -> float:
-    start = time.perf_counter()
-    while not check():
-        if time.perf_counter() - start > timeout:
-            raise RuntimeError("timed out")
-        time.sleep(interval)
-    return time.perf_counter() - start
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"median_ms": statistics.median(ordered) * 1e3, "min_ms": ordered[0] * 1e3, "max_ms": ordered[-1] * 1e3,
-            "p90_ms": ordered[(len(ordered) * 9) // 10] * 1e3, "count": len(ordered)}
 
 
 def rule_updates(plan, endpoints: int, updates: int) -> dict:
@@ -115,7 +61,7 @@ def rule_updates(plan, endpoints: int, updates: int) -> dict:
     for i in range(endpoints):
         entry = _fake_pod(i)
         etcd.txn("bench", (), [(f"{PREFIX}/pods/{FAKE_NODE}/{entry.name}", entry.to_json(), lease)])
-    _wait_until(lambda: f"mod {endpoints} map" in _nft_list(h1.netns), timeout=60, interval=0.2)
+    wait_until(lambda: f"mod {endpoints} map" in nft_list(h1.netns), timeout=60, interval=0.2)
     monitor = RuleMonitor(h1.netns)
     ours: list[float] = []
     try:
@@ -127,26 +73,20 @@ def rule_updates(plan, endpoints: int, updates: int) -> dict:
             start = time.perf_counter()
             if n % 2 == 0:  # add one endpoint, then take it away again
                 etcd.txn("bench", (), [(key, entry.to_json(), lease)])
-                done = monitor.wait_rule("svc_bench_tcp_80", lambda line: needle in line)
+                done = monitor.wait(lambda line: " svc_bench_tcp_80 " in line and needle in line)
             else:
                 etcd.txn("bench", (), deletes=[key])
-                done = monitor.wait_rule("svc_bench_tcp_80", lambda line: needle not in line)
+                done = monitor.wait(lambda line: " svc_bench_tcp_80 " in line and needle not in line)
             ours.append(done - start)
     finally:
         monitor.close()
     # The anchor: write the very same table with nft alone (what any implementation must pay).
-    text = _nft_list(h1.netns)
-    script = f"add table inet {TABLE}\ndelete table inet {TABLE}\n{text}"
-    floor: list[float] = []
-    for _ in range(updates):
-        start = time.perf_counter()
-        subprocess.run(["ip", "netns", "exec", h1.netns, "nft", "-f", "-"], input=script, text=True, check=True)
-        floor.append(time.perf_counter() - start)
+    floor = nft_f_floor(h1.netns, nft_list(h1.netns), updates)
     ControlClient(socket).call("service.del", name="bench")
     etcd.revoke(lease)
     etcd.close()
-    return {"endpoints": endpoints, "overlayd_etcd_write_to_rule_in_kernel": _summary(ours),
-            "nft_f_alone": _summary(floor),
+    return {"endpoints": endpoints, "overlayd_etcd_write_to_rule_in_kernel": summary_ms(ours),
+            "nft_f_alone": summary_ms(floor),
             "how": "from just before the etcd put/delete of one pod record to `nft monitor` showing the "
                    "service chain's new rule (etcd round trip and watch included)"}
 
@@ -163,7 +103,7 @@ def throughput(plan, rounds: int, seconds: int) -> dict:
     server = ControlClient(h2.socket).call("pod.add", name="iperf-server", labels={"iperf": "yes"})
     service = ControlClient(h1.socket).call("service.add", name="iperf", selector={"iperf": "yes"},
                                             ports=[{"port": 5201, "target_port": 5201, "protocol": "tcp"}])
-    _wait_until(lambda: f"{server['ip']} . 5201" in _nft_list(h1.netns), timeout=30)
+    wait_until(lambda: f"{server['ip']} . 5201" in nft_list(h1.netns), timeout=30)
     daemon = subprocess.Popen(["ip", "netns", "exec", server["netns"], "iperf3", "-s", "-p", "5201"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
