@@ -171,19 +171,25 @@ def json_object_untrusted(data: bytes, *, max_bytes: int = MAX_RECORD_BYTES, wha
     return doc
 
 
+def address_untrusted(value: object, what: str) -> IPv4Address | IPv6Address:
+    """An IP address in its one canonical spelling (so one address is never two records); RecordError."""
+    if not isinstance(value, str) or len(value) > 45:
+        raise RecordError(f"{what} must be an address string, got {str(value)[:60]!r}")
+    try:
+        address = ip_address(value)
+    except ValueError:
+        raise RecordError(f"{what} {value!r} is not an IP address") from None
+    if str(address) != value:
+        raise RecordError(f"{what} {value!r} is not canonical (expected {str(address)!r})")
+    return address
+
+
 def parse_host_record_untrusted(data: bytes) -> HostRecord:
     """Parse a host record value; unknown top-level fields are ignored (newer writers may add some,
     e.g. the trust layer's "cert" and "sig")."""
     doc = json_object_untrusted(data)
-    node, public_ip, backend = doc.get("node"), doc.get("public_ip"), doc.get("backend")
-    if not isinstance(public_ip, str) or len(public_ip) > 45:
-        raise RecordError(f"public_ip must be an address string, got {str(public_ip)[:60]!r}")
-    try:
-        address = ip_address(public_ip)
-    except ValueError:
-        raise RecordError(f"public_ip {public_ip!r} is not an IP address") from None
-    if str(address) != public_ip:
-        raise RecordError(f"public_ip {public_ip!r} is not canonical (expected {str(address)!r})")
+    node, backend = doc.get("node"), doc.get("backend")
+    address = address_untrusted(doc.get("public_ip"), "public_ip")
     if not isinstance(backend, dict):
         raise RecordError(f"backend must be a JSON object, got {type(backend).__name__}")
     return HostRecord(node=node, public_ip=address, backend=backend)  # type: ignore[arg-type]  # checked there

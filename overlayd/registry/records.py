@@ -27,11 +27,11 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal
 
 from overlayd.cluster.errors import RecordError
-from overlayd.cluster.records import json_object_untrusted
+from overlayd.cluster.records import address_untrusted, json_object_untrusted
 from overlayd.errors import UsageError
 from overlayd.pods.names import validate_labels, validate_pod_name
 
@@ -106,18 +106,6 @@ def _checked(check: Any, value: Any, what: str) -> None:
         raise RecordError(f"{what}: {exc}") from None
 
 
-def _address_untrusted(value: object, what: str) -> IPAddress:
-    if not isinstance(value, str) or len(value) > 45:
-        raise RecordError(f"{what} must be an address string")
-    try:
-        address = ip_address(value)
-    except ValueError:
-        raise RecordError(f"{what} {value!r} is not an IP address") from None
-    if str(address) != value:
-        raise RecordError(f"{what} {value!r} is not canonical")
-    return address
-
-
 def _labels_untrusted(value: object, what: str) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise RecordError(f"{what} must map strings to strings")
@@ -137,7 +125,7 @@ def parse_pod_untrusted(node: str, name: str, value: bytes) -> PodEntry:
         _checked(validate_pod_name, name, "pod name")
     elif not (name.startswith(CNI_NAME_PREFIX) and is_container_id(name[len(CNI_NAME_PREFIX):])):
         raise RecordError(f"CNI record name {name[:40]!r} is not cni:<container id>")
-    return PodEntry(name, node, _address_untrusted(doc.get("ip"), "pod ip"),
+    return PodEntry(name, node, address_untrusted(doc.get("ip"), "pod ip"),
                     _labels_untrusted(doc.get("labels", {}), "pod labels"), kind)
 
 
@@ -169,7 +157,7 @@ def parse_service_untrusted(name: str, value: bytes) -> ServiceSpec:
     if doc.get("name") != name:
         raise RecordError(f"service record under {name!r} names another service")
     _checked(validate_pod_name, name, "service name")  # the same DNS-label rule
-    vip = _address_untrusted(doc.get("vip"), "service vip")
+    vip = address_untrusted(doc.get("vip"), "service vip")
     if not isinstance(vip, IPv4Address):
         raise RecordError("service vip must be IPv4")
     return ServiceSpec(name, vip, _labels_untrusted(doc.get("selector", {}), "service selector"),
