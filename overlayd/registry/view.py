@@ -60,6 +60,7 @@ class RegistryView:
         self.policies: dict[str, Policy] = {}
         self.refused: dict[str, str] = {}  # key -> why
         self.generation = 0  # counts changes, so consumers can cache what they derive
+        self._service_nat: tuple[int, tuple[ServiceNat, ...]] = (-1, ())
 
     # --- feeding -------------------------------------------------------------------
 
@@ -184,6 +185,12 @@ class RegistryView:
                       key=lambda pod: (pod.node, pod.name))
 
     def service_nat(self) -> tuple[ServiceNat, ...]:
+        """Memoised per generation: the rules are read again by the NAT keeper for the same change."""
+        if self._service_nat[0] != self.generation:
+            self._service_nat = (self.generation, self._build_service_nat())
+        return self._service_nat[1]
+
+    def _build_service_nat(self) -> tuple[ServiceNat, ...]:
         rows = []
         for name in sorted(self.services):
             spec = self.services[name]
