@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
@@ -174,19 +174,31 @@ class DaemonMetrics:
         return frozenset(sample.name for family in self.registry.collect() for sample in family.samples)
 
 
-class _WireGuardDrops(Collector):
+class _SourcedCollector(Collector):
+    """A collector whose values come from a callable set later (`source`), read at each scrape."""
+
+    what = "counters"  # for the log line when the source fails
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Any] | None = None
+
+    def _read(self) -> Any:
+        """The source's values; None while unset, when it knows nothing, or when it failed."""
+        try:
+            return self.source() if self.source is not None else None
+        except Exception:  # a broken source must not cost the other metrics their scrape
+            log.exception("reading the %s failed", self.what)
+            return None
+
+
+class _WireGuardDrops(_SourcedCollector):
     """overlayd_wireguard_drops_total{reason}, read from the engine's counters at each scrape;
     absent while no source is set or the source knows nothing."""
 
-    def __init__(self) -> None:
-        self.source: WireGuardDrops | None = None
+    what = "WireGuard drop counters"
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            drops = self.source() if self.source is not None else None
-        except Exception:  # a broken source must not cost the other metrics their scrape
-            log.exception("reading the WireGuard drop counters failed")
-            return
+        drops = self._read()
         if drops is None:
             return
         family = CounterMetricFamily("overlayd_wireguard_drops_total",
@@ -196,21 +208,16 @@ class _WireGuardDrops(Collector):
         yield family
 
 
-class _PolicyDrops(Collector):
+class _PolicyDrops(_SourcedCollector):
     """overlayd_policy_drops_total{policy, direction} and overlayd_policy_unknown_drops_total, from
     the named counters of our nftables table (read every few seconds, and before each rewrite).
     Policy names are label values: they come from `overlayctl policy apply`, an operator's
     command, and there is one series pair per policy in force."""
 
-    def __init__(self) -> None:
-        self.source: PolicyDrops | None = None
+    what = "policy drop counters"
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            drops = self.source() if self.source is not None else None
-        except Exception:  # a broken source must not cost the other metrics their scrape
-            log.exception("reading the policy drop counters failed")
-            return
+        drops = self._read()
         if drops is None:
             return
         per_policy, unknown = drops
