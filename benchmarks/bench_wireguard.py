@@ -7,7 +7,8 @@ same round, and CPU cost per byte carried, which depends much less on how busy t
 - throughput: iperf3 TCP A -> B through the tunnel;
 - CPU seconds per GB carried: utime + stime of every process of both tunnel ends (engine and
   its workers, from /proc) over the bytes iperf3 received;
-- latency: `ping -c 200 -i 0.005` through the idle tunnel (average and median RTT).
+- latency: `ping -c 200 -i 0.005` through the idle tunnel (average and median RTT), with the
+  CPU both ends spent per ping (what busy polling costs).
 
 Test bed (tests/integration/wg_bed.py): ns A and ns B joined by a veth (198.18.1.1/.2), a tunnel
 with MTU 1420 between them, configured with the stock `wg` tool. Kinds: "ours" (overlayd-wg),
@@ -49,6 +50,7 @@ from tests.integration.wg_bed import WgBed
 RESULTS = Path(__file__).resolve().parent / "results" / "wireguard.json"
 LABELS = {"ours": "overlayd-wg", "go": "wireguard-go (Debian)", "vxlan": "kernel VXLAN (no crypto)"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PINGS = 200
 
 
 # CPU accounting from /proc.
@@ -85,9 +87,13 @@ def _machine_ticks() -> tuple[int, int]:
 # Tunnel runs.
 
 
+def _tunnel_pids(bed: WgBed) -> list[int]:
+    return [p for side in (bed.a, bed.b) if side.proc is not None for p in _descendants(side.proc.pid)]
+
+
 def throughput(bed: WgBed, seconds: float) -> dict:
     """One iperf3 TCP run A -> B with the CPU both tunnel ends used meanwhile."""
-    pids = [p for side in (bed.a, bed.b) if side.proc is not None for p in _descendants(side.proc.pid)]
+    pids = _tunnel_pids(bed)
     cpu0 = cpu_seconds(pids)
     total0, idle0 = _machine_ticks()
     start = time.monotonic()
@@ -111,13 +117,18 @@ def throughput(bed: WgBed, seconds: float) -> dict:
 
 
 def latency(bed: WgBed) -> dict:
-    out = bed.sh(bed.a, "ping", "-c", "200", "-i", "0.005", "-W", "2", bed.b.tunnel_ip, timeout=60).stdout
+    """200 pings 5 ms apart, and the CPU both tunnel ends spent meanwhile (busy polling costs
+    CPU between packets: this is where it shows)."""
+    pids = _tunnel_pids(bed)
+    cpu0 = cpu_seconds(pids)
+    out = bed.sh(bed.a, "ping", "-c", str(PINGS), "-i", "0.005", "-W", "2", bed.b.tunnel_ip, timeout=60).stdout
+    cpu = cpu_seconds(pids) - cpu0
     rtts = [float(m) for m in re.findall(r"time=([\d.]+) ms", out)]
     loss = re.search(r"([\d.]+)% packet loss", out)
     if not rtts or loss is None:
         raise RuntimeError(f"cannot read ping output: {out[-500:]!r}")
     return {"avg_ms": round(statistics.fmean(rtts), 3), "median_ms": round(statistics.median(rtts), 3),
-            "loss_percent": float(loss[1])}
+            "loss_percent": float(loss[1]), "cpu_ms_per_ping": round(cpu * 1e3 / PINGS, 3)}
 
 
 def spread(values: Sequence[float]) -> dict:
@@ -141,13 +152,14 @@ def tunnel_benchmarks(kinds: Sequence[str], seconds: float, rounds: int) -> dict
                 pings[kind].append(latency(beds[kind]))
                 print(f"  round {r + 1} {kind:8s} {run['mbit_s']:8.1f} Mbit/s  "
                       f"{run.get('cpu_s_per_gb', float('nan')):6.2f} CPU s/GB  "
-                      f"ping {pings[kind][-1]['avg_ms']:.3f} ms  load {run['load_1min']:.2f}", flush=True)
+                      f"ping {pings[kind][-1]['avg_ms']:.3f} ms ({pings[kind][-1]['cpu_ms_per_ping']:.2f} CPU ms each)  load {run['load_1min']:.2f}", flush=True)
     result: dict = {}
     for kind in kinds:
         result[kind] = {
             "mbit_s": spread([run["mbit_s"] for run in runs[kind]]),
             "ping_avg_ms": spread([p["avg_ms"] for p in pings[kind]]),
             "ping_median_ms": spread([p["median_ms"] for p in pings[kind]]),
+            "ping_cpu_ms": spread([p["cpu_ms_per_ping"] for p in pings[kind]]),
             "runs": runs[kind], "pings": pings[kind],
         }
         if all("cpu_s_per_gb" in run for run in runs[kind]):
@@ -163,6 +175,8 @@ def ratios(tunnels: dict, ours: str, anchor: str) -> dict:
         "throughput": spread([x["mbit_s"] / y["mbit_s"] for x, y in pairs]),
         "ping_avg": spread([x["avg_ms"] / y["avg_ms"] for x, y in zip(a["pings"], b["pings"])]),
     }
+    out["ping_cpu"] = spread([x["cpu_ms_per_ping"] / max(y["cpu_ms_per_ping"], 1e-3)
+                              for x, y in zip(a["pings"], b["pings"])])
     if "cpu_s_per_gb" in a and "cpu_s_per_gb" in b:
         out["cpu_per_byte"] = spread([x["cpu_s_per_gb"] / y["cpu_s_per_gb"] for x, y in pairs])
     return out
@@ -316,13 +330,13 @@ def print_table(result: dict) -> None:
     tunnels = result.get("tunnels")
     if tunnels:
         print(f"\n{'tunnel':28s} {'Mbit/s median (min-max)':>26s} {'CPU s/GB median (min-max)':>28s} "
-              f"{'ping avg ms':>12s}")
+              f"{'ping avg ms':>12s} {'CPU ms/ping':>12s}")
         for kind, t in tunnels.items():
             mbit = t["mbit_s"]
             cpu = t.get("cpu_s_per_gb")
             cpu_text = f"{cpu['median']:.2f} ({cpu['min']:.2f}-{cpu['max']:.2f})" if cpu else "-"
             print(f"{LABELS[kind]:28s} {mbit['median']:>10.0f} ({mbit['min']:.0f}-{mbit['max']:.0f})"
-                  f"{'':>4s} {cpu_text:>28s} {t['ping_avg_ms']['median']:>12.3f}")
+                  f"{'':>4s} {cpu_text:>28s} {t['ping_avg_ms']['median']:>12.3f} {t['ping_cpu_ms']['median']:>12.2f}")
         for name, r in result.get("ratios", {}).items():
             parts = [f"{key} {v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f})" for key, v in r.items()]
             print(f"{name}: " + ", ".join(parts))

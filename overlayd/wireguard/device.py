@@ -19,7 +19,6 @@ import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
 
 from overlayd.wireguard import crypto, noise, transport
 from overlayd.wireguard.constants import (
@@ -41,11 +40,11 @@ from overlayd.wireguard.constants import (
     REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER_MAX,
     RESPONSE_SIZE,
-    TRANSPORT_HEADER_SIZE,
     TRANSPORT_MIN_SIZE,
     ZERO_KEY_MATERIAL_AFTER,
 )
 from overlayd.wireguard.cookie import ReplyOutcome
+from overlayd.wireguard.counters import CounterSpace
 from overlayd.wireguard.crypto import RandomBytes
 from overlayd.wireguard.errors import InvalidConfigError, InvalidKeyError, UnknownPeerError
 from overlayd.wireguard.events import (
@@ -67,12 +66,12 @@ from overlayd.wireguard.messages import (
     parse_response_untrusted,
 )
 from overlayd.wireguard.peer import Peer, PeerConfig, PeerStatus
+from overlayd.wireguard.plane import PeerPlane, PlaneSnapshot, SessionKeys, WorkerReport
 from overlayd.wireguard.ratelimit import LoadDetector, RateLimiter, source_key
 from overlayd.wireguard.routing import AllowedIPs, Network
 from overlayd.wireguard.tai64n import tai64n
 from overlayd.wireguard.timers import Timer
 
-_nonce = crypto.counter_nonce
 
 
 def _cookie_source(addr: Endpoint) -> bytes:
@@ -93,11 +92,17 @@ class Device:
         wall_offset: float = 0.0,
         load: LoadDetector | None = None,
         rate_limiter: RateLimiter | None = None,
+        shards: int = 1,
+        counters: CounterSpace | None = None,
     ) -> None:
         """`private_key` None is an interface without identity (as after `wg set private-key
         /dev/null`): peers can be configured, but nothing is sent or accepted until a key is set.
         `wall_offset` turns `now` into Unix time (for TAI64N timestamps and handshake times);
-        `listen_port` is only stored for the UAPI to report."""
+        `listen_port` is only stored for the UAPI to report.
+
+        With `shards` > 1 worker processes share the data path (plane.py): this device is
+        shard 0, a peer's sessions get indices that steering.py sends to the peer's shard, send
+        counters come from `counters`, and `generation` counts changes the workers must hear of."""
         self._rng = rng
         self.listen_port = listen_port
         self.mtu = mtu
@@ -112,6 +117,9 @@ class Device:
         # Datagrams made outside a receive or send call (timers, configuration), never batched.
         self._outbox: list[Any] = []
         self._identity = None if private_key is None else Identity(private_key)
+        self.shards = shards
+        self._counters = counters
+        self.generation = 0
 
     # Identity and configuration.
 
@@ -130,6 +138,7 @@ class Device:
         if identity is not None and identity.public_key in self._peers:  # not our own peer (as wireguard-go)
             self.remove_peer(identity.public_key)
         self._identity = identity
+        self.generation += 1
         for peer in self._peers.values():
             peer.static_static = None if identity is None else identity.static_static(peer.public_key)
             self._forget_keypairs(peer.keypairs.clear())
@@ -166,6 +175,7 @@ class Device:
             preshared_key = crypto.check_key(preshared_key, "preshared key")
         if persistent_keepalive is not None and not 0 <= persistent_keepalive <= 65535:
             raise InvalidConfigError("persistent keepalive must be 0..65535 seconds")
+        self.generation += 1
         peer = self._peers.get(public_key)
         if peer is None:
             if crypto.is_low_order(public_key):
@@ -190,6 +200,7 @@ class Device:
         peer = self._peers.pop(public_key, None)
         if peer is None:
             raise UnknownPeerError("no peer with this public key")
+        self.generation += 1
         self._zero_all(peer)
         self._routes.remove_owner(peer)
 
@@ -349,8 +360,19 @@ class Device:
         """Encrypt and emit (transport.py has the hot loops), then the bookkeeping once per run."""
         endpoint = peer.endpoint
         assert endpoint is not None  # callers checked it
+        if keypair.slot >= 0 and self._counters is not None \
+                and not self._counters.reserve(keypair, len(packets)):  # exhausted: rekey
+            for packet in packets:
+                self._stage(peer, packet)
+            self._send_initiation(peer, now, out, is_retry=False)
+            return
         seal = transport.seal_batched if batched and len(packets) > 1 else transport.seal_each
         sent_bytes, sent_data = seal(keypair, packets, self.mtu, endpoint, out)
+        self._sent(peer, keypair, sent_bytes, sent_data, now, out)
+
+    def _sent(self, peer: Peer, keypair: Keypair, sent_bytes: int, sent_data: bool, now: float,
+              out: DatagramSink) -> None:
+        """Bookkeeping after transport packets went out with `keypair` (here or in a worker)."""
         counter = keypair.send_counter
         peer.tx_bytes += sent_bytes
         timers = peer.timers
@@ -377,7 +399,7 @@ class Device:
             return  # at most one initiation per REKEY_TIMEOUT
         handshake.last_sent = now
         self._free_handshake_index(peer)
-        index = self._new_index()
+        index = self._new_index(peer)
         ephemeral = crypto.private_key_object(crypto.generate_private_key(self._rng))
         state = peer.initiator_start.copy()
         fields = noise.write_initiation(
@@ -408,7 +430,7 @@ class Device:
             handshake.clear()
             return
         self._free_handshake_index(peer)
-        index = self._new_index()
+        index = self._new_index(peer)
         self._handshake_index[index] = peer
         handshake.response_created(index)
         handshake.last_sent = now
@@ -433,8 +455,13 @@ class Device:
             send, receive, created=now, is_initiator=is_initiator, local_index=index,
             remote_index=handshake.remote_index, peer=peer,
         )
+        if self._counters is not None:
+            slot = self._counters.new_slot()
+            if slot is not None:  # else only this process sends with it (workers hand packets over)
+                keypair.slot, keypair.lease_end = slot, 0
         del self._handshake_index[index]
         self._keypair_index[index] = keypair  # the handshake's index now names the session
+        self.generation += 1
         handshake.session_begun()
         if is_initiator:
             dropped = peer.keypairs.install_as_initiator(keypair)
@@ -502,7 +529,8 @@ class Device:
             return None
         receiver, counters = found
         keypair = self._keypair_index.get(receiver)
-        if keypair is None or now - keypair.created >= REJECT_AFTER_TIME:
+        if keypair is None or now - keypair.created >= REJECT_AFTER_TIME \
+                or not transport.owned_by(receiver, 0, self.shards):
             return None
         plaintexts, bad = transport.open_batch(keypair, data, size, counters)
         self._drop(DropReason.BAD_AEAD, bad)
@@ -510,32 +538,7 @@ class Device:
         out: list[Datagram | DatagramBatch] = []
         if not plaintexts:
             return [], out
-        peer = keypair.peer
-        lookup = self._routes.lookup
-        packets = []
-        # A packet with the same first 4 bytes (version, header length, total length), length
-        # and source as one already let through is let through as that one was (the segments
-        # of one TCP flow): two slice compares instead of parsing and looking up each.
-        known_start = known_source = b""
-        known_length = -1
-        for plaintext in plaintexts:
-            if not plaintext:
-                continue  # a keepalive
-            if len(plaintext) == known_length and plaintext[:4] == known_start:
-                if plaintext[12:16] == known_source:
-                    packets.append(plaintext)
-                    continue
-            header = source_and_length_untrusted(plaintext)
-            if header is None:
-                self.drops[DropReason.BAD_INNER_PACKET] += 1
-                continue
-            source, length = header
-            if lookup(source) is not peer:
-                self.drops[DropReason.NOT_ALLOWED_IP] += 1
-                continue
-            if length == len(plaintext) and plaintext[0] == 0x45:  # whole IPv4 packet, no options
-                known_start, known_source, known_length = plaintext[:4], source, length
-            packets.append(plaintext if length == len(plaintext) else plaintext[:length])
+        packets = transport.inner_packets(plaintexts, keypair.peer, self._routes.lookup, self.drops)
         data_packets = sum(1 for p in plaintexts if p)
         self._transport_received(keypair, addr, sum(map(len, plaintexts)) + transport.OVERHEAD * len(plaintexts),
                                  data_packets, now, out)
@@ -564,37 +567,26 @@ class Device:
             self.drops[DropReason.UNKNOWN_TYPE] += 1
 
     def _open_transport(self, data: bytes | memoryview, now: float) -> tuple[Keypair, bytes] | None:
-        """Find the session, decrypt, then (only once authenticated) check the replay window."""
-        _, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
-        keypair = self._keypair_index.get(receiver)
-        if keypair is None:
-            self.drops[DropReason.UNKNOWN_INDEX] += 1
+        if self.shards > 1 and not transport.owned_by(TRANSPORT_HEADER.unpack_from(data)[1], 0, self.shards):
+            self.drops[DropReason.MISROUTED] += 1  # a worker keeps this session's replay window
             return None
-        if now - keypair.created >= REJECT_AFTER_TIME:
-            self.drops[DropReason.EXPIRED_KEY] += 1
-            return None
-        try:
-            plaintext = keypair.receive.decrypt(_nonce(counter), memoryview(data)[TRANSPORT_HEADER_SIZE:], None)
-        except InvalidTag:
-            self.drops[DropReason.BAD_AEAD] += 1
-            return None
-        if not keypair.replay.accept(counter):
-            self.drops[DropReason.REPLAY] += 1
-            return None
-        return keypair, plaintext
+        return transport.open_one(self._keypair_index, data, now, self.drops)
 
     def _transport_received(
         self, keypair: Keypair, addr: Endpoint, nbytes: int, data_packets: int, now: float, out: DatagramSink
     ) -> None:
         """Bookkeeping after authenticated transport packets (`data_packets` of them not keepalives)."""
         peer = keypair.peer
-        peer.endpoint = addr  # roaming: the latest authenticated source wins
+        if peer.endpoint != addr:  # roaming: the latest authenticated source wins
+            peer.endpoint = addr
+            self.generation += 1
         peer.rx_bytes += nbytes
         timers = peer.timers
         if keypair is peer.keypairs.next:
             # First packet on the responder's new keypair: the initiator has it, start using it.
             _, dropped = peer.keypairs.confirm(keypair)
             self._forget_keypairs(dropped)
+            self.generation += 1
             timers.on_handshake_complete()
             peer.last_handshake = now
             self._send_staged(peer, now, out)
@@ -683,7 +675,7 @@ class Device:
             self.drops[DropReason.HANDSHAKE_FLOOD] += 1
             return
         handshake.initiation_consumed(state, message.sender, message.ephemeral, timestamp, now)
-        peer.endpoint = addr
+        self._roam(peer, addr)
         peer.rx_bytes += len(data)
         peer.timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive)
         peer.timers.on_authenticated_packet_received()
@@ -712,7 +704,7 @@ class Device:
             self.drops[DropReason.BAD_HANDSHAKE] += 1
             return
         handshake.response_consumed(state, message.sender)
-        peer.endpoint = addr
+        self._roam(peer, addr)
         peer.rx_bytes += len(data)
         timers = peer.timers
         timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive)
@@ -742,7 +734,45 @@ class Device:
         elif outcome is ReplyOutcome.BAD:
             self.drops[DropReason.BAD_COOKIE] += 1
 
+    # Worker processes (plane.py).
+
+    def plane_snapshot(self) -> PlaneSnapshot:
+        """What the workers need: every peer's endpoint, allowed IPs and sessions."""
+        peers = []
+        for peer in self._peers.values():
+            keypairs = peer.keypairs
+            sessions = tuple(
+                SessionKeys(k.local_index, k.remote_index, k.send_key, k.receive_key, k.created, k.slot,
+                            sends=k is keypairs.current)
+                for k in (keypairs.previous, keypairs.current, keypairs.next) if k is not None
+            )
+            peers.append(PeerPlane(peer.public_key, peer.endpoint, tuple(self._routes.networks_of(peer)), sessions))
+        return PlaneSnapshot(self.generation, self.mtu, tuple(peers))
+
+    def apply_report(self, report: WorkerReport, now: float) -> list[Datagram | DatagramBatch]:
+        """A worker's traffic, as if it had passed here: stats, roaming, key confirmation and
+        timers; the packets it could not send are sent or staged. Returns datagrams to send."""
+        out: list[Datagram | DatagramBatch] = []
+        self.drops.update(report.drops)
+        for index, (nbytes, data_packets, addr) in report.received.items():
+            keypair = self._keypair_index.get(index)
+            if keypair is not None:  # else gone since: its traffic no longer matters
+                self._transport_received(keypair, addr, nbytes, data_packets, now, out)
+        for public_key, (nbytes, sent_data) in report.sent.items():
+            peer = self._peers.get(public_key)
+            keypair = None if peer is None else peer.keypairs.current
+            if peer is not None and keypair is not None:
+                self._sent(peer, keypair, nbytes, sent_data, now, out)
+        if report.packets:
+            self._send_packets(report.packets, now, out, batched=True)
+        return out
+
     # Bookkeeping.
+
+    def _roam(self, peer: Peer, addr: Endpoint) -> None:
+        if peer.endpoint != addr:
+            peer.endpoint = addr
+            self.generation += 1
 
     def _drop(self, reason: DropReason, count: int) -> None:
         if count:
@@ -751,10 +781,14 @@ class Device:
     def _jitter(self) -> float:
         return int.from_bytes(self._rng(4), "little") / 2**32 * REKEY_TIMEOUT_JITTER_MAX
 
-    def _new_index(self) -> int:
+    def _new_index(self, peer: Peer) -> int:
+        """A free random index; with shards, one that steering sends to the peer's shard, so
+        that all its sessions are opened in one process (one replay window, in order)."""
+        shard = peer.public_key[0] % self.shards
         while True:
             index = int.from_bytes(self._rng(4), "little")
-            if index not in self._handshake_index and index not in self._keypair_index:
+            if transport.owned_by(index, shard, self.shards) \
+                    and index not in self._handshake_index and index not in self._keypair_index:
                 return index
 
     def _free_handshake_index(self, peer: Peer) -> None:
@@ -764,8 +798,12 @@ class Device:
 
     def _forget_keypairs(self, keypairs: Iterable[Keypair]) -> None:
         for keypair in keypairs:
+            self.generation += 1
             if self._keypair_index.get(keypair.local_index) is keypair:
                 del self._keypair_index[keypair.local_index]
+            if keypair.slot >= 0 and self._counters is not None:
+                self._counters.free_slot(keypair.slot)
+                keypair.slot = -1
 
     def _zero_all(self, peer: Peer) -> None:
         """Destroy every session and the unfinished handshake, and flush queued packets."""

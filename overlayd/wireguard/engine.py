@@ -1,12 +1,8 @@
-"""The userspace WireGuard data path: one TUN device and one UDP socket around a core Device.
+"""The userspace WireGuard interface: a core Device behind a TUN device and a UDP socket,
+optionally with worker processes that share the data path.
 
-Two threads, neither scheduling anything per packet:
-- data: both directions in one loop. TUN -> frames (64 KiB TCP super-packets with offload)
-  cut into segments -> `Device.seal_packets` (sealed back to back in one buffer per GSO send)
-  -> UDP GSO sends (one syscall per run of up to 64 datagrams to one peer); UDP GRO receives
-  (several at once) -> `Device.receive_batch_untrusted` per GRO batch of one session (else
-  `receive_datagrams_untrusted`) -> TCP segments glued back together -> one TUN write per
-  super-packet. It sleeps in poll() only when both sides are empty.
+Threads of the control process, neither scheduling anything per packet:
+- data: both directions in one loop (datapath.py);
 - timers: sleeps until `Device.get_timer()` (at most TIMER_TICK), runs `handle_timer`, sends
   what `datagrams_to_send` hands over, and follows the TUN MTU.
 UAPI get/set calls come from the caller's threads.
@@ -17,6 +13,11 @@ a time anyway, and with a thread per direction every TCP ACK going the other way
 handoff, which cost more than handling the ACK (about 10% more throughput with one thread).
 The core's Device is not thread-safe: every call into it holds `_lock` (taken once per batch;
 the timer thread and UAPI calls are the only other takers).
+
+More cores take worker processes (`workers` > 1): each has a queue of a multi-queue TUN device
+and a socket of a SO_REUSEPORT group on the listen port. The kernel spreads outbound flows over
+the queues, and steering.py gives each peer's transport messages to one worker (handshakes to
+this process, which owns all protocol state and publishes sessions to the workers: plane.py).
 """
 
 from __future__ import annotations
@@ -24,32 +25,35 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
-import select
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing.reduction import send_handle
 
 from overlayd.errors import KernelError
-from overlayd.wireguard import crypto
+from overlayd.wireguard import crypto, steering
+from overlayd.wireguard.counters import CounterSpace
+from overlayd.wireguard.datapath import DataPath
 from overlayd.wireguard.device import Device
-from overlayd.wireguard.events import Datagram, DatagramBatch, Endpoint, Output, Packet, TunPacket
-from overlayd.wireguard.offload import coalesce, split_frame
+from overlayd.wireguard.events import Endpoint
+from overlayd.wireguard.plane import WorkerReport
 from overlayd.wireguard.tun import TunDevice
 from overlayd.wireguard.uapi import ZERO_KEY, DeviceState, PeerState, PeerUpdate, SetRequest, UapiError
-from overlayd.wireguard.udp import RECEIVE_BUFFER_BYTES, UdpSocket, from_socket, max_gso_segments, segments
+from overlayd.wireguard.udp import UdpSocket, from_socket, max_gso_segments
+from overlayd.wireguard.worker import worker_main
 
 log = logging.getLogger(__name__)
 
 TIMER_TICK = 0.25  # a timer armed by the data path fires at most this late
 MTU_CHECK_INTERVAL = 1.0
-OUTBOUND_BATCH = 64  # packets taken from TUN before sealing them in one locked call
-INBOUND_BATCH = 64  # datagrams taken from UDP before opening them in one locked call
-INBOUND_BUFFERS = 8  # 64 KiB receive buffers (a GRO receive keeps its buffer until handled)
-TUN_FRAME_BYTES = 65536 + 1024
 TRANSPORT_OVERHEAD = 32  # header and tag around an inner packet of at most MTU bytes
-_TRANSPORT = 4
-_POLL_MS = 1000
+DEFAULT_BUSY_POLL = 0.001  # seconds the data thread keeps polling after its last packet
+COUNTER_SLOTS = 65536  # send keypairs alive at once with workers (3 per peer at most)
+WORKER_STOP_TIMEOUT = 5.0
 
 
 class Engine:
@@ -59,34 +63,77 @@ class Engine:
         self,
         tun: TunDevice,
         *,
+        worker_queues: Sequence[TunDevice] = (),
         listen_port: int = 0,
+        busy_poll: float = DEFAULT_BUSY_POLL,
         rng: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`worker_queues`: further queues of a multi-queue `tun`, one per worker process."""
         self._tun = tun
+        self._worker_queues = list(worker_queues)
+        self._shards = 1 + len(self._worker_queues)
+        self._busy_poll = busy_poll
         self._rng = rng
         self._clock = clock
         self._lock = threading.Lock()  # guards _device
         self._config_lock = threading.Lock()  # one UAPI set at a time
+        self._counters = CounterSpace(COUNTER_SLOTS) if self._shards > 1 else None
         # No identity until a UAPI set gives a private key: the device sends and accepts nothing.
-        self._device = Device(None, rng=rng, mtu=tun.mtu, wall_offset=time.time() - clock())
+        self._device = Device(None, rng=rng, mtu=tun.mtu, wall_offset=time.time() - clock(),
+                              shards=self._shards, counters=self._counters)
         self._mtu = 0  # what _follow_mtu last saw
-        self._udp = UdpSocket(listen_port)
+        self._group = self._open_group(listen_port, 0)  # [ours, worker 1's, ...]
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = False
         self._timer_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         # Per-batch counters (tun_reads, udp_sends, ...) and errors: logged at shutdown.
         self.stats: collections.Counter[str] = collections.Counter()
+        self._path = DataPath(tun, self._group[0], self._device, self._lock, clock=clock, busy_poll=busy_poll,
+                              stats=self.stats, after_core=self._publish)
+        self._workers: list[tuple[multiprocessing.process.BaseProcess, multiprocessing.connection.Connection]] = []
+        self._publish_lock = threading.Lock()  # one writer at a time on the worker pipes
+        self._published = -1  # the device generation the workers last got
+        self.failure: str | None = None  # why the engine stopped on its own (a worker died)
+
+    @property
+    def _udp(self) -> UdpSocket:
+        return self._group[0]
 
     # Lifecycle.
 
     def start(self) -> None:
+        """Fork the workers (before any thread starts), then start the threads."""
         self._follow_mtu()
+        self._start_workers()
         for name, target in (("data", self._data_path), ("timers", self._timers)):
             thread = threading.Thread(target=self._guard, args=(target,), name=f"wg-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _start_workers(self) -> None:
+        if self._shards == 1:
+            return
+        assert self._counters is not None
+        context = multiprocessing.get_context("fork")
+        inherited = [self._tun.fd, self._stop_r, self._stop_w]
+        for shard, queue in enumerate(self._worker_queues, start=1):
+            ours, theirs = context.Pipe()
+            others = [q.fd for q in self._worker_queues if q is not queue]
+            others += [u.fileno() for i, u in enumerate(self._group) if i != shard]
+            process = context.Process(
+                target=worker_main, name=f"overlayd-wg worker {shard}", daemon=True,
+                args=(shard, self._shards, queue, self._group[shard], theirs, self._counters, self._busy_poll,
+                      inherited + others + [ours.fileno()]),
+            )
+            process.start()
+            theirs.close()
+            self._workers.append((process, ours))
+        for queue in self._worker_queues:  # theirs alone: a queue nobody reads would swallow flows
+            queue.close()
+        self._publish()
+        log.info("%d worker processes started", len(self._workers))
 
     def counters(self) -> dict[str, int]:
         """Data path counters and the core's drop counts (drop_<reason>), for logs and benchmarks."""
@@ -96,13 +143,27 @@ class Engine:
         return {**self.stats, "udp_sends": udp.sends, "udp_send_errors": udp.send_errors, **drops}
 
     def stop(self) -> None:
-        """Stop the threads and close the socket; the caller closes the TUN device."""
+        """Stop the threads and workers and close the sockets; the caller closes the TUN device."""
         self._stopping = True
+        self._path.stopping = True
         os.write(self._stop_w, b"x")
         self._timer_wake.set()
         for thread in self._threads:
             thread.join(timeout=5)
-        self._udp.close()
+        with self._publish_lock:
+            for process, conn in self._workers:
+                try:
+                    conn.send(None)
+                except OSError:
+                    pass
+            for process, conn in self._workers:
+                process.join(WORKER_STOP_TIMEOUT)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+                conn.close()
+        for udp in self._group:
+            udp.close()
         os.close(self._stop_r)
         os.close(self._stop_w)
 
@@ -116,125 +177,50 @@ class Engine:
                 log.exception("data path error")
                 time.sleep(0.01)
 
-    # Data path.
+    # Data path, and what the workers report.
 
     def _data_path(self) -> None:
-        tun = self._tun
-        frame = bytearray(TUN_FRAME_BYTES)
-        view = memoryview(frame)
-        buffers = [bytearray(RECEIVE_BUFFER_BYTES) for _ in range(INBOUND_BUFFERS)]
-        views = [memoryview(b) for b in buffers]
-        poller = select.poll()
-        poller.register(tun.fd, select.POLLIN)
-        poller.register(self._stop_r, select.POLLIN)
-        polled: UdpSocket | None = None
-        polled_fd = -1
-        while not self._stopping:
-            udp = self._udp
-            busy = self._pump_tun(frame, view) | self._pump_udp(udp, buffers, views)
-            if busy:
-                continue
-            if udp is not polled:  # first round, or a new socket after a listen port change
-                if polled is not None:
-                    poller.unregister(polled_fd)
-                polled, polled_fd = udp, udp.fileno()
-                poller.register(polled_fd, select.POLLIN)
-            poller.poll(_POLL_MS)
+        side = {conn.fileno(): (lambda c=conn, p=process: self._from_worker(p, c)) for process, conn in self._workers}
+        self._path.run(self._stop_r, side)
 
-    def _pump_tun(self, frame: bytearray, view: memoryview) -> bool:
-        """Read up to a batch of packets from TUN and send them; False if there was nothing."""
-        tun = self._tun
-        packets: list[Packet] = []
-        reads = 0
+    def _from_worker(self, process: multiprocessing.process.BaseProcess,
+                     conn: multiprocessing.connection.Connection) -> None:
         try:
-            while len(packets) < OUTBOUND_BATCH:
-                if tun.offload:
-                    packets += split_frame(view[: tun.read_into(frame)])
-                else:
-                    packets.append(os.read(tun.fd, TUN_FRAME_BYTES))
-                reads += 1
-        except BlockingIOError:
-            if not reads:
-                return False
-        self.stats["tun_reads"] += reads
-        self.stats["tun_packets"] += len(packets)
-        self._send(packets)
-        return True
+            while conn.poll():
+                report = conn.recv()
+                if not isinstance(report, WorkerReport):
+                    raise EOFError(f"unexpected message {type(report).__name__}")
+                now = self._clock()
+                with self._lock:
+                    datagrams = self._device.apply_report(report, now)
+                self._publish()
+                if datagrams:
+                    self._udp.send(datagrams)
+        except (EOFError, OSError) as e:
+            if self._stopping:
+                return
+            # A worker's flows and sessions cannot move to another process safely (its replay
+            # windows die with it): stop, and let the service manager start us again.
+            self.failure = f"{process.name} exited ({process.exitcode if process.exitcode is not None else e})"
+            log.error("%s; stopping the interface", self.failure)
+            self._path.stopping = True
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    def _send(self, packets: Sequence[Packet]) -> None:
-        now = self._clock()
-        with self._lock:
-            datagrams = self._device.seal_packets(packets, now)
-        if datagrams:
-            self._udp.send(datagrams)
-
-    def _pump_udp(self, udp: UdpSocket, buffers: list[bytearray], views: list[memoryview]) -> bool:
-        """Receive up to a batch of datagrams and handle them; False if there was nothing."""
-        received: list[tuple[bytes | memoryview, int, Endpoint]] = []  # (data, GRO segment size or 0, source)
-        count = used = 0
-        try:
-            while count < INBOUND_BATCH and used < INBOUND_BUFFERS:
-                n, size, addr = udp.recv_into(buffers[used])
-                view = views[used][:n]
-                if 0 < size < n:  # a GRO batch (one flow, equal sizes): it stays in this buffer
-                    received.append((view, size, addr))
-                    count += -(-n // size)
-                    used += 1
-                else:  # one datagram: copy it out and reuse the buffer
-                    received.append((bytes(view), 0, addr))
-                    count += 1
-        except BlockingIOError:
-            pass
-        except OSError:  # the socket was replaced (listen port change) or shut down
-            if udp is self._udp and not self._stopping:
-                raise
-            return True
-        if not received:
-            return False
-        self.stats["udp_batches"] += 1
-        self.stats["udp_datagrams"] += count
-        self._receive(received)
-        return True
-
-    def _receive(self, received: list[tuple[bytes | memoryview, int, Endpoint]]) -> None:
-        """GRO batches of one session take the core's batch path; the rest go one by one (in
-        arrival order either way). Packets for TUN stay grouped by GRO batch: a batch is
-        usually one TCP run, which coalesce then recognises whole."""
-        now = self._clock()
-        groups: list[list[bytes]] = []
-        datagrams: list[Datagram | DatagramBatch] = []
-        singles: list[tuple[bytes | memoryview, Endpoint]] = []
-        with self._lock:
-            device = self._device
-            for data, size, addr in received:
-                if not size:  # a lone datagram, already copied out
-                    singles.append((data, addr))
-                    continue
-                assert isinstance(data, memoryview)
-                opened = device.receive_batch_untrusted(data, size, addr, now)
-                if opened is None:
-                    # Handshake messages are copied out of a GRO buffer: it is reused.
-                    singles += [(d if d[0] == _TRANSPORT else bytes(d), addr) for d in segments(data, size)]
-                    continue
-                if singles:
-                    groups.append(_sort(device.receive_datagrams_untrusted(singles, now), datagrams))
-                    singles = []
-                groups.append(opened[0])
-                datagrams += opened[1]
-            if singles:
-                groups.append(_sort(device.receive_datagrams_untrusted(singles, now), datagrams))
-        if datagrams:
-            self._udp.send(datagrams)
-        for packets in groups:
-            self._write_tun(packets)
-
-    def _write_tun(self, packets: list[bytes]) -> None:
-        tun = self._tun
-        frames = coalesce(packets) if tun.offload else [[p] for p in packets]
-        self.stats["tun_writes"] += len(frames)
-        for frame in frames:
-            if not tun.write(frame):
-                self.stats["tun_write_errors"] += 1
+    def _publish(self) -> None:
+        """Send the workers the sessions, peers and MTU if they changed since they last heard."""
+        if not self._workers or self._device.generation == self._published:
+            return
+        with self._publish_lock:
+            with self._lock:
+                if self._device.generation == self._published:
+                    return
+                snapshot = self._device.plane_snapshot()
+                self._published = snapshot.generation
+            for _, conn in self._workers:
+                try:
+                    conn.send(snapshot)
+                except OSError:
+                    pass  # a worker that died: _from_worker reports it
 
     def _timers(self) -> None:
         next_mtu_check = 0.0
@@ -251,6 +237,7 @@ class Engine:
             with self._lock:
                 self._device.handle_timer(now)
                 datagrams = self._device.datagrams_to_send(now)
+            self._publish()
             if datagrams:
                 self._udp.send(datagrams)
             if now >= next_mtu_check:
@@ -269,7 +256,10 @@ class Engine:
             return
         self._mtu = mtu
         with self._lock:
-            self._device.mtu = mtu
+            if self._device.mtu != mtu:
+                self._device.mtu = mtu
+                self._device.generation += 1  # the workers pad to it too
+        self._publish()
 
     # Configuration (UAPI).
 
@@ -302,7 +292,8 @@ class Engine:
                 self._rebind(request.listen_port, request.fwmark)
             elif request.fwmark is not None and request.fwmark != self._udp.fwmark:
                 try:
-                    self._udp.set_fwmark(request.fwmark)
+                    for udp in self._group:  # the workers' sockets are the same sockets
+                        udp.set_fwmark(request.fwmark)
                 except KernelError as e:
                     raise UapiError(errno.EPERM, str(e)) from None
             with self._lock:
@@ -314,6 +305,7 @@ class Engine:
                         self._device.remove_peer(status.public_key)
                 for update, endpoint in zip(request.peers, endpoints):
                     apply_peer_update(self._device, update, endpoint, now)
+            self._publish()
         self._timer_wake.set()  # send what the change queued (keepalives, handshakes)
 
     def _check_peers(self, updates: Sequence[PeerUpdate]) -> list[Endpoint | None]:
@@ -332,14 +324,34 @@ class Engine:
                 raise UapiError(errno.EAFNOSUPPORT, str(e)) from None
         return endpoints
 
-    def _rebind(self, port: int, fwmark: int | None) -> None:
-        old = self._udp
+    def _open_group(self, port: int, fwmark: int) -> list[UdpSocket]:
+        """One socket per process on `port` (0: any), a reuseport group with steering if more."""
+        if self._shards == 1:
+            return [UdpSocket(port, fwmark)]
+        group = [UdpSocket(port, fwmark, reuseport=True)]
         try:
-            new = UdpSocket(port, old.fwmark if fwmark is None else fwmark)
+            group += [UdpSocket(group[0].port, fwmark, reuseport=True) for _ in range(self._shards - 1)]
+            steering.attach(group[0].sock, self._shards)
+        except KernelError:
+            for udp in group:
+                udp.close()
+            raise
+        return group
+
+    def _rebind(self, port: int, fwmark: int | None) -> None:
+        old = self._group
+        try:
+            new = self._open_group(port, old[0].fwmark if fwmark is None else fwmark)
         except KernelError as e:
             raise UapiError(errno.EADDRINUSE, str(e)) from None
-        self._udp = new  # sessions stay: peers learn the new port from our next packet
-        old.close()
+        with self._publish_lock:
+            for (process, conn), udp in zip(self._workers, new[1:]):
+                conn.send(("socket",))
+                send_handle(conn, udp.fileno(), process.pid)  # the worker holds its own copy now
+        self._group = new  # sessions stay: peers learn the new port from our next packet
+        self._path.udp = new[0]
+        for udp in old:
+            udp.close()
 
     def _set_private_key(self, key: bytes, now: float) -> None:
         device = self._device
@@ -349,17 +361,6 @@ class Engine:
                 device.set_private_key(None, now)
         elif current is None or not crypto.constant_time_equal(key, current):  # same key again: keep sessions
             device.set_private_key(key, now)  # stored as given, as wireguard-go (X25519 clamps itself)
-
-
-def _sort(outputs: list[Output], datagrams: list[Datagram | DatagramBatch]) -> list[bytes]:
-    """The packets for TUN among `outputs`; datagrams to send go to `datagrams`."""
-    packets = []
-    for output in outputs:
-        if isinstance(output, TunPacket):
-            packets.append(output.data)
-        else:
-            datagrams.append(output)
-    return packets
 
 
 def apply_peer_update(device: Device, update: PeerUpdate, endpoint: Endpoint | None, now: float) -> None:

@@ -72,3 +72,4 @@ class DropReason(enum.StrEnum):
     NO_ENDPOINT = "no_endpoint"  # nowhere to send: the peer's endpoint is unknown
     STAGED_OVERFLOW = "staged_overflow"  # queue of packets waiting for a handshake was full
     HANDSHAKE_GAVE_UP = "handshake_gave_up"  # queued packets discarded after REKEY_ATTEMPT_TIME
+    MISROUTED = "misrouted"  # reached a worker process other than the one its session belongs to

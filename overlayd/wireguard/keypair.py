@@ -4,10 +4,11 @@ A responder's new keypair waits in `next` until the initiator proves it has it b
 first transport packet with it; only then does it become `current` (key confirmation).
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from overlayd.wireguard.constants import REJECT_AFTER_MESSAGES
 from overlayd.wireguard.replay import ReplayWindow
 
 if TYPE_CHECKING:
@@ -17,16 +18,23 @@ if TYPE_CHECKING:
 class Keypair:
     """One session's keys. The AEAD objects are built once so the data path only calls them."""
 
-    __slots__ = ("send", "receive", "send_counter", "created", "is_initiator", "local_index",
-                 "remote_index", "replay", "peer")
+    __slots__ = ("send", "receive", "send_key", "receive_key", "send_counter", "lease_end", "slot",
+                 "created", "is_initiator", "local_index", "remote_index", "replay", "peer")
 
     def __init__(
         self, send_key: bytes, receive_key: bytes, *, created: float, is_initiator: bool,
-        local_index: int, remote_index: int, peer: "Peer",
+        local_index: int, remote_index: int, peer: "Peer | Any",
     ) -> None:
         self.send = ChaCha20Poly1305(send_key)
         self.receive = ChaCha20Poly1305(receive_key)
+        # The raw keys go to worker processes (plane.py); repr() is object's, without them.
+        self.send_key = send_key
+        self.receive_key = receive_key
         self.send_counter = 0
+        # Counters this process may use, send_counter up to lease_end: all of them in one process;
+        # with workers, leases from slot `slot` of the shared CounterSpace (counters.py).
+        self.lease_end = REJECT_AFTER_MESSAGES
+        self.slot = -1
         self.created = created
         self.is_initiator = is_initiator
         self.local_index = local_index

@@ -6,15 +6,19 @@ AEAD itself: a batch is sealed into one buffer that leaves in one GSO send (no o
 datagram), and a GRO receive is opened with one header pass and one replay-window update.
 """
 
+import collections
 import functools
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from cryptography.exceptions import InvalidTag
 
-from overlayd.wireguard.constants import MESSAGE_TRANSPORT, PADDING_MULTIPLE, TAG_SIZE, TRANSPORT_HEADER_SIZE
+from overlayd.wireguard.constants import (
+    MESSAGE_TRANSPORT, PADDING_MULTIPLE, REJECT_AFTER_TIME, TAG_SIZE, TRANSPORT_HEADER_SIZE,
+)
 from overlayd.wireguard.crypto import counter_nonce
-from overlayd.wireguard.events import Datagram, DatagramBatch, DatagramSink, Endpoint, Packet
+from overlayd.wireguard.events import Datagram, DatagramBatch, DatagramSink, DropReason, Endpoint, Packet
+from overlayd.wireguard.ippacket import source_and_length_untrusted
 from overlayd.wireguard.keypair import Keypair
 from overlayd.wireguard.messages import TRANSPORT_HEADER
 
@@ -137,3 +141,63 @@ def open_batch(keypair: Keypair, data: memoryview, size: int, counters: list[int
         authentic.append(counter)
     fresh = keypair.replay.accept_all(authentic)
     return [p for p, ok in zip(plaintexts, fresh) if ok], bad
+
+
+def open_one(index: dict[int, Keypair], data: bytes | memoryview, now: float,
+             drops: "collections.Counter[str]") -> tuple[Keypair, bytes] | None:
+    """Open one transport message (at least TRANSPORT_MIN_SIZE bytes): find the session,
+    decrypt, then (only once authenticated) check the replay window. Failures are counted."""
+    _, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
+    keypair = index.get(receiver)
+    if keypair is None:
+        drops[DropReason.UNKNOWN_INDEX] += 1
+        return None
+    if now - keypair.created >= REJECT_AFTER_TIME:
+        drops[DropReason.EXPIRED_KEY] += 1
+        return None
+    try:
+        plaintext = keypair.receive.decrypt(counter_nonce(counter), memoryview(data)[TRANSPORT_HEADER_SIZE:], None)
+    except InvalidTag:
+        drops[DropReason.BAD_AEAD] += 1
+        return None
+    if not keypair.replay.accept(counter):
+        drops[DropReason.REPLAY] += 1
+        return None
+    return keypair, plaintext
+
+
+def inner_packets(plaintexts: list[bytes], owner: object, lookup: Callable[[bytes], object],
+                  drops: "collections.Counter[str]") -> list[bytes]:
+    """The decrypted packets that are IP and come from an address `owner` (the sending peer) is
+    allowed, cut to their header length (padding off); keepalives (empty) are skipped."""
+    packets = []
+    # A packet with the same first 4 bytes (version, header length, total length), length
+    # and source as one already let through is let through as that one was (the segments
+    # of one TCP flow): two slice compares instead of parsing and looking up each.
+    known_start = known_source = b""
+    known_length = -1
+    for plaintext in plaintexts:
+        if not plaintext:
+            continue  # a keepalive
+        if len(plaintext) == known_length and plaintext[:4] == known_start:
+            if plaintext[12:16] == known_source:
+                packets.append(plaintext)
+                continue
+        header = source_and_length_untrusted(plaintext)
+        if header is None:
+            drops[DropReason.BAD_INNER_PACKET] += 1
+            continue
+        source, length = header
+        if lookup(source) is not owner:
+            drops[DropReason.NOT_ALLOWED_IP] += 1
+            continue
+        if length == len(plaintext) and plaintext[0] == 0x45:  # whole IPv4 packet, no options
+            known_start, known_source, known_length = plaintext[:4], source, length
+        packets.append(plaintext if length == len(plaintext) else plaintext[:length])
+    return packets
+
+
+def owned_by(receiver: int, shard: int, shards: int) -> bool:
+    """Whether a session index belongs to worker `shard` of `shards` (steering.py sends a
+    transport message to the worker named by its receiver index's lowest byte)."""
+    return shards == 1 or (receiver & 0xFF) % shards == shard

@@ -23,6 +23,7 @@ from overlayd.errors import KernelError
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
+IFF_MULTI_QUEUE = 0x0100
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
@@ -54,13 +55,32 @@ class TunDevice:
 
     @classmethod
     def create(cls, name: str, *, offload: bool = True) -> TunDevice:
+        return cls._open_queue(name, IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0), offload)
+
+    @classmethod
+    def create_queues(cls, name: str, queues: int, *, offload: bool = True) -> list[TunDevice]:
+        """A multi-queue interface (IFF_MULTI_QUEUE), one TunDevice per queue: the kernel hands
+        each flow's packets to one queue (by flow hash, or the queue its answers were written
+        to), so worker processes with a queue each share the outbound packets."""
+        flags = IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | (IFF_VNET_HDR if offload else 0)
+        opened: list[TunDevice] = []
+        try:
+            for _ in range(queues):
+                opened.append(cls._open_queue(opened[0].name if opened else name, flags, offload))
+        except KernelError:
+            for queue in opened:
+                queue.close()
+            raise
+        return opened
+
+    @classmethod
+    def _open_queue(cls, name: str, flags: int, offload: bool) -> TunDevice:
         raw = check_ifname(name)
         try:
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
             raise KernelError(f"cannot open /dev/net/tun: {e.strerror}") from None
         try:
-            flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
             ifr = fcntl.ioctl(fd, TUNSETIFF, _IFREQ_FLAGS.pack(raw, flags))
             if offload:
                 fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)

@@ -79,7 +79,9 @@ def segments(view: memoryview, size: int) -> list[memoryview]:
 class UdpSocket:
     """The engine's socket. IPv6 with v4-mapped addresses when the host has IPv6, else IPv4."""
 
-    def __init__(self, port: int = 0, fwmark: int = 0) -> None:
+    def __init__(self, port: int = 0, fwmark: int = 0, *, reuseport: bool = False) -> None:
+        """`reuseport`: a member of a SO_REUSEPORT group (the worker processes' sockets on one
+        port; steering.py says which gets what)."""
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -93,13 +95,26 @@ class UdpSocket:
                     sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)
                 except PermissionError:  # not root: the kernel caps it at rmem_max / wmem_max
                     sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER_BYTES)
-            self.gro = _try_setsockopt(sock, SOL_UDP, UDP_GRO, 1)
+            _try_setsockopt(sock, SOL_UDP, UDP_GRO, 1)  # recv_into reads the segment size if on
             if fwmark:
                 sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+            if reuseport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(bind_to)
         except OSError as e:
             sock.close()
             raise KernelError(f"cannot open UDP port {port}: {e.strerror}") from None
+        self._adopt(sock, fwmark)
+
+    @classmethod
+    def adopt(cls, fd: int, fwmark: int = 0) -> UdpSocket:
+        """A socket another process of this interface opened and passed over (worker.py)."""
+        udp = cls.__new__(cls)
+        sock = socket.socket(fileno=fd)
+        udp._adopt(sock, fwmark)
+        return udp
+
+    def _adopt(self, sock: socket.socket, fwmark: int) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.family = sock.family

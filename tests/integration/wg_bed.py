@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +50,13 @@ def new_key() -> tuple[str, str]:
     return base64.b64encode(private).decode(), base64.b64encode(public).decode()
 
 
-def start_engine(kind: str, netns: str, ifname: str, log: Path, *, offload: bool = True) -> subprocess.Popen[bytes]:
-    """Start `overlayd-wg` ("ours") or wireguard-go ("go") inside `netns` and wait for its UAPI socket."""
+def start_engine(kind: str, netns: str, ifname: str, log: Path, *, offload: bool = True,
+                 ours_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """Start `overlayd-wg` ("ours", with `ours_args`) or wireguard-go ("go") inside `netns` and
+    wait for its UAPI socket."""
     if kind == "ours":
-        cmd = [sys.executable, "-m", "overlayd.wireguard.cli", *(() if offload else ("--no-offload",)), ifname]
+        cmd = [sys.executable, "-m", "overlayd.wireguard.cli", *(() if offload else ("--no-offload",)), *ours_args,
+               ifname]
     else:
         cmd = ["wireguard-go", "-f", ifname]
     with open(log, "ab") as out:
@@ -91,9 +94,11 @@ class Side:
 
 class WgBed:
     def __init__(self, kind_a: str = "ours", kind_b: str = "go", *, offload: bool = True,
-                 prefix: str | None = None) -> None:
+                 prefix: str | None = None, ours_args: Sequence[str] = ()) -> None:
+        """`ours_args`: extra overlayd-wg options (e.g. --workers 2) for sides of kind "ours"."""
         self.prefix = prefix or f"t{secrets.token_hex(3)}"
         self.offload = offload
+        self.ours_args = tuple(ours_args)
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
         p = self.prefix
         self.a = Side(f"{p}-a", f"{p}wa", "198.18.1.1", "10.99.0.1", "fd99::1", *new_key(), kind=kind_a)
@@ -128,7 +133,7 @@ class WgBed:
                         "local", side.underlay_ip, "remote", peer.underlay_ip, "dstport", "4789", "dev", veth)
             else:
                 side.proc = start_engine(side.kind, side.netns, side.ifname, self.tmp / f"{side.ifname}.log",
-                                         offload=self.offload)
+                                         offload=self.offload, ours_args=self.ours_args)
             self.sh(side, "ip", "addr", "add", f"{side.tunnel_ip}/24", "dev", side.ifname)
             self.sh(side, "ip", "-6", "addr", "add", f"{side.tunnel_ip6}/64", "dev", side.ifname, "nodad")
             self.sh(side, "ip", "link", "set", side.ifname, "up")
@@ -167,8 +172,10 @@ class WgBed:
         self.sh(side, "ping", "-c", str(count), "-i", "0.2", "-W", "3", address)
 
     def iperf(self, client: Side, server: Side, *, v6: bool = False, reverse: bool = False,
-              seconds: float | None = None, nbytes: int | None = None, timeout: float = 60) -> dict:
-        """One iperf3 TCP run from `client` to `server`'s tunnel address; iperf3's JSON result."""
+              seconds: float | None = None, nbytes: int | None = None, streams: int = 1,
+              timeout: float = 60) -> dict:
+        """One iperf3 TCP run (`streams` parallel connections) from `client` to `server`'s tunnel
+        address; iperf3's JSON result."""
         address = server.tunnel_ip6 if v6 else server.tunnel_ip
         listener = subprocess.Popen(["ip", "netns", "exec", server.netns, "iperf3", "-s", "-1", "-B", address],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -178,6 +185,7 @@ class WgBed:
                 raise RuntimeError("iperf3 server did not start")
             amount = ["-n", str(nbytes)] if nbytes is not None else ["-t", str(seconds or 3)]
             result = self.sh(client, "iperf3", "-c", address, "-J", "--connect-timeout", "5000", *amount,
+                             "-P", str(streams),
                              *(["-R"] if reverse else []), check=False, timeout=timeout)
             report = json.loads(result.stdout) if result.stdout.strip() else {"error": result.stderr}
             if "error" in report:

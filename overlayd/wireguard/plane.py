@@ -1,0 +1,248 @@
+"""Worker processes' share of the data path: seal and open transport messages with sessions
+the control process made (the Device), and tell it what they did.
+
+The control process owns everything stateful in the protocol (handshakes, timers, key
+rotation, configuration). After each change it sends every worker a PlaneSnapshot: peers with
+their endpoint, allowed IPs and session keys. Workers send back WorkerReports: bytes and
+packets per session (for timers, roaming, key confirmation and `wg show`), drop counts, and
+packets they could not send (no session yet): the control stages those and handshakes.
+
+Sans-I/O like the Device: a WorkerPlane has the Device's data path methods (seal_packets,
+receive_batch_untrusted, receive_datagrams_untrusted), so one I/O loop (datapath.py) drives either.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any
+
+from overlayd.wireguard import transport
+from overlayd.wireguard.constants import (
+    MESSAGE_TRANSPORT,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    TRANSPORT_MIN_SIZE,
+)
+from overlayd.wireguard.counters import CounterSpace
+from overlayd.wireguard.events import Datagram, DatagramBatch, DropReason, Endpoint, Output, Packet, TunPacket
+from overlayd.wireguard.ippacket import destination_untrusted
+from overlayd.wireguard.keypair import Keypair
+from overlayd.wireguard.messages import TRANSPORT_HEADER, TYPE
+from overlayd.wireguard.routing import AllowedIPs, Network
+
+PENDING_LIMIT = 256  # datagrams for a session the worker has not heard of yet
+PENDING_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """One keypair as a worker needs it; `sends` marks the one to seal with (the current)."""
+
+    local_index: int
+    remote_index: int
+    send_key: bytes = field(repr=False)
+    receive_key: bytes = field(repr=False)
+    created: float
+    slot: int
+    sends: bool
+
+
+@dataclass(frozen=True)
+class PeerPlane:
+    public_key: bytes
+    endpoint: Endpoint | None
+    allowed_ips: tuple[Network, ...]
+    sessions: tuple[SessionKeys, ...]
+
+
+@dataclass(frozen=True)
+class PlaneSnapshot:
+    generation: int
+    mtu: int
+    peers: tuple[PeerPlane, ...]
+
+
+@dataclass
+class WorkerReport:
+    """What a worker did since its last report. `received`: local index -> [bytes, data
+    packets, latest source]; `sent`: peer public key -> [bytes, whether any was data]."""
+
+    generation: int
+    received: dict[int, list[Any]] = field(default_factory=dict)
+    sent: dict[bytes, list[Any]] = field(default_factory=dict)
+    drops: collections.Counter[str] = field(default_factory=collections.Counter)
+    packets: list[bytes] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.received or self.sent or self.drops or self.packets)
+
+
+class _Peer:
+    __slots__ = ("public_key", "endpoint", "sender")
+
+    def __init__(self, public_key: bytes, endpoint: Endpoint | None) -> None:
+        self.public_key = public_key
+        self.endpoint = endpoint
+        self.sender: Keypair | None = None
+
+
+class WorkerPlane:
+    def __init__(self, shard: int, shards: int, counters: CounterSpace) -> None:
+        self.shard = shard
+        self.shards = shards
+        self._counters = counters
+        self.mtu = 1420
+        self.generation = -1
+        self.drops: collections.Counter[str] = collections.Counter()  # since the last report
+        self._routes: AllowedIPs[_Peer] = AllowedIPs()
+        self._keypairs: dict[int, Keypair] = {}  # by local index: the sessions we may open
+        self._report = WorkerReport(-1)
+        self._pending: collections.deque[tuple[bytes, Endpoint, float]] = collections.deque()
+
+    # From and to the control process.
+
+    def apply(self, snapshot: PlaneSnapshot, now: float) -> list[Output]:
+        """Take the control's state. A keypair that stays keeps its replay window and lease.
+        Returns what datagrams that waited for a session now give."""
+        old = self._keypairs
+        keypairs: dict[int, Keypair] = {}
+        routes: AllowedIPs[_Peer] = AllowedIPs()
+        for config in snapshot.peers:
+            peer = _Peer(config.public_key, config.endpoint)
+            for network in config.allowed_ips:
+                routes.insert(network, peer)
+            for keys in config.sessions:
+                keypair = old.get(keys.local_index)
+                if keypair is None or keypair.created != keys.created or keypair.remote_index != keys.remote_index:
+                    keypair = Keypair(keys.send_key, keys.receive_key, created=keys.created, is_initiator=False,
+                                      local_index=keys.local_index, remote_index=keys.remote_index, peer=peer)
+                    keypair.slot = keys.slot
+                    keypair.lease_end = 0  # lease before the first seal
+                keypair.peer = peer
+                keypairs[keys.local_index] = keypair
+                if keys.sends and keys.slot >= 0:
+                    peer.sender = keypair
+        self._keypairs, self._routes = keypairs, routes
+        self.mtu = snapshot.mtu
+        self.generation = self._report.generation = snapshot.generation
+        if not self._pending:
+            return []
+        waiting = [(data, addr) for data, addr, since in self._pending if now - since < PENDING_SECONDS]
+        self.drops[DropReason.UNKNOWN_INDEX] += len(self._pending) - len(waiting)
+        self._pending.clear()
+        return self.receive_datagrams_untrusted(waiting, now, hold=False)
+
+    def has_urgent(self) -> bool:
+        """Packets wait for the control: report now, not at the next interval."""
+        return bool(self._report.packets)
+
+    def take_report(self) -> WorkerReport | None:
+        report = self._report
+        report.drops, self.drops = self.drops, collections.Counter()
+        if not report:
+            self.drops = report.drops
+            return None
+        self._report = WorkerReport(self.generation)
+        return report
+
+    # Outbound.
+
+    def seal_packets(self, packets: list[Packet], now: float) -> list[Datagram | DatagramBatch]:
+        out: list[Datagram | DatagramBatch] = []
+        lookup = self._routes.lookup
+        run_peer: _Peer | None = None
+        run: list[Packet] = []
+        for packet in packets:
+            destination = destination_untrusted(packet)
+            peer = None if destination is None else lookup(destination)
+            if peer is None:
+                self.drops[DropReason.BAD_INNER_PACKET if destination is None else DropReason.NO_ROUTE] += 1
+                continue
+            if peer is not run_peer:
+                if run_peer is not None:
+                    self._send_run(run_peer, run, now, out)
+                run_peer, run = peer, []
+            run.append(packet)
+        if run_peer is not None:
+            self._send_run(run_peer, run, now, out)
+        return out
+
+    def _send_run(self, peer: _Peer, packets: list[Packet], now: float, out: list[Datagram | DatagramBatch]) -> None:
+        keypair = peer.sender
+        if keypair is None or peer.endpoint is None or now - keypair.created >= REJECT_AFTER_TIME \
+                or keypair.send_counter + len(packets) > REJECT_AFTER_MESSAGES:
+            # No usable session here: the control stages them and handshakes.
+            self._report.packets += [bytes(p) for p in packets]
+            return
+        if not self._counters.reserve(keypair, len(packets)):  # exhausted: the control rekeys
+            self._report.packets += [bytes(p) for p in packets]
+            return
+        seal = transport.seal_batched if len(packets) > 1 else transport.seal_each
+        sent_bytes, sent_data = seal(keypair, packets, self.mtu, peer.endpoint, out)
+        entry = self._report.sent.get(peer.public_key)
+        if entry is None:
+            self._report.sent[peer.public_key] = [sent_bytes, sent_data]
+        else:
+            entry[0] += sent_bytes
+            entry[1] = entry[1] or sent_data
+
+    # Inbound.
+
+    def receive_batch_untrusted(self, data: memoryview, size: int, addr: Endpoint, now: float
+                                ) -> tuple[list[bytes], list[Datagram | DatagramBatch]] | None:
+        """As Device.receive_batch_untrusted; None sends the datagrams the one-by-one way."""
+        found = transport.batch_counters_untrusted(data, size)
+        if found is None:
+            return None
+        receiver, counters = found
+        keypair = self._keypairs.get(receiver)
+        if keypair is None or now - keypair.created >= REJECT_AFTER_TIME \
+                or not transport.owned_by(receiver, self.shard, self.shards):
+            return None
+        plaintexts, bad = transport.open_batch(keypair, data, size, counters)
+        drops = self.drops
+        if bad:
+            drops[DropReason.BAD_AEAD] += bad
+        if len(counters) - bad - len(plaintexts):
+            drops[DropReason.REPLAY] += len(counters) - bad - len(plaintexts)
+        if not plaintexts:
+            return [], []
+        packets = transport.inner_packets(plaintexts, keypair.peer, self._routes.lookup, drops)
+        self._received(keypair, addr, sum(map(len, plaintexts)) + transport.OVERHEAD * len(plaintexts),
+                       sum(1 for p in plaintexts if p))
+        return packets, []
+
+    def receive_datagrams_untrusted(self, datagrams: list[tuple[bytes | memoryview, Endpoint]], now: float,
+                                    *, hold: bool = True) -> list[Output]:
+        out: list[Output] = []
+        drops = self.drops
+        keypairs = self._keypairs
+        for data, addr in datagrams:
+            if len(data) < TRANSPORT_MIN_SIZE or TYPE.unpack_from(data)[0] != MESSAGE_TRANSPORT:
+                drops[DropReason.MISROUTED] += 1  # steering sends the rest to the control process
+                continue
+            receiver = TRANSPORT_HEADER.unpack_from(data)[1]
+            if not transport.owned_by(receiver, self.shard, self.shards):
+                drops[DropReason.MISROUTED] += 1  # another worker keeps this session's replay window
+                continue
+            if receiver not in keypairs and hold and len(self._pending) < PENDING_LIMIT:
+                self._pending.append((bytes(data), addr, now))  # a session the snapshot brings soon
+                continue
+            opened = transport.open_one(keypairs, data, now, drops)
+            if opened is None:
+                continue
+            keypair, plaintext = opened
+            for packet in transport.inner_packets([plaintext], keypair.peer, self._routes.lookup, drops):
+                out.append(TunPacket(packet, keypair.peer.public_key))
+            self._received(keypair, addr, len(data), 1 if plaintext else 0)
+        return out
+
+    def _received(self, keypair: Keypair, addr: Endpoint, nbytes: int, data_packets: int) -> None:
+        entry = self._report.received.get(keypair.local_index)
+        if entry is None:
+            self._report.received[keypair.local_index] = [nbytes, data_packets, addr]
+        else:
+            entry[0] += nbytes
+            entry[1] += data_packets
+            entry[2] = addr

@@ -1,0 +1,127 @@
+"""overlayd-wg with worker processes (`--workers 2`) against Debian's wireguard-go.
+
+Each peer's sessions belong to one process (steering.py), chosen by the peer's public key:
+every test runs twice, with wireguard-go's key placed on the control process (shard 0) and on
+the worker (shard 1). wireguard-go is the judge of what we send (it drops counters its replay
+window refuses, so reordering beyond it would show as a stalled transfer), and replayed
+datagrams, from the real source or a spoofed port, must not reach a socket behind our engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.utils import rdpcap
+
+from tests.integration.wg_bed import WgBed, new_key, wait_for
+from tests.integration.wg_wire import in_netns, send_raw
+
+pytestmark = pytest.mark.integration
+
+WORKERS = 2
+NBYTES = 4_000_000
+ECHO_PORT = 7777
+
+
+def key_on_shard(shard: int) -> tuple[str, str]:
+    """A key pair whose public key steering assigns to `shard` (its first byte mod WORKERS)."""
+    while True:
+        private, public = new_key()
+        if base64.b64decode(public)[0] % WORKERS == shard:
+            return private, public
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["peer-on-control", "peer-on-worker"])
+def bed(request: pytest.FixtureRequest) -> Iterator[WgBed]:
+    bed = WgBed("ours", "go", ours_args=("--workers", str(WORKERS)))
+    bed.b.private, bed.b.public = key_on_shard(request.param)
+    with bed:
+        yield bed
+
+
+def test_ping_and_tcp_both_ways(bed: WgBed) -> None:
+    bed.ping(bed.a, bed.b.tunnel_ip)
+    bed.ping(bed.b, bed.a.tunnel_ip6)
+    bed.tcp_transfer(bed.a, bed.b, NBYTES)
+    bed.tcp_transfer(bed.b, bed.a, NBYTES)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["ours-to-go", "go-to-ours"])
+def test_parallel_flows_spread_over_the_queues(bed: WgBed, reverse: bool) -> None:
+    """Several flows at once: what each process seals draws counters from one shared slot, and
+    wireguard-go's replay window takes the mix (a refused lease would stall the run)."""
+    client, server = (bed.b, bed.a) if reverse else (bed.a, bed.b)
+    report = bed.iperf(client, server, seconds=2, streams=4)
+    assert report["end"]["sum_received"]["bytes"] > 10_000_000
+
+
+def test_rekey_by_wireguard_go_reaches_the_worker(bed: WgBed) -> None:
+    bed.ping(bed.a, bed.b.tunnel_ip, count=1)
+    before = bed.latest_handshake(bed.a, bed.b)
+    time.sleep(1.1)
+    bed.readd_peer(bed.b, bed.a)  # wireguard-go starts over: a new session from its side
+    bed.ping(bed.b, bed.a.tunnel_ip)
+    assert bed.latest_handshake(bed.a, bed.b) > before
+    bed.tcp_transfer(bed.b, bed.a, NBYTES)
+    bed.tcp_transfer(bed.a, bed.b, NBYTES)
+
+
+def _echo_socket(bed: WgBed) -> socket.socket:
+    def make() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((bed.a.tunnel_ip, ECHO_PORT))
+        sock.settimeout(0.2)
+        return sock
+    return in_netns(bed.a.netns, make)
+
+
+def _drain(sock: socket.socket, seconds: float) -> list[bytes]:
+    got, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            got.append(sock.recv(2048))
+        except TimeoutError:
+            pass
+    return got
+
+
+@pytest.mark.parametrize("spoof_port", [False, True], ids=["same-source", "spoofed-source-port"])
+def test_replayed_datagrams_never_reach_a_socket(bed: WgBed, spoof_port: bool) -> None:
+    bed.ping(bed.b, bed.a.tunnel_ip, count=1)
+    capture = bed.tmp / f"replay-{spoof_port}.pcap"
+    tcpdump = subprocess.Popen(["ip", "netns", "exec", bed.a.netns, "tcpdump", "-U", "-i", f"{bed.prefix}va",
+                                "-w", str(capture), "udp", "and", "src", bed.b.underlay_ip],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sock = _echo_socket(bed)
+    try:
+        assert wait_for(capture.exists, timeout=5)
+        time.sleep(0.3)
+        payloads = [f"message {i} {spoof_port}".encode() for i in range(20)]
+        script = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n" + "".join(
+            f"s.sendto({p!r},('{bed.a.tunnel_ip}',{ECHO_PORT}))\n" for p in payloads)
+        bed.sh(bed.b, "python3", "-c", script)
+        assert sorted(_drain(sock, 1.0)) == sorted(payloads)
+        time.sleep(0.3)
+    finally:
+        tcpdump.terminate()
+        tcpdump.wait(10)
+    datagrams = [p for p in rdpcap(str(capture)) if p.haslayer(UDP) and bytes(p[UDP].payload)[:1] == b"\x04"]
+    assert len(datagrams) >= len(payloads)
+    replays = []
+    for packet in datagrams:
+        ip = packet[IP].copy()
+        if spoof_port:  # another 4-tuple: reuseport's hash would pick another socket, steering must not
+            ip[UDP].sport = 40000
+        del ip.chksum, ip[UDP].chksum
+        replays.append(bytes(ip))
+    try:
+        send_raw(bed.b.netns, replays * 3)
+        assert _drain(sock, 1.0) == [], "a replayed transport message was delivered"
+    finally:
+        sock.close()
