@@ -36,6 +36,7 @@ _NODE_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 
 # backend/wireguard.py IMPLEMENTATIONS, listed here so a config check does not load the backend.
 WIREGUARD_IMPLEMENTATIONS = ("auto", "kernel", "userspace", "wireguard-go")
+MAX_WG_WORKERS = 64  # overlayd-wg --workers (wireguard/cli.py MAX_WORKERS)
 # Whole seconds: etcd leases have a TTL in seconds, and a TTL below 5 s cannot survive one slow renewal.
 LEASE_TTL_RANGE = (5, 86400)
 # Seconds per etcd request; over 5 minutes is no longer a timeout but a hang.
@@ -59,6 +60,7 @@ class WireGuardConfig:
     # auto: the kernel module when present, else our userspace engine (userspace); or wireguard-go.
     implementation: str = "auto"
     socket_dir: Path | None = None  # UAPI sockets of the userspace engine (default /var/run/wireguard)
+    workers: int = 1  # processes of the userspace engine (overlayd-wg --workers)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,9 @@ def _check(config: DaemonConfig) -> DaemonConfig:
     if config.wireguard.implementation not in WIREGUARD_IMPLEMENTATIONS:
         raise ConfigError(f"wireguard.implementation {config.wireguard.implementation!r}: one of "
                           f"{', '.join(WIREGUARD_IMPLEMENTATIONS)}")
+    workers = config.wireguard.workers
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WG_WORKERS:
+        raise ConfigError(f"wireguard.workers {workers!r}: a whole number 1..{MAX_WG_WORKERS}")
     if config.metrics_address:
         parse_listen_address(config.metrics_address)  # ConfigError with the reason
     if not isinstance(config.ip_masq, bool):

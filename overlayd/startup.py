@@ -138,7 +138,8 @@ class Startup:
             vni=cluster_config.backend.vni, options=cluster_config.backend.options,
             link_prefix=config.link_prefix, state_dir=config.state_dir, run_dir=config.run_dir, mtu=config.mtu,
             wireguard_implementation=config.wireguard.implementation,
-            wireguard_socket_dir=config.wireguard.socket_dir))
+            wireguard_socket_dir=config.wireguard.socket_dir,
+            wireguard_workers=config.wireguard.workers))
         record = HostRecord(config.node_name, underlay.ip, backend.backend_data())
         if online and state.subnet is None:
             state = replace(state, subnet=await self._find_own_subnet(cluster, cluster_config, record))

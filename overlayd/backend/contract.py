@@ -93,6 +93,7 @@ class BackendContext:
     mtu: int | None  # the operator's override
     wireguard_implementation: str
     wireguard_socket_dir: Path | None
+    wireguard_workers: int = 1
 
 
 def port_of(ctx: BackendContext) -> int:

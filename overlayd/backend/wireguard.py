@@ -267,7 +267,8 @@ def from_context(ctx: BackendContext) -> WireGuardBackend:
     keys = wgkeys.load_or_create(ctx.state_dir / "wireguard.key")
     return WireGuardBackend(ctx.ipr, f"{ctx.link_prefix}.wg", keys, port_of(ctx),
                             ctx.mtu or ctx.underlay.mtu - WIREGUARD_OVERHEAD, local_ip=ctx.underlay.ip,
-                            implementation=ctx.wireguard_implementation, socket_dir=ctx.wireguard_socket_dir)
+                            implementation=ctx.wireguard_implementation, socket_dir=ctx.wireguard_socket_dir,
+                            workers=ctx.wireguard_workers)
 
 
 class WireGuardBackend:
@@ -277,7 +278,7 @@ class WireGuardBackend:
 
     def __init__(self, ipr: Any, device: str, keys: KeyPair, listen_port: int, mtu: int, *,
                  local_ip: IPAddress, implementation: str = "auto", socket_dir: Path | None = None,
-                 route_protocol: int = RTPROT_OVERLAYD) -> None:
+                 workers: int = 1, route_protocol: int = RTPROT_OVERLAYD) -> None:
         if implementation not in IMPLEMENTATIONS:
             raise ConfigError(f"wireguard implementation {implementation!r}: one of {', '.join(IMPLEMENTATIONS)}")
         self._nl = Netlink(ipr)
@@ -288,6 +289,7 @@ class WireGuardBackend:
         self.local_ip = local_ip  # our public IP: a peer claiming it is refused
         self.implementation = implementation
         self.socket_dir = socket_dir
+        self.workers = workers  # of our userspace engine
         self.route_protocol = route_protocol
         self.control: DeviceControl | None = None
         self.kind: str | None = None  # "kernel", "userspace" or "wireguard-go", once set up
@@ -376,6 +378,8 @@ class WireGuardBackend:
         cmd = [sys.executable, "-m", "overlayd.wireguard.cli", self.device, "--mtu", str(self.mtu)]
         if self.socket_dir is not None:
             cmd += ["--socket-dir", str(self.socket_dir)]
+        if self.workers > 1:
+            cmd += ["--workers", str(self.workers)]
         self._spawn_engine(cmd, "userspace WireGuard engine")
 
     def _start_wireguard_go(self) -> None:

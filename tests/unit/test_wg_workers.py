@@ -12,7 +12,10 @@ import time
 
 import pytest
 
+from overlayd.config import config_from_mapping
+from overlayd.errors import ConfigError
 from overlayd.wireguard import Datagram, DatagramBatch, Device, DropReason, PeerConfig, TunPacket, crypto
+from overlayd.wireguard import cli as wg_cli
 from overlayd.wireguard import steering
 from overlayd.wireguard.counters import LEASE, STALE, CounterSpace
 from overlayd.wireguard.plane import WorkerPlane
@@ -270,3 +273,26 @@ def test_a_keypair_without_a_slot_stays_with_the_device() -> None:
     assert report is not None and report.packets == [ip4(A_IP, B_IP, b"out")]
     sent = world.a.apply_report(report, 1.0)  # the device seals what the worker handed over
     assert world.to_b(sent, 1.0) == [ip4(A_IP, B_IP, b"out")]
+
+
+# The command line.
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0"], "--workers must be 1..64"),
+    (["--workers", "65"], "--workers must be 1..64"),
+    (["--busy-poll-us", "-1"], "--busy-poll-us must be 0..100000"),
+])
+def test_out_of_range_options_get_one_line(args: list[str], message: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert wg_cli.main([*args, "wgtest0"]) == wg_cli.EXIT_USAGE
+    assert capsys.readouterr().err == f"overlayd-wg: {message}\n"
+
+
+@pytest.mark.parametrize("value", [0, 65, "2", True])
+def test_the_daemon_refuses_a_bad_worker_count(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"^wireguard.workers .*: a whole number 1..64$"):
+        config_from_mapping({"node_name": "n1", "wireguard": {"workers": value}})
+
+
+def test_the_daemon_reads_a_worker_count() -> None:
+    assert config_from_mapping({"node_name": "n1", "wireguard": {"workers": 2}}).wireguard.workers == 2
