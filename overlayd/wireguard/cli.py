@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="processes sharing the data path (a multi-queue TUN device and a reuseport "
                              "socket each); flows spread over them by flow, sessions by peer (default 1)")
     parser.add_argument("--busy-poll-us", type=int, default=round(DEFAULT_BUSY_POLL * 1e6), metavar="US",
-                        help="keep polling this long after the last packet before sleeping: lower latency "
-                             f"for a little CPU after each burst (default {round(DEFAULT_BUSY_POLL * 1e6)}, 0: off)")
+                        help="after a lone packet, keep polling this long before sleeping: lower latency "
+                             f"for CPU after each packet (default {round(DEFAULT_BUSY_POLL * 1e6)}: off; e.g. 1000)")
     parser.add_argument("--log-level", default="info", type=_level, help=f"{', '.join(LEVELS)} (any case)")
     parser.add_argument("--log-format", default="auto", choices=FORMATS,
                         help="auto: journald priorities and no timestamps when stderr is the journal")

@@ -7,7 +7,8 @@ TUN -> frames (64 KiB TCP super-packets with offload) cut into segments -> `seal
 GRO batch of one session (else `receive_datagrams_untrusted`) -> TCP segments glued back
 together -> one TUN write per super-packet.
 
-It sleeps in poll() only when both sides have been empty for `busy_poll` seconds. Other file
+It sleeps in poll() when both sides are empty, after a lone packet only once they have been
+empty for `busy_poll` seconds. Other file
 descriptors (the pipes between control and workers) are served when it sleeps, and every
 SIDE_CHECK seconds while it is busy.
 """
@@ -31,6 +32,7 @@ OUTBOUND_BATCH = 64  # packets taken from TUN before sealing them in one locked 
 INBOUND_BATCH = 64  # datagrams taken from UDP before opening them in one locked call
 INBOUND_BUFFERS = 8  # 64 KiB receive buffers (a GRO receive keeps its buffer until handled)
 TUN_FRAME_BYTES = 65536 + 1024
+LONE_PACKETS = 2  # a round with at most this many packets is request/response traffic: busy-poll after it
 SIDE_CHECK = 0.005  # seconds between looks at the side descriptors while busy
 _TRANSPORT = 4
 _POLL_MS = 1000
@@ -84,18 +86,23 @@ class DataPath:
         clock = time.perf_counter
         busy_poll = self._busy_poll
         last_busy = next_side = 0.0
+        spin = False
         while not self.stopping:
             udp = self.udp
-            if self.pump_tun(frame, view) | self.pump_udp(udp, buffers, views):
+            handled = self.pump_tun(frame, view) + self.pump_udp(udp, buffers, views)
+            if handled:
                 last_busy = clock()
+                spin = handled <= LONE_PACKETS
                 if side and last_busy >= next_side:
                     next_side = last_busy + SIDE_CHECK
                     _serve(side_poller.poll(0), side)
                 continue
-            if clock() - last_busy < busy_poll:
-                # Stay on the CPU a little after traffic: the answer to what we just passed on
-                # usually comes within a round trip, and sleeping costs more than the packet
-                # (a wakeup, then a cache-cold interpreter). Yield so others on the core go first.
+            if spin and clock() - last_busy < busy_poll:
+                # After a lone packet (a ping, a request), stay on the CPU a little: its answer
+                # usually comes within a round trip, and sleeping costs more than the packet (a
+                # wakeup, then a cache-cold interpreter). Not after bulk traffic, where the gaps
+                # are waits for the other end and spinning would only burn CPU. Yield so others
+                # on the core go first.
                 os.sched_yield()
                 continue
             if udp is not polled:  # first round, or a new socket after a listen port change
@@ -106,8 +113,8 @@ class DataPath:
             on_idle()
             _serve(poller.poll(_POLL_MS), side)
 
-    def pump_tun(self, frame: bytearray, view: memoryview) -> bool:
-        """Read up to a batch of packets from TUN and send them; False if there was nothing."""
+    def pump_tun(self, frame: bytearray, view: memoryview) -> int:
+        """Read up to a batch of packets from TUN and send them; how many there were."""
         tun = self.tun
         packets: list[Packet] = []
         reads = 0
@@ -120,11 +127,11 @@ class DataPath:
                 reads += 1
         except BlockingIOError:
             if not reads:
-                return False
+                return 0
         self.stats["tun_reads"] += reads
         self.stats["tun_packets"] += len(packets)
         self.send(packets)
-        return True
+        return max(1, len(packets))  # a frame the cutter refused was still work
 
     def send(self, packets: list[Packet]) -> None:
         now = self._clock()
@@ -134,8 +141,8 @@ class DataPath:
         if datagrams:
             self.udp.send(datagrams)
 
-    def pump_udp(self, udp: UdpSocket, buffers: list[bytearray], views: list[memoryview]) -> bool:
-        """Receive up to a batch of datagrams and handle them; False if there was nothing."""
+    def pump_udp(self, udp: UdpSocket, buffers: list[bytearray], views: list[memoryview]) -> int:
+        """Receive up to a batch of datagrams and handle them; how many there were."""
         received: list[tuple[bytes | memoryview, int, Endpoint]] = []  # (data, GRO segment size or 0, source)
         count = used = 0
         try:
@@ -154,13 +161,13 @@ class DataPath:
         except OSError:  # the socket was replaced (listen port change) or shut down
             if udp is self.udp and not self.stopping:
                 raise
-            return True
+            return 1
         if not received:
-            return False
+            return 0
         self.stats["udp_batches"] += 1
         self.stats["udp_datagrams"] += count
         self.receive(received)
-        return True
+        return count
 
     def receive(self, received: list[tuple[bytes | memoryview, int, Endpoint]]) -> None:
         """GRO batches of one session take the core's batch path; the rest go one by one (in

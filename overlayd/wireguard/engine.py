@@ -51,7 +51,9 @@ log = logging.getLogger(__name__)
 TIMER_TICK = 0.25  # a timer armed by the data path fires at most this late
 MTU_CHECK_INTERVAL = 1.0
 TRANSPORT_OVERHEAD = 32  # header and tag around an inner packet of at most MTU bytes
-DEFAULT_BUSY_POLL = 0.001  # seconds the data thread keeps polling after its last packet
+# Seconds the data thread keeps polling after a lone packet before it sleeps. Off: on 2 vCPUs
+# 1 ms cut the ping through the tunnel by a fifth for three times the CPU per ping (README).
+DEFAULT_BUSY_POLL = 0.0
 COUNTER_SLOTS = 65536  # send keypairs alive at once with workers (3 per peer at most)
 WORKER_STOP_TIMEOUT = 5.0
 
