@@ -124,6 +124,7 @@ class Engine:
             ours, theirs = context.Pipe()
             others = [q.fd for q in self._worker_queues if q is not queue]
             others += [u.fileno() for i, u in enumerate(self._group) if i != shard]
+            others += [conn.fileno() for _, conn in self._workers]  # the pipes to earlier workers
             process = context.Process(
                 target=worker_main, name=f"overlayd-wg worker {shard}", daemon=True,
                 args=(shard, self._shards, queue, self._group[shard], theirs, self._counters, self._busy_poll,
@@ -135,7 +136,7 @@ class Engine:
         for queue in self._worker_queues:  # theirs alone: a queue nobody reads would swallow flows
             queue.close()
         self._publish()
-        log.info("%d worker processes started", len(self._workers))
+        log.info("%d worker process%s started", len(self._workers), "" if len(self._workers) == 1 else "es")
 
     def counters(self) -> dict[str, int]:
         """Data path counters and the core's drop counts (drop_<reason>), for logs and benchmarks."""
@@ -203,7 +204,10 @@ class Engine:
                 return
             # A worker's flows and sessions cannot move to another process safely (its replay
             # windows die with it): stop, and let the service manager start us again.
-            self.failure = f"{process.name} exited ({process.exitcode if process.exitcode is not None else e})"
+            process.join(1.0)  # reap it, for its exit status
+            code = process.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exited ({code if code is not None else e})"
+            self.failure = f"{process.name} {how}"
             log.error("%s; stopping the interface", self.failure)
             self._path.stopping = True
             os.kill(os.getpid(), signal.SIGTERM)

@@ -10,10 +10,13 @@ datagrams, from the real source or a spoofed port, must not reach a socket behin
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -125,3 +128,21 @@ def test_replayed_datagrams_never_reach_a_socket(bed: WgBed, spoof_port: bool) -
         assert _drain(sock, 1.0) == [], "a replayed transport message was delivered"
     finally:
         sock.close()
+
+
+def test_a_dead_worker_stops_the_engine_with_one_line() -> None:
+    """A worker's sessions cannot move to another process (its replay windows die with it):
+    the engine stops with an error the service manager sees, and leaves nothing behind."""
+    with WgBed("ours", "go", ours_args=("--workers", str(WORKERS))) as bed:
+        bed.ping(bed.a, bed.b.tunnel_ip)
+        engine = bed.a.proc
+        assert engine is not None
+        children = [int(c) for c in Path(f"/proc/{engine.pid}/task/{engine.pid}/children").read_text().split()]
+        workers = [pid for pid in children if "overlayd.wireguard.cli" in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(workers) == WORKERS - 1
+        os.kill(workers[0], signal.SIGKILL)
+        assert engine.wait(10) == 1
+        log = (bed.tmp / f"{bed.a.ifname}.log").read_text()
+        assert f"overlayd-wg: overlayd-wg worker 1 killed by signal {int(signal.SIGKILL)}\n" in log
+        assert "Traceback" not in log
+        assert bed.a.ifname not in bed.sh(bed.a, "ip", "-o", "link").stdout
