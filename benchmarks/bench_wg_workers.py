@@ -7,9 +7,9 @@ side: the sender is a simulator that sealed all its packets before the clock sta
 the run it costs a GSO sendmsg per 46 datagrams, not a seal per packet, and offers far more
 than the engine takes (the loss says by how much).
 
-Test bed: ns A runs overlayd-wg (tunnel 10.99.0.1/24, MTU 1420) with two peers P1 and P2, whose
-public keys start with an even and an odd byte: with 2 workers steering gives their sessions to
-different processes (steering.py: shard = first byte of the peer's key mod workers). ns S runs
+Test bed: ns A runs overlayd-wg (tunnel 10.99.0.1/24, MTU 1420) with two peers P1 and P2: with 2
+workers their sessions belong to different processes (the Device gives each new peer the process
+with the fewest; steering.py sends each session's messages to its process). ns S runs
 the simulator: two sans-I/O Devices (P1, P2), each with its own UDP socket, joined to A by a
 veth (198.18.2.1 / 198.18.2.2). The simulator does a real handshake per peer, pre-seals
 --packets inner IPv4/UDP packets of 1380 bytes per peer (10.99.X.1 -> 10.98.0.5, consecutive
@@ -81,14 +81,6 @@ class SimPeer:
     source: str  # inner source address: the peer's allowed IP on A
 
 
-def key_with_parity(parity: int) -> tuple[str, str]:
-    """A key pair whose public key's first byte has this parity: with 2 workers, its shard."""
-    while True:
-        private, public = new_key()
-        if base64.b64decode(public)[0] % 2 == parity:
-            return private, public
-
-
 class ReceiveBed(WgBed):
     """WgBed's cleanup (processes, namespaces, socket files, temp dir) around another layout:
     side a is overlayd-wg in ns A, side b is ns S, where the simulator runs, with no engine."""
@@ -97,8 +89,8 @@ class ReceiveBed(WgBed):
         super().__init__("ours", "")
         self.a.underlay_ip = A_UNDERLAY
         self.b = Side(f"{self.prefix}-s", f"{self.prefix}ws", S_UNDERLAY, "", "", "", "")  # ifname unused
-        self.peers = [SimPeer(*key_with_parity(0), 40001, "10.99.1.1"),
-                      SimPeer(*key_with_parity(1), 40002, "10.99.2.1")]
+        # Configured in this order, P1 goes to worker 1 and P2 to the control (Device spreads peers).
+        self.peers = [SimPeer(*new_key(), 40001, "10.99.1.1"), SimPeer(*new_key(), 40002, "10.99.2.1")]
 
     def open(self) -> None:
         a, s = self.a, self.b

@@ -118,6 +118,7 @@ class Device:
         self._outbox: list[Any] = []
         self._identity = None if private_key is None else Identity(private_key)
         self.shards = shards
+        self._shard_peers = [0] * shards  # peers per process, to spread them evenly
         self._counters = counters
         self.generation = 0
 
@@ -182,6 +183,9 @@ class Device:
                 raise InvalidKeyError("peer public key is a low-order point")
             static_static = None if identity is None else identity.static_static(public_key)
             peer = self._peers[public_key] = Peer(public_key, static_static)
+            # The process with the fewest peers, workers before the control (it also handshakes).
+            peer.shard = min((*range(1, self.shards), 0), key=self._shard_peers.__getitem__)
+            self._shard_peers[peer.shard] += 1
         if preshared_key is not None:
             peer.preshared_key = preshared_key
         if endpoint is not None:
@@ -201,6 +205,7 @@ class Device:
         if peer is None:
             raise UnknownPeerError("no peer with this public key")
         self.generation += 1
+        self._shard_peers[peer.shard] -= 1
         self._zero_all(peer)
         self._routes.remove_owner(peer)
 
@@ -215,6 +220,13 @@ class Device:
             allowed_ips=tuple(self._routes.networks_of(peer)), persistent_keepalive=peer.persistent_keepalive,
             rx_bytes=peer.rx_bytes, tx_bytes=peer.tx_bytes, last_handshake=last,
         )
+
+    def shard_of(self, public_key: bytes) -> int:
+        """The process that opens this peer's sessions (0: this one)."""
+        peer = self._peers.get(public_key)
+        if peer is None:
+            raise UnknownPeerError("no peer with this public key")
+        return peer.shard
 
     def peer_statuses(self) -> list[PeerStatus]:
         return [self.peer_status(key) for key in self._peers]
@@ -784,7 +796,7 @@ class Device:
     def _new_index(self, peer: Peer) -> int:
         """A free random index; with shards, one that steering sends to the peer's shard, so
         that all its sessions are opened in one process (one replay window, in order)."""
-        shard = peer.public_key[0] % self.shards
+        shard = peer.shard
         while True:
             index = int.from_bytes(self._rng(4), "little")
             if transport.owned_by(index, shard, self.shards) \

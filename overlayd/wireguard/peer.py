@@ -43,7 +43,7 @@ class PeerStatus:
 class Peer:
     __slots__ = ("public_key", "preshared_key", "endpoint", "persistent_keepalive", "static_static",
                  "initiator_start", "cookies", "handshake", "keypairs", "timers", "staged",
-                 "rx_bytes", "tx_bytes", "last_handshake")
+                 "rx_bytes", "tx_bytes", "last_handshake", "shard")
 
     def __init__(self, public_key: bytes, static_static: bytes | None) -> None:
         self.public_key = public_key
@@ -63,3 +63,4 @@ class Peer:
         self.rx_bytes = 0
         self.tx_bytes = 0
         self.last_handshake: float | None = None  # on the injected clock
+        self.shard = 0  # the process that opens this peer's sessions (Device with shards)

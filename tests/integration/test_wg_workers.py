@@ -1,15 +1,13 @@
 """overlayd-wg with worker processes (`--workers 2`) against Debian's wireguard-go.
 
-Each peer's sessions belong to one process (steering.py), chosen by the peer's public key:
-every test runs twice, with wireguard-go's key placed on the control process (shard 0) and on
-the worker (shard 1). wireguard-go is the judge of what we send (it drops counters its replay
+Each peer's sessions belong to one process (steering.py): every test runs twice, with
+wireguard-go's peer placed on the control process (shard 0) and on the worker (shard 1). wireguard-go is the judge of what we send (it drops counters its replay
 window refuses, so reordering beyond it would show as a stalled transfer), and replayed
 datagrams, from the real source or a spoofed port, must not reach a socket behind our engine.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import socket
@@ -32,19 +30,21 @@ NBYTES = 4_000_000
 ECHO_PORT = 7777
 
 
-def key_on_shard(shard: int) -> tuple[str, str]:
-    """A key pair whose public key steering assigns to `shard` (its first byte mod WORKERS)."""
-    while True:
-        private, public = new_key()
-        if base64.b64decode(public)[0] % WORKERS == shard:
-            return private, public
-
-
 @pytest.fixture(scope="module", params=[0, 1], ids=["peer-on-control", "peer-on-worker"])
-def bed(request: pytest.FixtureRequest) -> Iterator[WgBed]:
-    bed = WgBed("ours", "go", ours_args=("--workers", str(WORKERS)))
-    bed.b.private, bed.b.public = key_on_shard(request.param)
-    with bed:
+def shard(request: pytest.FixtureRequest) -> int:
+    """The process of our engine that opens wireguard-go's sessions."""
+    return int(request.param)
+
+
+@pytest.fixture(scope="module")
+def bed(shard: int) -> Iterator[WgBed]:
+    """A new peer goes to the process with the fewest, the worker first: for the control, a
+    peer that carries nothing takes the worker, then wireguard-go's is added again."""
+    with WgBed("ours", "go", ours_args=("--workers", str(WORKERS))) as bed:
+        if shard == 0:
+            bed.wg("set", bed.a.ifname, "peer", bed.b.public, "remove", netns=bed.a.netns)
+            bed.wg("set", bed.a.ifname, "peer", new_key()[1], "allowed-ips", "10.99.9.9/32", netns=bed.a.netns)
+            bed.configure(bed.a, bed.b)
         yield bed
 
 
@@ -95,7 +95,7 @@ def _drain(sock: socket.socket, seconds: float) -> list[bytes]:
 
 
 @pytest.mark.parametrize("spoof_port", [False, True], ids=["same-source", "spoofed-source-port"])
-def test_replayed_datagrams_never_reach_a_socket(bed: WgBed, spoof_port: bool) -> None:
+def test_replayed_datagrams_never_reach_a_socket(bed: WgBed, shard: int, spoof_port: bool) -> None:
     bed.ping(bed.b, bed.a.tunnel_ip, count=1)
     capture = bed.tmp / f"replay-{spoof_port}.pcap"
     tcpdump = subprocess.Popen(["ip", "netns", "exec", bed.a.netns, "tcpdump", "-U", "-i", f"{bed.prefix}va",
@@ -116,6 +116,8 @@ def test_replayed_datagrams_never_reach_a_socket(bed: WgBed, spoof_port: bool) -
         tcpdump.wait(10)
     datagrams = [p for p in rdpcap(str(capture)) if p.haslayer(UDP) and bytes(p[UDP].payload)[:1] == b"\x04"]
     assert len(datagrams) >= len(payloads)
+    # The receiver index names the process that owns the session (steering.py).
+    assert {bytes(p[UDP].payload)[4] % WORKERS for p in datagrams} == {shard}
     replays = []
     for packet in datagrams:
         ip = packet[IP].copy()

@@ -136,20 +136,20 @@ def test_a_reused_slot_never_goes_back() -> None:
 # A WorkerPlane beside a sharded Device.
 
 class World:
-    """Device A (2 shards: itself, and a WorkerPlane as shard 1) and a plain Device B, whose
-    public key puts it on `shard` of A."""
+    """Device A (2 shards: itself, and a WorkerPlane as shard 1) and a plain Device B on `shard`
+    of A (a new peer goes to the process with the fewest, workers first: for shard 0, another
+    peer comes first)."""
 
     def __init__(self, shard: int) -> None:
         rng = random.Random(3).randbytes
-        while True:
-            b_key = crypto.generate_private_key(rng)
-            if crypto.public_key(crypto.private_key_object(b_key))[0] % SHARDS == shard:
-                break
         self.counters = CounterSpace(16)
         self.a = Device(crypto.generate_private_key(rng), rng=rng, shards=SHARDS, counters=self.counters)
-        self.b = Device(b_key, rng=rng)
+        self.b = Device(crypto.generate_private_key(rng), rng=rng)
         self.plane = WorkerPlane(1, SHARDS, self.counters)
         assert self.a.public_key is not None and self.b.public_key is not None
+        if shard == 0:
+            other = crypto.public_key(crypto.private_key_object(crypto.generate_private_key(rng)))
+            self.a.set_peer(PeerConfig(other, allowed_ips=(ipaddress.ip_network("10.0.9.0/24"),)), 0.0)
         self.a.set_peer(PeerConfig(self.b.public_key, endpoint=B_ADDR, allowed_ips=(ipaddress.ip_network(B_NET),)), 0.0)
         self.b.set_peer(PeerConfig(self.a.public_key, endpoint=A_ADDR, allowed_ips=(ipaddress.ip_network(A_NET),)), 0.0)
 
@@ -296,3 +296,15 @@ def test_the_daemon_refuses_a_bad_worker_count(value: object) -> None:
 
 def test_the_daemon_reads_a_worker_count() -> None:
     assert config_from_mapping({"node_name": "n1", "wireguard": {"workers": 2}}).wireguard.workers == 2
+
+
+def test_peers_spread_evenly_over_the_processes() -> None:
+    rng = random.Random(4).randbytes
+    device = Device(crypto.generate_private_key(rng), rng=rng, shards=4, counters=CounterSpace(4))
+    keys = [crypto.public_key(crypto.private_key_object(crypto.generate_private_key(rng))) for _ in range(9)]
+    for key in keys:
+        device.set_peer(PeerConfig(key), 0.0)
+    device.remove_peer(keys[0])  # worker 1 had three: now two, as many as the others
+    device.set_peer(PeerConfig(keys[0]), 0.0)  # so the next peer goes to the first worker again
+    shards = [device.shard_of(key) for key in keys]
+    assert shards == [1, 2, 3, 0, 1, 2, 3, 0, 1]  # workers first, then the control, in turn
