@@ -14,8 +14,9 @@ them below REJECT_AFTER_MESSAGES), and 2^60 leave room for any number of session
 
 from __future__ import annotations
 
+import fcntl
 import mmap
-import multiprocessing
+import os
 import struct
 from typing import Protocol
 
@@ -35,11 +36,17 @@ class Leased(Protocol):
 
 
 class CounterSpace:
-    """`slots` 64-bit counters in shared memory, and one lock, made before the workers fork."""
+    """`slots` 64-bit counters in shared memory, and one lock, made before the workers fork.
+
+    The lock is a POSIX record lock on the memory's file: the kernel drops it when its holder
+    dies (a semaphore would stay taken, and every process would hang on its next lease). It is
+    per process, which is enough: in each process only the thread holding the core's lock leases.
+    """
 
     def __init__(self, slots: int) -> None:
-        self._memory = mmap.mmap(-1, slots * _SLOT.size)  # anonymous and shared across fork
-        self._lock = multiprocessing.get_context("fork").Lock()
+        self._fd = os.memfd_create("overlayd-wg-counters", os.MFD_CLOEXEC)
+        os.ftruncate(self._fd, slots * _SLOT.size)
+        self._memory = mmap.mmap(self._fd, slots * _SLOT.size)  # shared with the forked workers
         self._free = list(range(slots - 1, -1, -1))  # only the control process hands out slots
 
     def new_slot(self) -> int | None:
@@ -63,9 +70,12 @@ class CounterSpace:
         """Give `keypair` at least `count` fresh counters from its slot."""
         take = max(count, LEASE)
         offset = keypair.slot * _SLOT.size
-        with self._lock:
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        try:
             start = _SLOT.unpack_from(self._memory, offset)[0]
             _SLOT.pack_into(self._memory, offset, min(start + take, REJECT_AFTER_MESSAGES))
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
         keypair.send_counter = start
         keypair.lease_end = min(start + take, REJECT_AFTER_MESSAGES)
 

@@ -372,8 +372,11 @@ class Device:
         """Encrypt and emit (transport.py has the hot loops), then the bookkeeping once per run."""
         endpoint = peer.endpoint
         assert endpoint is not None  # callers checked it
-        if keypair.slot >= 0 and self._counters is not None \
-                and not self._counters.reserve(keypair, len(packets)):  # exhausted: rekey
+        if keypair.slot >= 0 and self._counters is not None:
+            fresh = self._counters.reserve(keypair, len(packets))
+        else:  # one process (lease_end is the message limit), or a slot given up: no new lease
+            fresh = keypair.send_counter + len(packets) <= keypair.lease_end
+        if not fresh:  # exhausted: rekey
             for packet in packets:
                 self._stage(peer, packet)
             self._send_initiation(peer, now, out, is_retry=False)
@@ -815,7 +818,8 @@ class Device:
                 del self._keypair_index[keypair.local_index]
             if keypair.slot >= 0 and self._counters is not None:
                 self._counters.free_slot(keypair.slot)
-                keypair.slot = -1
+                # Workers had leases from that slot too: never seal past our own lease again.
+                keypair.slot, keypair.lease_end = -1, min(keypair.lease_end, keypair.send_counter)
 
     def _zero_all(self, peer: Peer) -> None:
         """Destroy every session and the unfinished handshake, and flush queued packets."""

@@ -7,7 +7,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
+import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -308,3 +310,22 @@ def test_peers_spread_evenly_over_the_processes() -> None:
     device.set_peer(PeerConfig(keys[0]), 0.0)  # so the next peer goes to the first worker again
     shards = [device.shard_of(key) for key in keys]
     assert shards == [1, 2, 3, 0, 1, 2, 3, 0, 1]  # workers first, then the control, in turn
+
+
+def test_a_holder_killed_inside_a_lease_does_not_hang_the_others() -> None:
+    # A semaphore stays taken when its holder dies: every process would hang on its next lease.
+    space = CounterSpace(1)
+    slot = space.new_slot()
+    assert slot is not None
+    for attempt in range(10):
+        pid = os.fork()
+        if pid == 0:  # leases as fast as it can, so the kill often lands while it holds the lock
+            holder = Lease(slot)
+            while True:
+                space.lease(holder, 1)
+        time.sleep(0.02 + attempt * 0.003)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        done = threading.Event()
+        threading.Thread(target=lambda: (space.lease(Lease(slot), 1), done.set()), daemon=True).start()
+        assert done.wait(2), "a lease hung after its holder was killed"
