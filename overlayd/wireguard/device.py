@@ -769,15 +769,20 @@ class Device:
         timers; the packets it could not send are sent or staged. Returns datagrams to send."""
         out: list[Datagram | DatagramBatch] = []
         self.drops.update(report.drops)
-        for index, (nbytes, data_packets, addr) in report.received.items():
-            keypair = self._keypair_index.get(index)
-            if keypair is not None:  # else gone since: its traffic no longer matters
-                self._transport_received(keypair, addr, nbytes, data_packets, now, out)
-        for public_key, (nbytes, sent_data) in report.sent.items():
-            peer = self._peers.get(public_key)
-            keypair = None if peer is None else peer.keypairs.current
-            if peer is not None and keypair is not None:
-                self._sent(peer, keypair, nbytes, sent_data, now, out)
+        # In the order they last happened, each at its own time, as the timers would have seen them.
+        events = [(entry[3], False, index, entry) for index, entry in report.received.items()]
+        events += [(entry[2], True, key, entry) for key, entry in report.sent.items()]
+        events.sort(key=lambda event: (event[0], event[1]))
+        for when, is_send, key, entry in events:
+            if is_send:
+                peer = self._peers.get(key)
+                keypair = None if peer is None else peer.keypairs.current
+                if peer is not None and keypair is not None:
+                    self._sent(peer, keypair, entry[0], entry[1], when, out)
+            else:
+                keypair = self._keypair_index.get(key)
+                if keypair is not None:  # else gone since: its traffic no longer matters
+                    self._transport_received(keypair, entry[2], entry[0], entry[1], when, out)
         if report.packets:
             self._send_packets(report.packets, now, out, batched=True)
         return out

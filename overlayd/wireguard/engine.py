@@ -32,7 +32,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from multiprocessing.reduction import send_handle
 
 from overlayd.errors import KernelError
 from overlayd.wireguard import crypto, steering
@@ -40,6 +39,7 @@ from overlayd.wireguard.counters import CounterSpace
 from overlayd.wireguard.datapath import DataPath
 from overlayd.wireguard.device import Device
 from overlayd.wireguard.events import Endpoint
+from overlayd.wireguard.links import WorkerLink
 from overlayd.wireguard.plane import WorkerReport
 from overlayd.wireguard.tun import TunDevice
 from overlayd.wireguard.uapi import ZERO_KEY, DeviceState, PeerState, PeerUpdate, SetRequest, UapiError
@@ -94,8 +94,8 @@ class Engine:
         self.stats: collections.Counter[str] = collections.Counter()
         self._path = DataPath(tun, self._group[0], self._device, self._lock, clock=clock, busy_poll=busy_poll,
                               stats=self.stats, after_core=self._publish)
-        self._workers: list[tuple[multiprocessing.process.BaseProcess, multiprocessing.connection.Connection]] = []
-        self._publish_lock = threading.Lock()  # one writer at a time on the worker pipes
+        self._workers: list[WorkerLink] = []
+        self._publish_lock = threading.Lock()  # snapshots reach the workers in generation order
         self._published = -1  # the device generation the workers last got
         self.failure: str | None = None  # why the engine stopped on its own (a worker died)
 
@@ -124,7 +124,7 @@ class Engine:
             ours, theirs = context.Pipe()
             others = [q.fd for q in self._worker_queues if q is not queue]
             others += [u.fileno() for i, u in enumerate(self._group) if i != shard]
-            others += [conn.fileno() for _, conn in self._workers]  # the pipes to earlier workers
+            others += [link.conn.fileno() for link in self._workers]  # the pipes to earlier workers
             process = context.Process(
                 target=worker_main, name=f"overlayd-wg worker {shard}", daemon=True,
                 args=(shard, self._shards, queue, self._group[shard], theirs, self._counters, self._busy_poll,
@@ -132,9 +132,11 @@ class Engine:
             )
             process.start()
             theirs.close()
-            self._workers.append((process, ours))
+            self._workers.append(WorkerLink(process, ours))
         for queue in self._worker_queues:  # theirs alone: a queue nobody reads would swallow flows
             queue.close()
+        for link in self._workers:
+            link.start()
         self._publish()
         log.info("%d worker process%s started", len(self._workers), "" if len(self._workers) == 1 else "es")
 
@@ -153,18 +155,8 @@ class Engine:
         self._timer_wake.set()
         for thread in self._threads:
             thread.join(timeout=5)
-        with self._publish_lock:
-            for process, conn in self._workers:
-                try:
-                    conn.send(None)
-                except OSError:
-                    pass
-            for process, conn in self._workers:
-                process.join(WORKER_STOP_TIMEOUT)
-                if process.is_alive():
-                    process.kill()
-                    process.join()
-                conn.close()
+        for link in self._workers:
+            link.close(WORKER_STOP_TIMEOUT)
         for udp in self._group:
             udp.close()
         os.close(self._stop_r)
@@ -183,11 +175,11 @@ class Engine:
     # Data path, and what the workers report.
 
     def _data_path(self) -> None:
-        side = {conn.fileno(): (lambda c=conn, p=process: self._from_worker(p, c)) for process, conn in self._workers}
+        side = {link.conn.fileno(): (lambda link=link: self._from_worker(link)) for link in self._workers}
         self._path.run(self._stop_r, side)
 
-    def _from_worker(self, process: multiprocessing.process.BaseProcess,
-                     conn: multiprocessing.connection.Connection) -> None:
+    def _from_worker(self, link: WorkerLink) -> None:
+        process, conn = link.process, link.conn
         try:
             while conn.poll():
                 report = conn.recv()
@@ -222,11 +214,8 @@ class Engine:
                     return
                 snapshot = self._device.plane_snapshot()
                 self._published = snapshot.generation
-            for _, conn in self._workers:
-                try:
-                    conn.send(snapshot)
-                except OSError:
-                    pass  # a worker that died: _from_worker reports it
+            for link in self._workers:
+                link.post_snapshot(snapshot)
 
     def _timers(self) -> None:
         next_mtu_check = 0.0
@@ -334,6 +323,8 @@ class Engine:
         """One socket per process on `port` (0: any), a reuseport group with steering if more."""
         if self._shards == 1:
             return [UdpSocket(port, fwmark)]
+        if port:  # taken? A reuseport socket would quietly join another group on it instead
+            UdpSocket(port, fwmark).close()
         group = [UdpSocket(port, fwmark, reuseport=True)]
         try:
             group += [UdpSocket(group[0].port, fwmark, reuseport=True) for _ in range(self._shards - 1)]
@@ -350,10 +341,8 @@ class Engine:
             new = self._open_group(port, old[0].fwmark if fwmark is None else fwmark)
         except KernelError as e:
             raise UapiError(errno.EADDRINUSE, str(e)) from None
-        with self._publish_lock:
-            for (process, conn), udp in zip(self._workers, new[1:]):
-                conn.send(("socket",))
-                send_handle(conn, udp.fileno(), process.pid)  # the worker holds its own copy now
+        for link, udp in zip(self._workers, new[1:]):
+            link.post_socket(udp.fileno())
         self._group = new  # sessions stay: peers learn the new port from our next packet
         self._path.udp = new[0]
         for udp in old:

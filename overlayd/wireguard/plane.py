@@ -66,7 +66,9 @@ class PlaneSnapshot:
 @dataclass
 class WorkerReport:
     """What a worker did since its last report. `received`: local index -> [bytes, data
-    packets, latest source]; `sent`: peer public key -> [bytes, whether any was data]."""
+    packets, latest source, time of the latest]; `sent`: peer public key -> [bytes, whether
+    any was data, time of the latest]. The times put sends and receives back in order for the
+    timers (a ping answered: the keepalive timer, not a new handshake)."""
 
     generation: int
     received: dict[int, list[Any]] = field(default_factory=dict)
@@ -128,10 +130,16 @@ class WorkerPlane:
         self.generation = self._report.generation = snapshot.generation
         if not self._pending:
             return []
-        waiting = [(data, addr) for data, addr, since in self._pending if now - since < PENDING_SECONDS]
-        self.drops[DropReason.UNKNOWN_INDEX] += len(self._pending) - len(waiting)
-        self._pending.clear()
-        return self.receive_datagrams_untrusted(waiting, now, hold=False)
+        held, self._pending = self._pending, collections.deque()
+        ready = []
+        for data, addr, since in held:
+            if now - since >= PENDING_SECONDS:
+                self.drops[DropReason.UNKNOWN_INDEX] += 1
+            elif TRANSPORT_HEADER.unpack_from(data)[1] in keypairs:
+                ready.append((data, addr))
+            else:  # a later snapshot may still bring its session
+                self._pending.append((data, addr, since))
+        return self.receive_datagrams_untrusted(ready, now, hold=False)
 
     def has_urgent(self) -> bool:
         """Packets wait for the control: report now, not at the next interval."""
@@ -182,10 +190,11 @@ class WorkerPlane:
         sent_bytes, sent_data = seal(keypair, packets, self.mtu, peer.endpoint, out)
         entry = self._report.sent.get(peer.public_key)
         if entry is None:
-            self._report.sent[peer.public_key] = [sent_bytes, sent_data]
+            self._report.sent[peer.public_key] = [sent_bytes, sent_data, now]
         else:
             entry[0] += sent_bytes
             entry[1] = entry[1] or sent_data
+            entry[2] = now
 
     # Inbound.
 
@@ -210,7 +219,7 @@ class WorkerPlane:
             return [], []
         packets = transport.inner_packets(plaintexts, keypair.peer, self._routes.lookup, drops)
         self._received(keypair, addr, sum(map(len, plaintexts)) + transport.OVERHEAD * len(plaintexts),
-                       sum(1 for p in plaintexts if p))
+                       sum(1 for p in plaintexts if p), now)
         return packets, []
 
     def receive_datagrams_untrusted(self, datagrams: list[tuple[bytes | memoryview, Endpoint]], now: float,
@@ -235,14 +244,15 @@ class WorkerPlane:
             keypair, plaintext = opened
             for packet in transport.inner_packets([plaintext], keypair.peer, self._routes.lookup, drops):
                 out.append(TunPacket(packet, keypair.peer.public_key))
-            self._received(keypair, addr, len(data), 1 if plaintext else 0)
+            self._received(keypair, addr, len(data), 1 if plaintext else 0, now)
         return out
 
-    def _received(self, keypair: Keypair, addr: Endpoint, nbytes: int, data_packets: int) -> None:
+    def _received(self, keypair: Keypair, addr: Endpoint, nbytes: int, data_packets: int, now: float) -> None:
         entry = self._report.received.get(keypair.local_index)
         if entry is None:
-            self._report.received[keypair.local_index] = [nbytes, data_packets, addr]
+            self._report.received[keypair.local_index] = [nbytes, data_packets, addr, now]
         else:
             entry[0] += nbytes
             entry[1] += data_packets
             entry[2] = addr
+            entry[3] = now

@@ -55,24 +55,27 @@ class Worker:
                 time.sleep(0.01)
 
     def _from_control(self) -> None:
+        snapshot: PlaneSnapshot | None = None  # only the newest of those queued counts
         while self._conn.poll():
             message = self._conn.recv()
             if message is None:
                 self._path.stopping = True
                 return
             if isinstance(message, PlaneSnapshot):
-                with self._lock:
-                    outputs = self._plane.apply(message, self._clock())
-                datagrams: list[Datagram | DatagramBatch] = []
-                packets = sort_outputs(outputs, datagrams)
-                if datagrams:
-                    self._path.udp.send(datagrams)
-                if packets:
-                    self._path.write_tun(packets)
+                snapshot = message
             elif message == ("socket",):
                 old = self._path.udp
                 self._path.udp = UdpSocket.adopt(recv_handle(self._conn), old.fwmark)
                 old.close()
+        if snapshot is not None:
+            with self._lock:
+                outputs = self._plane.apply(snapshot, self._clock())
+            datagrams: list[Datagram | DatagramBatch] = []
+            packets = sort_outputs(outputs, datagrams)
+            if datagrams:
+                self._path.udp.send(datagrams)
+            if packets:
+                self._path.write_tun(packets)
 
     def _report_if_due(self) -> None:
         now = self._clock()

@@ -148,3 +148,35 @@ def test_a_dead_worker_stops_the_engine_with_one_line() -> None:
         assert f"overlayd-wg: overlayd-wg worker 1 killed by signal {int(signal.SIGKILL)}\n" in log
         assert "Traceback" not in log
         assert bed.a.ifname not in bed.sh(bed.a, "ip", "-o", "link").stdout
+
+
+def test_a_stalled_worker_never_blocks_the_control() -> None:
+    """Snapshots pile up for a worker that does not read (stopped here; slow in life): `wg set`
+    and the control's own traffic go on, and SIGTERM still stops the engine in bounded time."""
+    with WgBed("ours", "go", ours_args=("--workers", str(WORKERS))) as bed:
+        # wireguard-go's peer on the control, as in the fixture above.
+        bed.wg("set", bed.a.ifname, "peer", bed.b.public, "remove", netns=bed.a.netns)
+        bed.wg("set", bed.a.ifname, "peer", new_key()[1], "allowed-ips", "10.99.9.9/32", netns=bed.a.netns)
+        bed.configure(bed.a, bed.b)
+        bed.ping(bed.b, bed.a.tunnel_ip)
+        engine = bed.a.proc
+        assert engine is not None
+        worker = int(Path(f"/proc/{engine.pid}/task/{engine.pid}/children").read_text().split()[0])
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            for batch in range(40):  # about 800 peers: each set sends a bigger snapshot than a pipe holds
+                args = []
+                for i in range(20):
+                    args += ["peer", new_key()[1], "allowed-ips", f"10.{100 + batch}.{i}.0/24"]
+                subprocess.run(["ip", "netns", "exec", bed.a.netns, "wg", "set", bed.a.ifname, *args],
+                               check=True, timeout=10)
+            bed.ping(bed.b, bed.a.tunnel_ip)
+            start = time.monotonic()
+            engine.terminate()
+            assert engine.wait(20) == 0
+            assert time.monotonic() - start < 15
+        finally:
+            try:
+                os.kill(worker, signal.SIGCONT)
+            except ProcessLookupError:
+                pass

@@ -329,3 +329,24 @@ def test_a_holder_killed_inside_a_lease_does_not_hang_the_others() -> None:
         done = threading.Event()
         threading.Thread(target=lambda: (space.lease(Lease(slot), 1), done.set()), daemon=True).start()
         assert done.wait(2), "a lease hung after its holder was killed"
+
+
+def test_a_reported_exchange_arms_the_timers_a_single_process_would() -> None:
+    # A pings B through its worker: request sent, reply received, in one report. One process
+    # would then owe B a keepalive, not a new handshake 15 s later (the reply answered).
+    world = World(1)
+    world.connect()
+    world.to_a(bytes(world.b.send_packet(ip4(B_IP, A_IP, b"confirm"), 0.5)[0].data), 0.5)
+    report = world.plane.take_report()
+    assert report is not None
+    world.a.apply_report(report, 0.5)
+    world.publish(0.5)
+    assert world.to_b(world.plane.seal_packets([ip4(A_IP, B_IP, b"request")], 1.0), 1.0)
+    world.to_a(bytes(world.b.send_packet(ip4(B_IP, A_IP, b"reply"), 1.001)[0].data), 1.001)
+    report = world.plane.take_report()
+    assert report is not None and report.received and report.sent
+    world.a.apply_report(report, 1.05)
+    deadline = world.a.get_timer()
+    assert deadline is not None
+    world.a.handle_timer(deadline)
+    assert [d.data[0] for d in world.a.datagrams_to_send(deadline)] == [4]  # a keepalive

@@ -1,0 +1,83 @@
+"""The control process's end of one worker's pipe (worker.py has the other).
+
+Writes go through a thread of their own: the control's data path reads the worker's reports
+and must never block on a worker that is slow to read (two processes blocked writing into
+full pipes would hang the interface). Each snapshot replaces the last, so only the newest one
+waits to be sent; passed sockets (after a listen port change) go in order, before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing.connection
+import multiprocessing.process
+import os
+import threading
+from multiprocessing.reduction import send_handle
+
+from overlayd.wireguard.plane import PlaneSnapshot
+
+log = logging.getLogger(__name__)
+
+
+class WorkerLink:
+    def __init__(self, process: multiprocessing.process.BaseProcess,
+                 conn: multiprocessing.connection.Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self._ready = threading.Condition()
+        self._snapshot: PlaneSnapshot | None = None
+        self._sockets: list[int] = []  # our duplicates of descriptors to hand over
+        self._closing = False
+        self._writer = threading.Thread(target=self._write, name=f"wg-link-{process.name}", daemon=True)
+
+    def start(self) -> None:
+        self._writer.start()
+
+    def post_snapshot(self, snapshot: PlaneSnapshot) -> None:
+        with self._ready:
+            self._snapshot = snapshot
+            self._ready.notify()
+
+    def post_socket(self, fd: int) -> None:
+        """Hand the worker a socket; the caller keeps its own descriptor."""
+        with self._ready:
+            self._sockets.append(os.dup(fd))
+            self._ready.notify()
+
+    def close(self, timeout: float) -> None:
+        """Tell the worker to stop, wait up to `timeout` for it, then kill it."""
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+        self._writer.join(timeout)
+        self.process.join(timeout)
+        if self.process.is_alive():
+            log.warning("%s did not stop in %.0f s: killing it", self.process.name, timeout)
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+    def _write(self) -> None:
+        while True:
+            with self._ready:
+                while self._snapshot is None and not self._sockets and not self._closing:
+                    self._ready.wait()
+                sockets, self._sockets = self._sockets, []
+                snapshot, self._snapshot = self._snapshot, None
+                closing = self._closing
+            try:
+                for fd in sockets:
+                    self.conn.send(("socket",))
+                    send_handle(self.conn, fd, self.process.pid)
+                if snapshot is not None:
+                    self.conn.send(snapshot)
+                if closing:
+                    self.conn.send(None)
+            except OSError:  # the worker is gone: the data path sees its pipe close
+                closing = True
+            finally:
+                for fd in sockets:
+                    os.close(fd)
+            if closing:
+                return
