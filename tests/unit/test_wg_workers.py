@@ -15,14 +15,16 @@ import time
 import pytest
 
 from overlayd.config import config_from_mapping
-from overlayd.errors import ConfigError
+from overlayd.errors import ConfigError, KernelError
 from overlayd.wireguard import Datagram, DatagramBatch, Device, DropReason, PeerConfig, TunPacket, crypto
 from overlayd.wireguard import cli as wg_cli
 from overlayd.wireguard import steering
 from overlayd.wireguard.counters import LEASE, STALE, CounterSpace
+from overlayd.wireguard.engine import Engine
 from overlayd.wireguard.plane import WorkerPlane
 from overlayd.wireguard.udp import UdpSocket, segments
 from tests.unit.test_wg_device import A_ADDR, A_IP, A_NET, B_ADDR, B_IP, B_NET, ip4
+from tests.unit.test_wg_engine import FakeTun
 
 SHARDS = 2
 
@@ -350,3 +352,16 @@ def test_a_reported_exchange_arms_the_timers_a_single_process_would() -> None:
     assert deadline is not None
     world.a.handle_timer(deadline)
     assert [d.data[0] for d in world.a.datagrams_to_send(deadline)] == [4]  # a keepalive
+
+
+def test_a_port_another_group_holds_is_refused_not_shared() -> None:
+    # Another interface with workers on the port: SO_REUSEPORT alone would join its group and
+    # take a share of its datagrams. One line, as with a single process.
+    other = [UdpSocket(0, reuseport=True)]
+    other.append(UdpSocket(other[0].port, reuseport=True))
+    try:
+        with pytest.raises(KernelError, match=f"cannot open UDP port {other[0].port}"):
+            Engine(FakeTun(), worker_queues=[FakeTun()], listen_port=other[0].port)  # type: ignore[arg-type]
+    finally:
+        for udp in other:
+            udp.close()
