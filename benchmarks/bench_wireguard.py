@@ -284,8 +284,8 @@ def micro_benchmarks() -> dict:
     }
 
 
-# How the per-segment work would grow with worker processes (a simulation: overlayd-wg runs
-# one data-path thread; see the README for what running several would take).
+# The ceiling for worker processes on this machine: both ends' per-segment work in 1, 2, ...
+# cpu_count processes at once, no I/O. bench_wg_workers measures the real engine's workers.
 
 
 def _data_path_worker(seconds: float, report: "multiprocessing.connection.Connection") -> None:
