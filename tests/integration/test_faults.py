@@ -45,7 +45,7 @@ MAX_RECONNECT = 5.0  # seconds from etcd being back to a healthy daemon
 MAX_REMOVAL = 5.0  # seconds from a host's key vanishing to its objects gone from every peer
 MAX_OUTAGE_CPU = 0.05  # share of one core a daemon may use while etcd is away
 RACE_HOSTS = 20
-RACE_ROUNDS = 3
+RACE_ROUNDS = 2
 RACE_RESERVED = 10  # of the 32 race subnets, leaving 22 for 20 hosts
 VXLAN_DEVICE = "ovl.vx"
 
