@@ -539,24 +539,14 @@ class Device:
         session, they are opened with the bookkeeping done once, and the result is (inner packets
         for TUN, datagrams to send). Otherwise None, with nothing changed: the caller then hands
         the datagrams to receive_datagrams_untrusted, which takes them one by one."""
-        found = transport.batch_counters_untrusted(data, size)
-        if found is None:
+        opened = transport.open_gro_batch(self._keypair_index, data, size, now, 0, self.shards,
+                                          self._routes.lookup, self.drops)
+        if opened is None:
             return None
-        receiver, counters = found
-        keypair = self._keypair_index.get(receiver)
-        if keypair is None or now - keypair.created >= REJECT_AFTER_TIME \
-                or not transport.owned_by(receiver, 0, self.shards):
-            return None
-        plaintexts, bad = transport.open_batch(keypair, data, size, counters)
-        self._drop(DropReason.BAD_AEAD, bad)
-        self._drop(DropReason.REPLAY, len(counters) - bad - len(plaintexts))
+        keypair, packets, nbytes, data_packets = opened
         out: list[Datagram | DatagramBatch] = []
-        if not plaintexts:
-            return [], out
-        packets = transport.inner_packets(plaintexts, keypair.peer, self._routes.lookup, self.drops)
-        data_packets = sum(1 for p in plaintexts if p)
-        self._transport_received(keypair, addr, sum(map(len, plaintexts)) + transport.OVERHEAD * len(plaintexts),
-                                 data_packets, now, out)
+        if nbytes:  # something authentic arrived
+            self._transport_received(keypair, addr, nbytes, data_packets, now, out)
         return packets, out
 
     def _receive(self, data: bytes, addr: Endpoint, now: float, out: list[Output]) -> None:

@@ -201,25 +201,13 @@ class WorkerPlane:
     def receive_batch_untrusted(self, data: memoryview, size: int, addr: Endpoint, now: float
                                 ) -> tuple[list[bytes], list[Datagram | DatagramBatch]] | None:
         """As Device.receive_batch_untrusted; None sends the datagrams the one-by-one way."""
-        found = transport.batch_counters_untrusted(data, size)
-        if found is None:
+        opened = transport.open_gro_batch(self._keypairs, data, size, now, self.shard, self.shards,
+                                          self._routes.lookup, self.drops)
+        if opened is None:
             return None
-        receiver, counters = found
-        keypair = self._keypairs.get(receiver)
-        if keypair is None or now - keypair.created >= REJECT_AFTER_TIME \
-                or not transport.owned_by(receiver, self.shard, self.shards):
-            return None
-        plaintexts, bad = transport.open_batch(keypair, data, size, counters)
-        drops = self.drops
-        if bad:
-            drops[DropReason.BAD_AEAD] += bad
-        if len(counters) - bad - len(plaintexts):
-            drops[DropReason.REPLAY] += len(counters) - bad - len(plaintexts)
-        if not plaintexts:
-            return [], []
-        packets = transport.inner_packets(plaintexts, keypair.peer, self._routes.lookup, drops)
-        self._received(keypair, addr, sum(map(len, plaintexts)) + transport.OVERHEAD * len(plaintexts),
-                       sum(1 for p in plaintexts if p), now)
+        keypair, packets, nbytes, data_packets = opened
+        if nbytes:
+            self._received(keypair, addr, nbytes, data_packets, now)
         return packets, []
 
     def receive_datagrams_untrusted(self, datagrams: list[tuple[bytes | memoryview, Endpoint]], now: float,

@@ -143,6 +143,32 @@ def open_batch(keypair: Keypair, data: memoryview, size: int, counters: list[int
     return [p for p, ok in zip(plaintexts, fresh) if ok], bad
 
 
+def open_gro_batch(index: dict[int, Keypair], data: memoryview, size: int, now: float, shard: int, shards: int,
+                   lookup: Callable[[bytes], object], drops: "collections.Counter[str]"
+                   ) -> tuple[Keypair, list[bytes], int, int] | None:
+    """Open one GRO receive (datagrams of `size` bytes back to back) if they are all transport
+    messages for one live session that process `shard` owns: (keypair, inner packets for TUN,
+    bytes on the wire, data packets) for the caller's bookkeeping. None, with nothing changed,
+    sends the caller the one-by-one way. Failures are counted."""
+    found = batch_counters_untrusted(data, size)
+    if found is None:
+        return None
+    receiver, counters = found
+    keypair = index.get(receiver)
+    if keypair is None or now - keypair.created >= REJECT_AFTER_TIME or not owned_by(receiver, shard, shards):
+        return None
+    plaintexts, bad = open_batch(keypair, data, size, counters)
+    if bad:
+        drops[DropReason.BAD_AEAD] += bad
+    if len(counters) - bad - len(plaintexts):
+        drops[DropReason.REPLAY] += len(counters) - bad - len(plaintexts)
+    if not plaintexts:
+        return keypair, [], 0, 0
+    packets = inner_packets(plaintexts, keypair.peer, lookup, drops)
+    return (keypair, packets, sum(map(len, plaintexts)) + OVERHEAD * len(plaintexts),
+            sum(1 for p in plaintexts if p))
+
+
 def open_one(index: dict[int, Keypair], data: bytes | memoryview, now: float,
              drops: "collections.Counter[str]") -> tuple[Keypair, bytes] | None:
     """Open one transport message (at least TRANSPORT_MIN_SIZE bytes): find the session,
