@@ -176,7 +176,13 @@ class UapiControl:
     def configure(self, private_key: bytes, listen_port: int) -> None:
         from overlayd.wireguard.uapi import SetRequest
 
-        self.client.set(SetRequest(private_key=private_key, listen_port=listen_port))
+        # Send only what differs: wireguard-go closes and reopens its sockets on any
+        # listen_port, even the same one, and a datagram arriving then is lost.
+        state = self._state()
+        key = None if state.private_key == private_key else private_key
+        port = None if state.listen_port == listen_port else listen_port
+        if key is not None or port is not None:
+            self.client.set(SetRequest(private_key=key, listen_port=port))
 
     def _state(self) -> Any:
         return self.client.get()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from overlayd.wireguard.uapi_server import UapiClient
 from tests.integration.conftest import Lab, netns_exec, ping_through_restarts
 
 pytestmark = pytest.mark.integration
@@ -33,6 +34,20 @@ def _wireguard_go_pid(lab: Lab, host: str) -> int:
     return found[0]
 
 
+def _udp_socket_inodes(lab: Lab, host: str) -> set[int]:
+    """The inodes of the UDP sockets bound to the host's WireGuard port: a rebind changes them."""
+    port = UapiClient("ovl.wg", lab.host(host).dir / "wg").get().listen_port
+    pid = _wireguard_go_pid(lab, host)
+    inodes = set()
+    for table in ("udp", "udp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(int(fields[9]))
+    assert inodes
+    return inodes
+
+
 def test_each_host_runs_wireguard_go_with_its_own_socket(lab_wggo: Lab) -> None:
     for host in lab_wggo.plan.hosts:
         pid = _wireguard_go_pid(lab_wggo, host.name)
@@ -47,7 +62,10 @@ def test_each_host_runs_wireguard_go_with_its_own_socket(lab_wggo: Lab) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_a_restarted_daemon_adopts_the_running_wireguard_go(lab_wggo: Lab, sig: int) -> None:
     before = {h: _wireguard_go_pid(lab_wggo, h) for h in ("h1", "h2")}
+    sockets = {h: _udp_socket_inodes(lab_wggo, h) for h in ("h1", "h2")}
     received, out = ping_through_restarts(lab_wggo, "pod1", "pod2", ["h1", "h2"], sig)
     assert received == 300, out
     assert {h: _wireguard_go_pid(lab_wggo, h) for h in ("h1", "h2")} == before  # the same processes
+    # Not rebound: wireguard-go drops what arrives while it reopens its sockets.
+    assert {h: _udp_socket_inodes(lab_wggo, h) for h in ("h1", "h2")} == sockets
     assert "adopted running wireguard-go WireGuard engine on ovl.wg" in lab_wggo.host("h1").log_path.read_text()
