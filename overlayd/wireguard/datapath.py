@@ -7,10 +7,9 @@ TUN -> frames (64 KiB TCP super-packets with offload) cut into segments -> `seal
 GRO batch of one session (else `receive_datagrams_untrusted`) -> TCP segments glued back
 together -> one TUN write per super-packet.
 
-It sleeps in poll() when both sides are empty, after a lone packet only once they have been
-empty for `busy_poll` seconds. Other file
-descriptors (the pipes between control and workers) are served when it sleeps, and every
-SIDE_CHECK seconds while it is busy.
+After each round one poll(0) says which side has more; it sleeps in poll() when neither has,
+after a lone packet only once they have been empty for `busy_poll` seconds. Other file
+descriptors (the pipes between control and workers) are served when poll reports them.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ INBOUND_BATCH = 64  # datagrams taken from UDP before opening them in one locked
 INBOUND_BUFFERS = 8  # 64 KiB receive buffers (a GRO receive keeps its buffer until handled)
 TUN_FRAME_BYTES = 65536 + 1024
 LONE_PACKETS = 2  # a round with at most this many packets is request/response traffic: busy-poll after it
-SIDE_CHECK = 0.005  # seconds between looks at the side descriptors while busy
 _TRANSPORT = 4
 _POLL_MS = 1000
 
@@ -71,47 +69,60 @@ class DataPath:
         """Until `stopping`: move packets; call side[fd]() when fd is readable, and on_idle()
         before each sleep."""
         tun = self.tun
+        tun_fd = tun.fd
         frame = bytearray(TUN_FRAME_BYTES)
         view = memoryview(frame)
         buffers = [bytearray(RECEIVE_BUFFER_BYTES) for _ in range(INBOUND_BUFFERS)]
         views = [memoryview(b) for b in buffers]
         poller = select.poll()
-        side_poller = select.poll()
-        for fd in (tun.fd, stop_fd, *side):
+        for fd in (tun_fd, stop_fd, *side):
             poller.register(fd, select.POLLIN)
-        for fd in side:
-            side_poller.register(fd, select.POLLIN)
         polled: UdpSocket | None = None
         polled_fd = -1
         clock = time.perf_counter
         busy_poll = self._busy_poll
-        last_busy = next_side = 0.0
+        last_busy = 0.0
         spin = False
+        tun_ready = udp_ready = True  # the first round looks at both
         while not self.stopping:
             udp = self.udp
-            handled = self.pump_tun(frame, view) + self.pump_udp(udp, buffers, views)
-            if handled:
-                last_busy = clock()
-                spin = handled <= LONE_PACKETS
-                if side and last_busy >= next_side:
-                    next_side = last_busy + SIDE_CHECK
-                    _serve(side_poller.poll(0), side)
-                continue
-            if spin and clock() - last_busy < busy_poll:
-                # After a lone packet (a ping, a request), stay on the CPU a little: its answer
-                # usually comes within a round trip, and sleeping costs more than the packet (a
-                # wakeup, then a cache-cold interpreter). Not after bulk traffic, where the gaps
-                # are waits for the other end and spinning would only burn CPU. Yield so others
-                # on the core go first.
-                os.sched_yield()
-                continue
             if udp is not polled:  # first round, or a new socket after a listen port change
                 if polled is not None:
                     poller.unregister(polled_fd)
                 polled, polled_fd = udp, udp.fileno()
                 poller.register(polled_fd, select.POLLIN)
-            on_idle()
-            _serve(poller.poll(_POLL_MS), side)
+                udp_ready = True
+            handled = (self.pump_tun(frame, view) if tun_ready else 0) + \
+                (self.pump_udp(udp, buffers, views) if udp_ready else 0)
+            if handled:
+                last_busy = clock()
+                spin = handled <= LONE_PACKETS
+            # One poll says what is readable now. Trying a read and a receive instead costs two
+            # syscalls that fail, each raising an exception, after every lone packet: on a cold
+            # CPU that is a good part of a round trip.
+            events = poller.poll(0)
+            if not events:
+                if spin and clock() - last_busy < busy_poll:
+                    # After a lone packet (a ping, a request), stay on the CPU a little: its
+                    # answer usually comes within a round trip, and sleeping costs more than the
+                    # packet (a wakeup, then a cache-cold interpreter). Not after bulk traffic,
+                    # where the gaps are waits for the other end and spinning would only burn
+                    # CPU. Yield so others on the core go first.
+                    os.sched_yield()
+                    tun_ready = udp_ready = False
+                    continue
+                on_idle()
+                events = poller.poll(_POLL_MS)
+            tun_ready = udp_ready = False
+            for fd, _ in events:
+                if fd == tun_fd:
+                    tun_ready = True
+                elif fd == polled_fd:
+                    udp_ready = True
+                else:
+                    handler = side.get(fd)
+                    if handler is not None:
+                        handler()
 
     def pump_tun(self, frame: bytearray, view: memoryview) -> int:
         """Read up to a batch of packets from TUN and send them; how many there were."""
@@ -220,10 +231,3 @@ def sort_outputs(outputs: Sequence[Output], datagrams: list[Datagram | DatagramB
         else:
             datagrams.append(output)
     return packets
-
-
-def _serve(events: list[tuple[int, int]], side: dict[int, Callable[[], None]]) -> None:
-    for fd, _ in events:
-        handler = side.get(fd)
-        if handler is not None:
-            handler()

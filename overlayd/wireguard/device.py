@@ -15,6 +15,7 @@ Bad packets never raise; they are dropped and counted in `drops` by DropReason.
 
 import collections
 import math
+import random
 import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -104,6 +105,9 @@ class Device:
         shard 0, a peer's sessions get indices that steering.py sends to the peer's shard, send
         counters come from `counters`, and `generation` counts changes the workers must hear of."""
         self._rng = rng
+        # Timer jitter needs no secrecy (wireguard-go draws it from a fast PRNG): seeded once,
+        # it costs no getrandom() per packet, which an exchange of lone packets would pay.
+        self._jitter_source = random.Random(int.from_bytes(rng(8), "little"))
         self.listen_port = listen_port
         self.mtu = mtu
         self.wall_offset = wall_offset
@@ -789,7 +793,7 @@ class Device:
             self.drops[reason] += count
 
     def _jitter(self) -> float:
-        return int.from_bytes(self._rng(4), "little") / 2**32 * REKEY_TIMEOUT_JITTER_MAX
+        return self._jitter_source.random() * REKEY_TIMEOUT_JITTER_MAX
 
     def _new_index(self, peer: Peer) -> int:
         """A free random index; with shards, one that steering sends to the peer's shard, so

@@ -22,6 +22,10 @@ class Timer(enum.Enum):
     ZERO_KEY_MATERIAL = "zero_key_material"
     PERSISTENT_KEEPALIVE = "persistent_keepalive"
 
+    # Members are singletons: hash by identity in C. Enum's own __hash__ is a Python call,
+    # several per packet on the data path.
+    __hash__ = object.__hash__
+
 
 _ORDER = tuple(Timer)
 
