@@ -125,6 +125,10 @@ class Device:
         self._shard_peers = [0] * shards  # peers per process, to spread them evenly
         self._counters = counters
         self.generation = 0
+        # Peers whose part of the workers' plane changed since plane_update last ran (the
+        # first update sends every peer).
+        self._plane_changes: set[bytes] = set()
+        self._plane_sent = False
 
     # Identity and configuration.
 
@@ -145,6 +149,7 @@ class Device:
         self._identity = identity
         self.generation += 1
         for peer in self._peers.values():
+            self._plane_changed(peer)
             peer.static_static = None if identity is None else identity.static_static(peer.public_key)
             self._forget_keypairs(peer.keypairs.clear())
             self._free_handshake_index(peer)
@@ -180,7 +185,6 @@ class Device:
             preshared_key = crypto.check_key(preshared_key, "preshared key")
         if persistent_keepalive is not None and not 0 <= persistent_keepalive <= 65535:
             raise InvalidConfigError("persistent keepalive must be 0..65535 seconds")
-        self.generation += 1
         peer = self._peers.get(public_key)
         if peer is None:
             if crypto.is_low_order(public_key):
@@ -190,6 +194,7 @@ class Device:
             # The process with the fewest peers, workers before the control (it also handshakes).
             peer.shard = min((*range(1, self.shards), 0), key=self._shard_peers.__getitem__)
             self._shard_peers[peer.shard] += 1
+        self._plane_changed(peer)
         if preshared_key is not None:
             peer.preshared_key = preshared_key
         if endpoint is not None:
@@ -197,7 +202,9 @@ class Device:
         if replace_allowed_ips:
             self._routes.remove_owner(peer)
         for network in allowed_ips:
-            self._routes.insert(network, peer)
+            previous = self._routes.insert(network, peer)
+            if previous is not None:  # the workers must hear that it lost the network
+                self._plane_changed(previous)
         if persistent_keepalive is not None:
             keepalive_was_off = peer.persistent_keepalive == 0
             peer.persistent_keepalive = persistent_keepalive
@@ -208,7 +215,7 @@ class Device:
         peer = self._peers.pop(public_key, None)
         if peer is None:
             raise UnknownPeerError("no peer with this public key")
-        self.generation += 1
+        self._plane_changed(peer)
         self._shard_peers[peer.shard] -= 1
         self._zero_all(peer)
         self._routes.remove_owner(peer)
@@ -480,7 +487,7 @@ class Device:
                 keypair.slot, keypair.lease_end = slot, 0
         del self._handshake_index[index]
         self._keypair_index[index] = keypair  # the handshake's index now names the session
-        self.generation += 1
+        self._plane_changed(peer)
         handshake.session_begun()
         if is_initiator:
             dropped = peer.keypairs.install_as_initiator(keypair)
@@ -588,14 +595,14 @@ class Device:
         peer = keypair.peer
         if peer.endpoint != addr:  # roaming: the latest authenticated source wins
             peer.endpoint = addr
-            self.generation += 1
+            self._plane_changed(peer)
         peer.rx_bytes += nbytes
         timers = peer.timers
         if keypair is peer.keypairs.next:
             # First packet on the responder's new keypair: the initiator has it, start using it.
             _, dropped = peer.keypairs.confirm(keypair)
             self._forget_keypairs(dropped)
-            self.generation += 1
+            self._plane_changed(peer)
             timers.on_handshake_complete()
             peer.last_handshake = now
             self._send_staged(peer, now, out)
@@ -747,16 +754,34 @@ class Device:
 
     def plane_snapshot(self) -> PlaneSnapshot:
         """What the workers need: every peer's endpoint, allowed IPs and sessions."""
-        peers = []
-        for peer in self._peers.values():
-            keypairs = peer.keypairs
-            sessions = tuple(
-                SessionKeys(k.local_index, k.remote_index, k.send_key, k.receive_key, k.created, k.slot,
-                            sends=k is keypairs.current)
-                for k in (keypairs.previous, keypairs.current, keypairs.next) if k is not None
-            )
-            peers.append(PeerPlane(peer.public_key, peer.endpoint, tuple(self._routes.networks_of(peer)), sessions))
-        return PlaneSnapshot(self.generation, self.mtu, tuple(peers))
+        return PlaneSnapshot(self.generation, self.mtu, tuple(map(self._peer_plane, self._peers.values())))
+
+    def plane_update(self) -> PlaneSnapshot:
+        """What changed for the workers since the last call (every peer, the first time): a
+        change costs the workers what the changed peers cost, not what all peers cost."""
+        if not self._plane_sent:
+            self._plane_sent = True
+            self._plane_changes.clear()
+            return self.plane_snapshot()
+        changed, self._plane_changes = self._plane_changes, set()
+        peers = self._peers
+        return PlaneSnapshot(self.generation, self.mtu,
+                             tuple(self._peer_plane(peers[key]) for key in changed if key in peers),
+                             removed=tuple(key for key in changed if key not in peers), full=False)
+
+    def _plane_changed(self, peer: Peer) -> None:
+        self.generation += 1
+        if self.shards > 1:  # no workers, no updates: a removed peer's key would stay here
+            self._plane_changes.add(peer.public_key)
+
+    def _peer_plane(self, peer: Peer) -> PeerPlane:
+        keypairs = peer.keypairs
+        sessions = tuple(
+            SessionKeys(k.local_index, k.remote_index, k.send_key, k.receive_key, k.created, k.slot,
+                        sends=k is keypairs.current)
+            for k in (keypairs.previous, keypairs.current, keypairs.next) if k is not None
+        )
+        return PeerPlane(peer.public_key, peer.endpoint, tuple(self._routes.networks_of(peer)), sessions)
 
     def apply_report(self, report: WorkerReport, now: float) -> list[Datagram | DatagramBatch]:
         """A worker's traffic, as if it had passed here: stats, roaming, key confirmation and
@@ -786,7 +811,7 @@ class Device:
     def _roam(self, peer: Peer, addr: Endpoint) -> None:
         if peer.endpoint != addr:
             peer.endpoint = addr
-            self.generation += 1
+            self._plane_changed(peer)
 
     def _drop(self, reason: DropReason, count: int) -> None:
         if count:
@@ -812,7 +837,7 @@ class Device:
 
     def _forget_keypairs(self, keypairs: Iterable[Keypair]) -> None:
         for keypair in keypairs:
-            self.generation += 1
+            self._plane_changed(keypair.peer)
             if self._keypair_index.get(keypair.local_index) is keypair:
                 del self._keypair_index[keypair.local_index]
             if keypair.slot >= 0 and self._counters is not None:

@@ -205,14 +205,15 @@ class Engine:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def _publish(self) -> None:
-        """Send the workers the sessions, peers and MTU if they changed since they last heard."""
+        """Send the workers the peers that changed since they last heard (sessions, endpoint,
+        allowed IPs), and the MTU."""
         if not self._workers or self._device.generation == self._published:
             return
         with self._publish_lock:
             with self._lock:
                 if self._device.generation == self._published:
                     return
-                snapshot = self._device.plane_snapshot()
+                snapshot = self._device.plane_update()
                 self._published = snapshot.generation
             for link in self._workers:
                 link.post_snapshot(snapshot)

@@ -2,8 +2,9 @@
 
 Writes go through a thread of their own: the control's data path reads the worker's reports
 and must never block on a worker that is slow to read (two processes blocked writing into
-full pipes would hang the interface). Each snapshot replaces the last, so only the newest one
-waits to be sent; passed sockets (after a listen port change) go in order, before it.
+full pipes would hang the interface). Snapshots not yet written are merged into one, so one
+waits to be sent, whatever the worker's lag; passed sockets (after a listen port change) go in
+order, before it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import threading
 from multiprocessing.reduction import send_handle
 
-from overlayd.wireguard.plane import PlaneSnapshot
+from overlayd.wireguard.plane import PlaneSnapshot, merge
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class WorkerLink:
 
     def post_snapshot(self, snapshot: PlaneSnapshot) -> None:
         with self._ready:
-            self._snapshot = snapshot
+            self._snapshot = snapshot if self._snapshot is None else merge(self._snapshot, snapshot)
             self._ready.notify()
 
     def post_socket(self, fd: int) -> None:

@@ -3,7 +3,8 @@ the control process made (the Device), and tell it what they did.
 
 The control process owns everything stateful in the protocol (handshakes, timers, key
 rotation, configuration). After each change it sends every worker a PlaneSnapshot: peers with
-their endpoint, allowed IPs and session keys. Workers send back WorkerReports: bytes and
+their endpoint, allowed IPs and session keys; all of them the first time, then only the peers
+that changed (a handshake is one peer, whatever the size of the mesh). Workers send back WorkerReports: bytes and
 packets per session (for timers, roaming, key confirmation and `wg show`), drop counts, and
 packets they could not send (no session yet): the control stages those and handshakes.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 from overlayd.wireguard import transport
@@ -58,9 +60,31 @@ class PeerPlane:
 
 @dataclass(frozen=True)
 class PlaneSnapshot:
+    """`full`: `peers` are all the peers. Otherwise an update: `peers` changed (or are new),
+    `removed` are gone, and every other peer stays as it was."""
+
     generation: int
     mtu: int
     peers: tuple[PeerPlane, ...]
+    removed: tuple[bytes, ...] = ()
+    full: bool = True
+
+
+def merge(older: PlaneSnapshot, newer: PlaneSnapshot) -> PlaneSnapshot:
+    """One snapshot with the effect of applying `older`, then `newer` (for a worker that has
+    not read `older` yet)."""
+    if newer.full:
+        return newer
+    peers = {p.public_key: p for p in older.peers}
+    removed = dict.fromkeys(older.removed)
+    for key in newer.removed:
+        peers.pop(key, None)
+        removed[key] = None
+    for plane in newer.peers:
+        peers[plane.public_key] = plane
+        removed.pop(plane.public_key, None)  # its new sessions replace the old on the worker anyway
+    return PlaneSnapshot(newer.generation, newer.mtu, tuple(peers.values()),
+                         removed=() if older.full else tuple(removed), full=older.full)
 
 
 @dataclass
@@ -98,6 +122,8 @@ class WorkerPlane:
         self.generation = -1
         self.drops: collections.Counter[str] = collections.Counter()  # since the last report
         self._routes: AllowedIPs[_Peer] = AllowedIPs()
+        self._peers: dict[bytes, _Peer] = {}
+        self._sessions: dict[bytes, tuple[int, ...]] = {}  # a peer's local indices
         self._keypairs: dict[int, Keypair] = {}  # by local index: the sessions we may open
         self._report = WorkerReport(-1)
         self._pending: collections.deque[tuple[bytes, Endpoint, float]] = collections.deque()
@@ -105,27 +131,21 @@ class WorkerPlane:
     # From and to the control process.
 
     def apply(self, snapshot: PlaneSnapshot, now: float) -> list[Output]:
-        """Take the control's state. A keypair that stays keeps its replay window and lease.
-        Returns what datagrams that waited for a session now give."""
-        old = self._keypairs
-        keypairs: dict[int, Keypair] = {}
-        routes: AllowedIPs[_Peer] = AllowedIPs()
+        """Take the control's state (all of it, or what changed). A keypair that stays keeps its
+        replay window and lease. Returns what datagrams that waited for a session now give."""
+        if snapshot.full:
+            listed = {p.public_key for p in snapshot.peers}
+            gone: Iterable[bytes] = [key for key in self._peers if key not in listed]
+        else:
+            gone = snapshot.removed
+        for key in gone:
+            peer = self._peers.pop(key, None)
+            if peer is not None:
+                self._routes.remove_owner(peer)
+                self._forget_sessions(peer, keep=())
         for config in snapshot.peers:
-            peer = _Peer(config.public_key, config.endpoint)
-            for network in config.allowed_ips:
-                routes.insert(network, peer)
-            for keys in config.sessions:
-                keypair = old.get(keys.local_index)
-                if keypair is None or keypair.created != keys.created or keypair.remote_index != keys.remote_index:
-                    keypair = Keypair(keys.send_key, keys.receive_key, created=keys.created, is_initiator=False,
-                                      local_index=keys.local_index, remote_index=keys.remote_index, peer=peer)
-                    keypair.slot = keys.slot
-                    keypair.lease_end = 0  # lease before the first seal
-                keypair.peer = peer
-                keypairs[keys.local_index] = keypair
-                if keys.sends and keys.slot >= 0:
-                    peer.sender = keypair
-        self._keypairs, self._routes = keypairs, routes
+            self._update_peer(config)
+        keypairs = self._keypairs
         self.mtu = snapshot.mtu
         self.generation = self._report.generation = snapshot.generation
         if not self._pending:
@@ -140,6 +160,42 @@ class WorkerPlane:
             else:  # a later snapshot may still bring its session
                 self._pending.append((data, addr, since))
         return self.receive_datagrams_untrusted(ready, now, hold=False)
+
+    def _update_peer(self, config: PeerPlane) -> None:
+        peer = self._peers.get(config.public_key)
+        if peer is None:
+            peer = self._peers[config.public_key] = _Peer(config.public_key, config.endpoint)
+        else:
+            self._routes.remove_owner(peer)
+            peer.endpoint = config.endpoint
+        for network in config.allowed_ips:
+            self._routes.insert(network, peer)
+        keypairs = self._keypairs
+        peer.sender = None
+        for keys in config.sessions:
+            keypair = keypairs.get(keys.local_index)
+            if keypair is None or keypair.peer is not peer or keypair.created != keys.created \
+                    or keypair.remote_index != keys.remote_index:
+                keypair = Keypair(keys.send_key, keys.receive_key, created=keys.created, is_initiator=False,
+                                  local_index=keys.local_index, remote_index=keys.remote_index, peer=peer)
+                keypair.slot = keys.slot
+                keypair.lease_end = 0  # lease before the first seal
+            keypair.peer = peer
+            keypairs[keys.local_index] = keypair
+            if keys.sends and keys.slot >= 0:
+                peer.sender = keypair
+        indices = tuple(keys.local_index for keys in config.sessions)
+        self._forget_sessions(peer, keep=indices)
+        self._sessions[config.public_key] = indices
+
+    def _forget_sessions(self, peer: _Peer, keep: tuple[int, ...]) -> None:
+        """Drop the peer's earlier sessions not in `keep`; an index that has since gone to
+        another peer's session stays that one's."""
+        for index in self._sessions.pop(peer.public_key, ()):
+            if index not in keep:
+                keypair = self._keypairs.get(index)
+                if keypair is not None and keypair.peer is peer:
+                    del self._keypairs[index]
 
     def has_urgent(self) -> bool:
         """Packets wait for the control: report now, not at the next interval."""

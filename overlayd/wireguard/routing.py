@@ -61,14 +61,17 @@ class AllowedIPs(Generic[V]):
     def _key(network: Network) -> tuple[int, int]:
         return int(network.network_address) >> (network.max_prefixlen - network.prefixlen), network.prefixlen
 
-    def insert(self, network: Network | str, owner: V) -> None:
+    def insert(self, network: Network | str, owner: V) -> V | None:
+        """Give `network` to `owner`; returns the owner it was taken from, if another."""
         net = network if isinstance(network, Network) else ipaddress.ip_network(network, strict=False)
         self._cache.clear()
         prefix, length = self._key(net)
         old = self._family(net).insert(prefix, length, owner)
+        self._by_owner.setdefault(owner, set()).add(net)
         if old is not None and old != owner:
             self._by_owner[old].discard(net)
-        self._by_owner.setdefault(owner, set()).add(net)
+            return old
+        return None
 
     def remove_owner(self, owner: V) -> None:
         self._cache.clear()

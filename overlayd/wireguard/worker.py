@@ -21,7 +21,7 @@ from multiprocessing.reduction import recv_handle
 from overlayd.wireguard.counters import CounterSpace
 from overlayd.wireguard.datapath import DataPath, sort_outputs
 from overlayd.wireguard.events import Datagram, DatagramBatch
-from overlayd.wireguard.plane import PlaneSnapshot, WorkerPlane
+from overlayd.wireguard.plane import PlaneSnapshot, WorkerPlane, merge
 from overlayd.wireguard.tun import TunDevice
 from overlayd.wireguard.udp import UdpSocket
 
@@ -55,14 +55,14 @@ class Worker:
                 time.sleep(0.01)
 
     def _from_control(self) -> None:
-        snapshot: PlaneSnapshot | None = None  # only the newest of those queued counts
+        snapshot: PlaneSnapshot | None = None  # those queued, merged into one
         while self._conn.poll():
             message = self._conn.recv()
             if message is None:
                 self._path.stopping = True
                 return
             if isinstance(message, PlaneSnapshot):
-                snapshot = message
+                snapshot = message if snapshot is None else merge(snapshot, message)
             elif message == ("socket",):
                 old = self._path.udp
                 self._path.udp = UdpSocket.adopt(recv_handle(self._conn), old.fwmark)

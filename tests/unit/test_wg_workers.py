@@ -179,7 +179,8 @@ class World:
         return [o.data for o in outputs if isinstance(o, TunPacket)]
 
     def publish(self, now: float) -> None:
-        self.plane.apply(self.a.plane_snapshot(), now)
+        """What the engine does after a change: the peers that changed, to the worker."""
+        self.plane.apply(self.a.plane_update(), now)
 
     def connect(self) -> None:
         """B starts a handshake; A's workers hear of the session; B confirms it with data."""
