@@ -82,7 +82,7 @@ def test_updates_merged_or_not_give_the_worker_what_a_whole_snapshot_gives() -> 
             device.update_peer(rng.choice(others + b), now, allowed_ips=(rng.choice(pool),),
                                replace_allowed_ips=rng.random() < 0.5)
         elif action == 3:  # a configured endpoint
-            device.update_peer(rng.choice(others), now, endpoint=("::ffff:198.18.0.%d" % (step % 200 + 1), 51820, 0, 0))
+            device.update_peer(rng.choice(others), now, endpoint=(f"::ffff:198.18.0.{step % 200 + 1}", 51820, 0, 0))
         elif action == 4:  # quiet for 10 minutes: A's sessions expire and are zeroed
             now += 600.0
             device.handle_timer(now)
