@@ -174,6 +174,13 @@ def cluster_leases(plan: LabPlan) -> dict[str, dict[str, Any]]:
     return leases
 
 
+def free_subnet(plan: LabPlan) -> str:
+    """A /24 of the pod network that no host holds now (the lab's hosts get random ones): a
+    record written there by a test overwrites nobody's."""
+    held = set(cluster_leases(plan))
+    return next(subnet for subnet in (f"10.244.{i}.0/24" for i in range(250, 0, -1)) if subnet not in held)
+
+
 def subnet_key(subnet: str) -> str:
     return f"{PREFIX}/subnets/{subnet.replace('/', '-')}"
 

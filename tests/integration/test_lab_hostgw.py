@@ -12,7 +12,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
 from tests.integration.conftest import Lab, netns_exec, overlayctl
-from tests.integration.labtools import etcdctl
+from tests.integration.labtools import etcdctl, free_subnet
 from tests.integration.wire import UnderlayCapture
 
 pytestmark = pytest.mark.integration
@@ -60,8 +60,7 @@ def test_pod_packets_cross_the_underlay_as_plain_ip(lab_hostgw: Lab) -> None:
 
 
 def test_a_peer_that_is_not_on_link_is_refused(lab_hostgw: Lab) -> None:
-    subnet = "10.244.251.0/24"
-    assert subnet not in {h["subnet"] for h in lab_hostgw.result["hosts"]}
+    subnet = free_subnet(lab_hostgw.plan)
     key = f"{PREFIX}/subnets/{subnet.replace('/', '-')}"
     # 203.0.113.5 (TEST-NET-3) is on no network of the lab's underlay segment.
     record = {"node": "far", "public_ip": "203.0.113.5", "backend": {"type": "host-gw"}}

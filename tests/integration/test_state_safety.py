@@ -26,7 +26,8 @@ from overlayd.lab import runner
 from overlayd.lab.plan import LabHost
 from tests.integration.conftest import Lab, netns_exec, running_lab
 from tests.integration.labfaults import stop_daemon
-from tests.integration.labtools import PingFlow, cluster_leases, components, etcdctl, status, subnet_key, wait_for
+from tests.integration.labtools import (PingFlow, cluster_leases, components, etcdctl, free_subnet, status, subnet_key,
+                                        wait_for)
 
 pytestmark = pytest.mark.integration
 
@@ -190,7 +191,7 @@ def test_a_subnet_held_by_another_host_is_waited_for_never_renumbered(lab: Lab) 
 
 def test_a_refused_peer_record_makes_health_degraded(lab: Lab) -> None:
     h1 = lab.host("h1")
-    key = subnet_key("10.244.250.0/24")
+    key = subnet_key(free_subnet(lab.plan))  # over a lab host's record, it would cut its pods off
     # A WireGuard host record in a VXLAN cluster: valid, but not one this backend can program.
     record = json.dumps({"node": "odd", "public_ip": "198.18.0.98",
                          "backend": {"type": "wireguard", "public_key": "A" * 43 + "="}})

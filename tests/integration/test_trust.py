@@ -84,28 +84,29 @@ def test_listing_with_anchor_returns_only_verified_hosts(
         stored = json.loads(raw.get(layout.subnet_key(lease_1.subnet))[0])
         assert stored["cert"]["node"] == "host-1" and "sig" in stored
 
-        # The attacker's writes, each aimed at one check, on an etcd lease of the attacker's.
+        # The attacker's writes, each aimed at one check, on an etcd lease of the attacker's, at
+        # subnets host-1 did not get (its record overwritten would change what is checked).
+        at = [n for n in (f"10.244.{i}.0/24" for i in range(200, 208)) if ipaddress.ip_network(n) != lease_1.subnet]
         lease = raw.lease(300)
         forged = {
-            "10.244.200.0/24": record("evil", 66).to_json(),  # unsigned
-            "10.244.201.0/24": json.dumps({  # host-1's signature, attacker's address
-                **json.loads(signer_1(key_of("10.244.201.0/24"), record("host-1", 11), lease.id)),
+            at[0]: record("evil", 66).to_json(),  # unsigned
+            at[1]: json.dumps({  # host-1's signature, attacker's address
+                **json.loads(signer_1(key_of(at[1]), record("host-1", 11), lease.id)),
                 "public_ip": "198.18.0.66",
             }).encode(),
-            "10.244.202.0/24": signer_1(key_of("10.244.202.0/24"), record("host-1", 11), lease_1.lease_id),  # replayed
-            "10.244.203.0/24": identity("evil", ca=ROGUE_CA)(key_of("10.244.203.0/24"), record("evil", 66), lease.id),
-            "10.244.204.0/24": identity("old", valid=(-7200, -3600))(key_of("10.244.204.0/24"), record("old", 67),
-                                                                     lease.id),
-            "10.244.205.0/24": json.dumps({  # host-2 (certified) signs a record claiming to be host-1
-                **json.loads(identity("host-2")(key_of("10.244.205.0/24"), record("host-2", 12), lease.id)),
+            at[2]: signer_1(key_of(at[2]), record("host-1", 11), lease_1.lease_id),  # replayed
+            at[3]: identity("evil", ca=ROGUE_CA)(key_of(at[3]), record("evil", 66), lease.id),
+            at[4]: identity("old", valid=(-7200, -3600))(key_of(at[4]), record("old", 67), lease.id),
+            at[5]: json.dumps({  # host-2 (certified) signs a record claiming to be host-1
+                **json.loads(identity("host-2")(key_of(at[5]), record("host-2", 12), lease.id)),
                 "node": "host-1",
             }).encode(),
         }
         for subnet, value in forged.items():
             raw.put(key_of(subnet), value, lease=lease)
         # A validly signed record on no lease at all: it would never expire.
-        forged["10.244.206.0/24"] = signer_1(key_of("10.244.206.0/24"), record("host-1", 11), lease.id)
-        raw.put(key_of("10.244.206.0/24"), forged["10.244.206.0/24"])
+        forged[at[6]] = signer_1(key_of(at[6]), record("host-1", 11), lease.id)
+        raw.put(key_of(at[6]), forged[at[6]])
 
         observer = RecordVerifier(ANCHOR)
         async with connected(etcd_server, etcd_prefix, verifier=observer) as cluster:
@@ -119,10 +120,10 @@ def test_listing_with_anchor_returns_only_verified_hosts(
         }
         assert set(listing.refused) == {key_of(subnet) for subnet in forged}
         reasons = "\n".join(listing.rejected)
-        for subnet, reason in [("10.244.200.0/24", "unsigned"), ("10.244.201.0/24", "bad_signature"),
-                               ("10.244.202.0/24", "replayed"), ("10.244.203.0/24", "untrusted_cert"),
-                               ("10.244.204.0/24", "cert_expired"), ("10.244.205.0/24", "node_mismatch"),
-                               ("10.244.206.0/24", "no_lease")]:
+        for subnet, reason in [(at[0], "unsigned"), (at[1], "bad_signature"),
+                               (at[2], "replayed"), (at[3], "untrusted_cert"),
+                               (at[4], "cert_expired"), (at[5], "node_mismatch"),
+                               (at[6], "no_lease")]:
             assert f"{subnet}: record of" in reasons and f"({reason})" in reasons
 
         # Without the anchor, the same cluster shows every forged entry as a host (the old behaviour).

@@ -24,7 +24,7 @@ from overlayd.lab import runner
 from overlayd.lab.plan import LabHost
 from tests.integration.conftest import Lab, netns_exec, running_lab
 from tests.integration.labfaults import stop_daemon
-from tests.integration.labtools import cluster_leases, components, etcdctl, status, subnet_key, wait_for
+from tests.integration.labtools import cluster_leases, components, etcdctl, free_subnet, status, subnet_key, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -197,7 +197,7 @@ def test_status_is_not_ok_while_a_record_is_refused(lab: Lab) -> None:
     forged = json.dumps({"node": "evil", "public_ip": "198.18.0.66",
                          "backend": {"type": "vxlan", "vtep_mac": "02:00:00:00:00:66"}})
     lease = etcdctl(lab.plan, "lease", "grant", "300").split()[1]
-    etcdctl(lab.plan, "put", "--lease", lease, subnet_key("10.244.250.0/24"), forged)
+    etcdctl(lab.plan, "put", "--lease", lease, subnet_key(free_subnet(lab.plan)), forged)
     try:
         wait_for("h1 reports the refused record", lambda: "records" in components(status(h1)), timeout=10)
         report = status(h1)
