@@ -122,7 +122,8 @@ class Daemon:
         if not isinstance(host.gateway, IPv4Address):
             return
         domain = self.config.dns.domain
-        names = NamesSource(ClusterNames(domain))
+        names = NamesSource(ClusterNames(domain, *registry.view.names()) if registry.ready.is_set()
+                            else ClusterNames(domain))
         registry.names_listeners.append(lambda pods, services: names.update(ClusterNames(domain, pods, services)))
         try:
             await nursery.start(serve_dns, names, host.gateway, self.config.dns.port, self.config.dns.upstreams(),
@@ -178,6 +179,11 @@ class Daemon:
                     nursery.start_soon(host.checks.run, config.trust.recheck_interval, peers.rescreen)
                 registry = self._registry(host, keeper)
                 nursery.start_soon(registry.run)
+                if host.lease is not None:
+                    # etcd answered at start: list the cluster's names before answering for them,
+                    # or a pod asking right after a restart would be told its peers do not exist.
+                    with trio.move_on_after(FIRST_LISTING_WAIT):
+                        await registry.ready.wait()
                 await self._serve_cluster_dns(nursery, host, registry)
                 self.answers.running = Running(host, keeper, peers, registry)
                 self.health.set_ready()
