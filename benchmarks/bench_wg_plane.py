@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.bench_wg_workers import SINK_NET, inner_packet
 from benchmarks.bench_wireguard import machine, spread
 from overlayd.wireguard import Device, PeerConfig, crypto
 from overlayd.wireguard.counters import CounterSpace
@@ -34,15 +35,6 @@ from overlayd.wireguard.plane import PlaneSnapshot, WorkerPlane
 RESULTS = Path(__file__).resolve().parent / "results" / "wg_plane.json"
 SHARDS = 2
 CONTROL_ADDR = ("::ffff:198.18.0.1", 51820, 0, 0)
-
-
-def _ip4_packet(source: str, destination: str) -> bytes:
-    """A minimal IPv4 header with no payload: enough to start a handshake."""
-    header = bytearray(20)
-    header[0], header[3], header[8], header[9] = 0x45, 20, 64, 17
-    header[12:16] = ipaddress.ip_address(source).packed
-    header[16:20] = ipaddress.ip_address(destination).packed
-    return bytes(header)
 
 
 class Mesh:
@@ -64,7 +56,7 @@ class Mesh:
             self.control.set_peer(PeerConfig(peer.public_key, endpoint=address,
                                              allowed_ips=(ipaddress.ip_network(f"10.{i // 256}.{i % 256}.0/24"),)), 0.0)
             peer.set_peer(PeerConfig(self.control.public_key, endpoint=CONTROL_ADDR,
-                                     allowed_ips=(ipaddress.ip_network("10.250.0.0/24"),)), 0.0)
+                                     allowed_ips=(ipaddress.ip_network(SINK_NET),)), 0.0)
             self.peers.append((peer, address))
             self.handshake(i)
 
@@ -73,7 +65,7 @@ class Mesh:
         self.now = now = self.now + 0.01
         peer, address = self.peers[i]
         source = f"10.{i // 256}.{i % 256}.1"
-        for initiation in peer.send_packet(_ip4_packet(source, "10.250.0.5"), now):
+        for initiation in peer.send_packet(inner_packet(source), now):
             for response in self.control.receive_datagram_untrusted(bytes(initiation.data), address, now):
                 peer.receive_datagram_untrusted(bytes(response.data), CONTROL_ADDR, now)
 

@@ -4,9 +4,10 @@ the control process made (the Device), and tell it what they did.
 The control process owns everything stateful in the protocol (handshakes, timers, key
 rotation, configuration). After each change it sends every worker a PlaneSnapshot: peers with
 their endpoint, allowed IPs and session keys; all of them the first time, then only the peers
-that changed (a handshake is one peer, whatever the size of the mesh). Workers send back WorkerReports: bytes and
-packets per session (for timers, roaming, key confirmation and `wg show`), drop counts, and
-packets they could not send (no session yet): the control stages those and handshakes.
+that changed (a handshake is one peer, whatever the size of the mesh). Workers send back
+WorkerReports: bytes and packets per session (for timers, roaming, key confirmation and `wg
+show`), drop counts, and packets they could not send (no session yet): the control stages
+those and handshakes.
 
 Sans-I/O like the Device: a WorkerPlane has the Device's data path methods (seal_packets,
 receive_batch_untrusted, receive_datagrams_untrusted), so one I/O loop (datapath.py) drives either.
@@ -15,8 +16,8 @@ receive_batch_untrusted, receive_datagrams_untrusted), so one I/O loop (datapath
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from overlayd.wireguard import transport

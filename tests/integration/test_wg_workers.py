@@ -164,10 +164,13 @@ def test_a_stalled_worker_never_blocks_the_control() -> None:
         worker = int(Path(f"/proc/{engine.pid}/task/{engine.pid}/children").read_text().split()[0])
         os.kill(worker, signal.SIGSTOP)
         try:
-            for batch in range(20):  # 400 peers: together far more snapshot bytes than a pipe holds
+            # 400 peers of 32 networks each: about 16 KB of update per `wg set`, together more
+            # than the pipe to the worker holds (213 KB), so the control's writer must block.
+            for batch in range(20):
                 args = []
                 for i in range(20):
-                    args += ["peer", new_key()[1], "allowed-ips", f"10.{100 + batch}.{i}.0/24"]
+                    networks = ",".join(f"10.{100 + batch}.{i}.{j}/32" for j in range(32))
+                    args += ["peer", new_key()[1], "allowed-ips", networks]
                 subprocess.run(["ip", "netns", "exec", bed.a.netns, "wg", "set", bed.a.ifname, *args],
                                check=True, timeout=10)
             bed.ping(bed.b, bed.a.tunnel_ip)
