@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 
-from overlayd.wireguard import crypto, noise, transport
+from overlayd.wireguard import crypto, noise, steering, transport
 from overlayd.wireguard.constants import (
     DEFAULT_MTU,
     HANDSHAKE_INITIATION_RATE,
@@ -67,7 +67,7 @@ from overlayd.wireguard.messages import (
     parse_response_untrusted,
 )
 from overlayd.wireguard.peer import Peer, PeerConfig, PeerStatus
-from overlayd.wireguard.plane import PeerPlane, PlaneSnapshot, SessionKeys, WorkerReport
+from overlayd.wireguard.plane import FORWARD_LIMIT, PeerPlane, PlaneSnapshot, SessionKeys, WorkerReport
 from overlayd.wireguard.ratelimit import LoadDetector, RateLimiter, source_key
 from overlayd.wireguard.routing import AllowedIPs, Network
 from overlayd.wireguard.tai64n import tai64n
@@ -129,6 +129,9 @@ class Device:
         # first update sends every peer).
         self._plane_changes: set[bytes] = set()
         self._plane_sent = False
+        # Transport messages for a worker's session that reached us (plane.py: a GRO receive
+        # steered by a forged first datagram), for the engine to pass on: take_forwarded().
+        self._forwarded: list[tuple[bytes, Endpoint]] = []
 
     # Identity and configuration.
 
@@ -527,7 +530,7 @@ class Device:
                     run_keypair = None
                 self._receive(bytes(data), addr, now, out)  # (bytes of bytes is no copy)
                 continue
-            opened = open_transport(data, now)
+            opened = open_transport(data, addr, now)
             if opened is None:
                 continue
             keypair, plaintext = opened
@@ -569,7 +572,7 @@ class Device:
             if len(data) < TRANSPORT_MIN_SIZE:
                 self.drops[DropReason.SHORT] += 1
                 return
-            opened = self._open_transport(data, now)
+            opened = self._open_transport(data, addr, now)
             if opened is not None:
                 keypair, plaintext = opened
                 self._transport_received(keypair, addr, len(data), 1 if plaintext else 0, now, out)
@@ -582,11 +585,26 @@ class Device:
         else:
             self.drops[DropReason.UNKNOWN_TYPE] += 1
 
-    def _open_transport(self, data: bytes | memoryview, now: float) -> tuple[Keypair, bytes] | None:
+    def _open_transport(self, data: bytes | memoryview, addr: Endpoint, now: float) -> tuple[Keypair, bytes] | None:
         if self.shards > 1 and not transport.owned_by(TRANSPORT_HEADER.unpack_from(data)[1], 0, self.shards):
-            self.drops[DropReason.MISROUTED] += 1  # a worker keeps this session's replay window
+            # A worker keeps this session's replay window: it opens the datagram.
+            if len(self._forwarded) < FORWARD_LIMIT:
+                self._forwarded.append((bytes(data), addr))
+            else:
+                self.drops[DropReason.MISROUTED] += 1
             return None
         return transport.open_one(self._keypair_index, data, now, self.drops)
+
+    def take_forwarded(self) -> dict[int, list[tuple[bytes, Endpoint]]]:
+        """Transport messages that reached us for a worker's session, by the worker that owns
+        them (steering.py's rule), to hand over; they are ours no more."""
+        if not self._forwarded:
+            return {}
+        by_shard: dict[int, list[tuple[bytes, Endpoint]]] = {}
+        for data, addr in self._forwarded:
+            by_shard.setdefault(steering.worker_for(data, self.shards), []).append((data, addr))
+        self._forwarded = []
+        return by_shard
 
     def _transport_received(
         self, keypair: Keypair, addr: Endpoint, nbytes: int, data_packets: int, now: float, out: DatagramSink
@@ -783,10 +801,12 @@ class Device:
         )
         return PeerPlane(peer.public_key, peer.endpoint, tuple(self._routes.networks_of(peer)), sessions)
 
-    def apply_report(self, report: WorkerReport, now: float) -> list[Datagram | DatagramBatch]:
+    def apply_report(self, report: WorkerReport, now: float) -> list[Output]:
         """A worker's traffic, as if it had passed here: stats, roaming, key confirmation and
-        timers; the packets it could not send are sent or staged. Returns datagrams to send."""
-        out: list[Datagram | DatagramBatch] = []
+        timers; the packets it could not send are sent or staged, and the datagrams it
+        forwarded are received here (those for another worker wait in take_forwarded).
+        Returns datagrams to send and packets for TUN."""
+        out: list[Output] = []
         self.drops.update(report.drops)
         # In the order they last happened, each at its own time, as the timers would have seen them.
         events = [(entry[3], False, index, entry) for index, entry in report.received.items()]
@@ -804,6 +824,8 @@ class Device:
                     self._transport_received(keypair, entry[2], entry[0], entry[1], when, out)
         if report.packets:
             self._send_packets(report.packets, now, out, batched=True)
+        if report.forwarded:
+            out += self.receive_datagrams_untrusted(report.forwarded, now)
         return out
 
     # Bookkeeping.

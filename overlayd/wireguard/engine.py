@@ -36,9 +36,9 @@ from collections.abc import Callable, Sequence
 from overlayd.errors import KernelError
 from overlayd.wireguard import crypto, steering
 from overlayd.wireguard.counters import CounterSpace
-from overlayd.wireguard.datapath import DataPath
+from overlayd.wireguard.datapath import DataPath, sort_outputs
 from overlayd.wireguard.device import Device
-from overlayd.wireguard.events import Endpoint
+from overlayd.wireguard.events import Datagram, DatagramBatch, Endpoint
 from overlayd.wireguard.links import WorkerLink
 from overlayd.wireguard.plane import WorkerReport
 from overlayd.wireguard.tun import TunDevice
@@ -93,7 +93,7 @@ class Engine:
         # Per-batch counters (tun_reads, udp_sends, ...) and errors: logged at shutdown.
         self.stats: collections.Counter[str] = collections.Counter()
         self._path = DataPath(tun, self._group[0], self._device, self._lock, clock=clock, busy_poll=busy_poll,
-                              stats=self.stats, after_core=self._publish)
+                              stats=self.stats, after_core=self._after_core)
         self._workers: list[WorkerLink] = []
         self._publish_lock = threading.Lock()  # snapshots reach the workers in generation order
         self._published = -1  # the device generation the workers last got
@@ -187,10 +187,14 @@ class Engine:
                     raise EOFError(f"unexpected message {type(report).__name__}")
                 now = self._clock()
                 with self._lock:
-                    datagrams = self._device.apply_report(report, now)
-                self._publish()
+                    outputs = self._device.apply_report(report, now)
+                self._after_core()
+                datagrams: list[Datagram | DatagramBatch] = []
+                packets = sort_outputs(outputs, datagrams)
                 if datagrams:
                     self._udp.send(datagrams)
+                if packets:
+                    self._path.write_tun(packets)
         except (EOFError, OSError) as e:
             if self._stopping:
                 return
@@ -203,6 +207,17 @@ class Engine:
             log.error("%s; stopping the interface", self.failure)
             self._path.stopping = True
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def _after_core(self) -> None:
+        """After the device handled traffic: the workers hear what changed, and get the
+        datagrams for their sessions that reached this process (plane.py)."""
+        self._publish()
+        if self._workers:
+            with self._lock:
+                forwarded = self._device.take_forwarded()
+            for shard, datagrams in forwarded.items():
+                self.stats["forwarded_to_workers"] += len(datagrams)
+                self.stats["forward_overflow"] += self._workers[shard - 1].post_datagrams(datagrams)
 
     def _publish(self) -> None:
         """Send the workers the peers that changed since they last heard (sessions, endpoint,

@@ -6,8 +6,14 @@ rotation, configuration). After each change it sends every worker a PlaneSnapsho
 their endpoint, allowed IPs and session keys; all of them the first time, then only the peers
 that changed (a handshake is one peer, whatever the size of the mesh). Workers send back
 WorkerReports: bytes and packets per session (for timers, roaming, key confirmation and `wg
-show`), drop counts, and packets they could not send (no session yet): the control stages
-those and handshakes.
+show`), drop counts, packets they could not send (no session yet): the control stages
+those and handshakes, and datagrams that reached the wrong process (below).
+
+Steering reads only the first datagram of a GRO receive: a datagram forged with a peer's
+address can take that peer's genuine datagrams of the same size to another process. That
+process forwards what it does not own (up to FORWARD_LIMIT per report) instead of dropping
+it: a worker to the control in its report, the control to the owner (engine.py). The owner's
+replay window judges them as it judges any datagram.
 
 Sans-I/O like the Device: a WorkerPlane has the Device's data path methods (seal_packets,
 receive_batch_untrusted, receive_datagrams_untrusted), so one I/O loop (datapath.py) drives either.
@@ -36,6 +42,7 @@ from overlayd.wireguard.routing import AllowedIPs, Network
 
 PENDING_LIMIT = 256  # datagrams for a session the worker has not heard of yet
 PENDING_SECONDS = 1.0
+FORWARD_LIMIT = 256  # datagrams for another process per report (a few GRO receives); more are dropped
 
 
 @dataclass(frozen=True)
@@ -93,16 +100,18 @@ class WorkerReport:
     """What a worker did since its last report. `received`: local index -> [bytes, data
     packets, latest source, time of the latest]; `sent`: peer public key -> [bytes, whether
     any was data, time of the latest]. The times put sends and receives back in order for the
-    timers (a ping answered: the keepalive timer, not a new handshake)."""
+    timers (a ping answered: the keepalive timer, not a new handshake). `forwarded`: datagrams
+    for another process (module docstring), with their source."""
 
     generation: int
     received: dict[int, list[Any]] = field(default_factory=dict)
     sent: dict[bytes, list[Any]] = field(default_factory=dict)
     drops: collections.Counter[str] = field(default_factory=collections.Counter)
     packets: list[bytes] = field(default_factory=list)
+    forwarded: list[tuple[bytes, Endpoint]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.received or self.sent or self.drops or self.packets)
+        return bool(self.received or self.sent or self.drops or self.packets or self.forwarded)
 
 
 class _Peer:
@@ -199,8 +208,9 @@ class WorkerPlane:
                     del self._keypairs[index]
 
     def has_urgent(self) -> bool:
-        """Packets wait for the control: report now, not at the next interval."""
-        return bool(self._report.packets)
+        """Packets or forwarded datagrams wait for the control: report now, not at the next
+        interval."""
+        return bool(self._report.packets or self._report.forwarded)
 
     def take_report(self) -> WorkerReport | None:
         report = self._report
@@ -268,18 +278,23 @@ class WorkerPlane:
         return packets, []
 
     def receive_datagrams_untrusted(self, datagrams: list[tuple[bytes | memoryview, Endpoint]], now: float,
-                                    *, hold: bool = True) -> list[Output]:
+                                    *, hold: bool = True, forward: bool = True) -> list[Output]:
+        """Open transport messages of our sessions; forward the rest to the control (GRO can
+        bring them here: module docstring). `forward` off: these came from the control, and
+        the rest is dropped (nothing goes round twice). `hold` off: these waited for their
+        session, and wait no more."""
         out: list[Output] = []
         drops = self.drops
         keypairs = self._keypairs
         for data, addr in datagrams:
-            if len(data) < TRANSPORT_MIN_SIZE or TYPE.unpack_from(data)[0] != MESSAGE_TRANSPORT:
-                drops[DropReason.MISROUTED] += 1  # steering sends the rest to the control process
+            if len(data) < TRANSPORT_MIN_SIZE or TYPE.unpack_from(data)[0] != MESSAGE_TRANSPORT \
+                    or not transport.owned_by(TRANSPORT_HEADER.unpack_from(data)[1], self.shard, self.shards):
+                if forward:
+                    self._forward(data, addr)  # the control's (handshakes) or another process's session
+                else:
+                    drops[DropReason.MISROUTED] += 1
                 continue
             receiver = TRANSPORT_HEADER.unpack_from(data)[1]
-            if not transport.owned_by(receiver, self.shard, self.shards):
-                drops[DropReason.MISROUTED] += 1  # another worker keeps this session's replay window
-                continue
             if receiver not in keypairs and hold and len(self._pending) < PENDING_LIMIT:
                 self._pending.append((bytes(data), addr, now))  # a session the snapshot brings soon
                 continue
@@ -289,10 +304,25 @@ class WorkerPlane:
             keypair, plaintext = opened
             for packet in transport.inner_packets([plaintext], keypair.peer, self._routes.lookup, drops):
                 out.append(TunPacket(packet, keypair.peer.public_key))
-            self._received(keypair, addr, len(data), 1 if plaintext else 0, now)
+            self._received(keypair, addr, len(data), 1 if plaintext else 0, now, roam=hold and forward)
         return out
 
-    def _received(self, keypair: Keypair, addr: Endpoint, nbytes: int, data_packets: int, now: float) -> None:
+    def _forward(self, data: bytes | memoryview, addr: Endpoint) -> None:
+        forwarded = self._report.forwarded
+        if len(forwarded) < FORWARD_LIMIT:
+            forwarded.append((bytes(data), addr))
+        else:
+            self.drops[DropReason.MISROUTED] += 1
+
+    def _received(self, keypair: Keypair, addr: Endpoint, nbytes: int, data_packets: int, now: float, *,
+                  roam: bool = True) -> None:
+        """Account for authenticated datagrams; with `roam` (they arrived just now, not held or
+        forwarded: older ones must not move it back) the latest source is the peer's endpoint
+        here at once, as in the control when it reads the report: an answer sealed meanwhile
+        must not go to the old address."""
+        peer = keypair.peer
+        if roam and peer.endpoint != addr:
+            peer.endpoint = addr
         entry = self._report.received.get(keypair.local_index)
         if entry is None:
             self._report.received[keypair.local_index] = [nbytes, data_packets, addr, now]

@@ -2,7 +2,8 @@
 a WorkerPlane as its core (plane.py). Forked by the Engine; talks to it over a pipe:
 
 control -> worker: a PlaneSnapshot after every change; ("socket",) followed by a passed file
-descriptor after a listen port change; None to stop.
+descriptor after a listen port change; ("datagrams", [(data, source), ...]) for this worker's
+sessions that reached the control (plane.py); None to stop.
 worker -> control: WorkerReports, at most every REPORT_INTERVAL while busy, at once when
 packets wait for a handshake, and before the worker sleeps.
 """
@@ -20,7 +21,7 @@ from multiprocessing.reduction import recv_handle
 
 from overlayd.wireguard.counters import CounterSpace
 from overlayd.wireguard.datapath import DataPath, sort_outputs
-from overlayd.wireguard.events import Datagram, DatagramBatch
+from overlayd.wireguard.events import Datagram, DatagramBatch, Endpoint
 from overlayd.wireguard.plane import PlaneSnapshot, WorkerPlane, merge
 from overlayd.wireguard.tun import TunDevice
 from overlayd.wireguard.udp import UdpSocket
@@ -56,6 +57,7 @@ class Worker:
 
     def _from_control(self) -> None:
         snapshot: PlaneSnapshot | None = None  # those queued, merged into one
+        forwarded: list[tuple[bytes, Endpoint]] = []
         while self._conn.poll():
             message = self._conn.recv()
             if message is None:
@@ -63,19 +65,28 @@ class Worker:
                 return
             if isinstance(message, PlaneSnapshot):
                 snapshot = message if snapshot is None else merge(snapshot, message)
+            elif isinstance(message, tuple) and message[0] == "datagrams":
+                forwarded += message[1]
             elif message == ("socket",):
                 old = self._path.udp
                 self._path.udp = UdpSocket.adopt(recv_handle(self._conn), old.fwmark)
                 old.close()
-        if snapshot is not None:
-            with self._lock:
-                outputs = self._plane.apply(snapshot, self._clock())
-            datagrams: list[Datagram | DatagramBatch] = []
-            packets = sort_outputs(outputs, datagrams)
-            if datagrams:
-                self._path.udp.send(datagrams)
-            if packets:
-                self._path.write_tun(packets)
+        if snapshot is not None or forwarded:
+            self._apply(snapshot, forwarded)
+
+    def _apply(self, snapshot: PlaneSnapshot | None, forwarded: list[tuple[bytes, Endpoint]]) -> None:
+        """Take the snapshot first (it may bring the forwarded datagrams' sessions), then open
+        the datagrams the control forwarded."""
+        now = self._clock()
+        with self._lock:
+            outputs = [] if snapshot is None else self._plane.apply(snapshot, now)
+            outputs += self._plane.receive_datagrams_untrusted(forwarded, now, forward=False)
+        datagrams: list[Datagram | DatagramBatch] = []
+        packets = sort_outputs(outputs, datagrams)
+        if datagrams:
+            self._path.udp.send(datagrams)
+        if packets:
+            self._path.write_tun(packets)
 
     def _report_if_due(self) -> None:
         now = self._clock()

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.integration
 WORKERS = 2
 NBYTES = 4_000_000
 ECHO_PORT = 7777
+UDP_SEGMENT = 103  # linux/udp.h: a GSO send of datagrams this size
 
 
 @pytest.fixture(scope="module", params=[0, 1], ids=["peer-on-control", "peer-on-worker"])
@@ -130,6 +131,59 @@ def test_replayed_datagrams_never_reach_a_socket(bed: WgBed, shard: int, spoof_p
         assert _drain(sock, 1.0) == [], "a replayed transport message was delivered"
     finally:
         sock.close()
+
+
+def _send_gso(bed: WgBed, datagrams: list[bytes], port: int) -> None:
+    """One UDP GSO send of equal-size datagrams from B's underlay address: it crosses the veth
+    whole and reaches our port as one GRO receive, steered by its first datagram."""
+    def work() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((bed.b.underlay_ip, 0))
+            sock.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, len(datagrams[0]))
+            sock.sendto(b"".join(datagrams), (bed.a.underlay_ip, port))
+    in_netns(bed.b.netns, work)
+
+
+def test_a_forged_first_datagram_cannot_take_a_batch_from_its_process(bed: WgBed, shard: int) -> None:
+    """A datagram forged with the peer's address, first in a GRO receive with the peer's genuine
+    ones, steers the whole receive to the process its index names. That process hands the
+    genuine ones to their own (plane.py): all are delivered, once."""
+    bed.ping(bed.b, bed.a.tunnel_ip, count=1)
+    port = int(bed.wg("show", bed.a.ifname, "listen-port", netns=bed.a.netns))
+    capture = bed.tmp / "batch.pcap"
+    tcpdump = subprocess.Popen(["ip", "netns", "exec", bed.b.netns, "tcpdump", "-U", "--immediate-mode",
+                                "-i", f"{bed.prefix}vb", "-w", str(capture), "udp", "and", "dst", "port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sock = _echo_socket(bed)
+    payloads = [b"genuine %02d" % i for i in range(12)]  # one size: one size of datagram
+    try:
+        assert wait_for(capture.exists, timeout=5)
+        time.sleep(0.3)
+        # wireguard-go seals them; our side never sees them (yet).
+        bed.sh(bed.a, "nft", "add table inet held; add chain inet held in { type filter hook input priority 0; }; "
+               f"add rule inet held in udp dport {port} drop")
+        script = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n" + "".join(
+            f"s.sendto({p!r},('{bed.a.tunnel_ip}',{ECHO_PORT}))\n" for p in payloads)
+        bed.sh(bed.b, "python3", "-c", script)
+        time.sleep(0.3)
+    finally:
+        tcpdump.terminate()
+        tcpdump.wait(10)
+        bed.sh(bed.a, "nft", "delete table inet held", check=False)
+    genuine = [bytes(p[UDP].payload) for p in rdpcap(str(capture))
+               if p.haslayer(UDP) and bytes(p[UDP].payload)[:1] == b"\x04"][-len(payloads):]
+    assert len(genuine) == len(payloads) and len({len(d) for d in genuine}) == 1
+    assert {d[4] % WORKERS for d in genuine} == {shard}
+    other = 1 - shard
+    forged = b"\x04\x00\x00\x00" + bytes([other]) + os.urandom(len(genuine[0]) - 5)
+    try:
+        _send_gso(bed, [forged, *genuine], port)
+        assert sorted(_drain(sock, 1.0)) == sorted(payloads)
+        _send_gso(bed, [forged, *genuine], port)  # once only: the owner's window saw them
+        assert _drain(sock, 0.5) == []
+    finally:
+        sock.close()
+        bed.ping(bed.b, bed.a.tunnel_ip, count=1)  # back to wireguard-go's own port (roaming)
 
 
 def test_a_dead_worker_stops_the_engine_with_one_line() -> None:

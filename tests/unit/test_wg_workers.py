@@ -190,20 +190,28 @@ class World:
 
 
 @pytest.mark.parametrize("shard", [0, 1])
-def test_each_peer_is_opened_by_its_own_shard_only(shard: int) -> None:
+def test_a_datagram_that_reaches_another_process_is_opened_by_its_own(shard: int) -> None:
+    """GRO can take a session's datagrams to another process (plane.py): that one hands them
+    on, and only the owner's replay window judges them."""
     world = World(shard)
     world.connect()
-    datagram = bytes(world.b.send_packet(ip4(B_IP, A_IP, b"data"), 1.0)[0].data)
+    packet = ip4(B_IP, A_IP, b"data")
+    datagram = bytes(world.b.send_packet(packet, 1.0)[0].data)
     index = int.from_bytes(datagram[4:8], "little")
     assert steering.worker_for(datagram, SHARDS) == shard == (index & 0xFF) % SHARDS
-    other = 1 - shard
-    if other == 1:
-        world.plane.receive_datagrams_untrusted([(datagram, B_ADDR)], 1.0)
-        assert world.plane.drops[DropReason.MISROUTED] == 1
-    else:
-        world.a.receive_datagram_untrusted(datagram, B_ADDR, 1.0)
-        assert world.a.drops[DropReason.MISROUTED] == 1
-    assert world.to_a(datagram, 1.0)  # its own shard opens it
+    if shard == 0:  # it reached the worker: to the control in the report
+        assert world.plane.receive_datagrams_untrusted([(datagram, B_ADDR)], 1.0) == []
+        report = world.plane.take_report()
+        assert report is not None and report.forwarded == [(datagram, B_ADDR)]
+        outputs = world.a.apply_report(report, 1.0)
+    else:  # it reached the control: to the worker that owns it
+        assert world.a.receive_datagram_untrusted(datagram, B_ADDR, 1.0) == []
+        forwarded = world.a.take_forwarded()
+        assert forwarded == {1: [(datagram, B_ADDR)]} and world.a.take_forwarded() == {}
+        outputs = world.plane.receive_datagrams_untrusted(forwarded[1], 1.0, forward=False)
+    assert [o.data for o in outputs if isinstance(o, TunPacket)] == [packet]
+    assert world.to_a(datagram, 1.1) == []  # the same datagram again, steered right: a replay
+    assert not world.a.drops[DropReason.MISROUTED] and not world.plane.drops[DropReason.MISROUTED]
 
 
 def test_the_worker_opens_seals_and_reports() -> None:
@@ -366,3 +374,18 @@ def test_a_port_another_group_holds_is_refused_not_shared() -> None:
     finally:
         for udp in other:
             udp.close()
+
+
+def test_a_worker_answers_a_roamed_peer_at_its_new_address_at_once() -> None:
+    """Not only once the control has heard of it in a report and sent a snapshot back."""
+    world = World(1)
+    world.connect()
+    report = world.plane.take_report()  # B's first data confirmed the session: the worker may send
+    assert report is not None
+    world.a.apply_report(report, 0.5)
+    world.publish(0.5)
+    roamed = ("::ffff:198.51.100.7", 40000, 0, 0)
+    datagram = bytes(world.b.send_packet(ip4(B_IP, A_IP, b"from afar"), 1.0)[0].data)
+    assert world.plane.receive_datagrams_untrusted([(datagram, roamed)], 1.0)
+    answer = world.plane.seal_packets([ip4(A_IP, B_IP, b"answer")], 1.0)
+    assert [d.addr for d in answer] == [roamed]
