@@ -10,6 +10,10 @@ together -> one TUN write per super-packet.
 After each round one poll(0) says which side has more; it sleeps in poll() when neither has,
 after a lone packet only once they have been empty for `busy_poll` seconds. Other file
 descriptors (the pipes between control and workers) are served when poll reports them.
+
+The first round after a quiet spell takes one read or receive per ready side: a lone packet
+(a ping, a request, its answer) then costs no read that fails, which on a cold CPU is a good
+part of a round trip. A side that is still ready after it is busy, and goes back to batches.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class DataPath:
         last_busy = 0.0
         spin = False
         tun_ready = udp_ready = True  # the first round looks at both
+        lone = False  # after a quiet spell: one read or receive per side (module docstring)
         while not self.stopping:
             udp = self.udp
             if udp is not polled:  # first round, or a new socket after a listen port change
@@ -92,8 +97,9 @@ class DataPath:
                 polled, polled_fd = udp, udp.fileno()
                 poller.register(polled_fd, select.POLLIN)
                 udp_ready = True
-            handled = (self.pump_tun(frame, view) if tun_ready else 0) + \
-                (self.pump_udp(udp, buffers, views) if udp_ready else 0)
+            limit = 1 if lone else OUTBOUND_BATCH
+            handled = (self.pump_tun(frame, view, limit) if tun_ready else 0) + \
+                (self.pump_udp(udp, buffers, views, limit) if udp_ready else 0)
             if handled:
                 last_busy = clock()
                 spin = handled <= LONE_PACKETS
@@ -101,7 +107,9 @@ class DataPath:
             # syscalls that fail, each raising an exception, after every lone packet: on a cold
             # CPU that is a good part of a round trip.
             events = poller.poll(0)
-            if not events:
+            quiet = not events
+            if quiet:
+                lone = True
                 if spin and clock() - last_busy < busy_poll:
                     # After a lone packet (a ping, a request), stay on the CPU a little: its
                     # answer usually comes within a round trip, and sleeping costs more than the
@@ -113,6 +121,7 @@ class DataPath:
                     continue
                 on_idle()
                 events = poller.poll(_POLL_MS)
+            pumped_tun, pumped_udp = tun_ready, udp_ready
             tun_ready = udp_ready = False
             for fd, _ in events:
                 if fd == tun_fd:
@@ -123,14 +132,17 @@ class DataPath:
                     handler = side.get(fd)
                     if handler is not None:
                         handler()
+            if lone and not quiet and (tun_ready and pumped_tun or udp_ready and pumped_udp):
+                lone = False  # more behind the one we took: a burst
 
-    def pump_tun(self, frame: bytearray, view: memoryview) -> int:
-        """Read up to a batch of packets from TUN and send them; how many there were."""
+    def pump_tun(self, frame: bytearray, view: memoryview, max_reads: int = OUTBOUND_BATCH) -> int:
+        """Read up to a batch of packets (in at most `max_reads` reads) from TUN and send them;
+        how many there were."""
         tun = self.tun
         packets: list[Packet] = []
         reads = 0
         try:
-            while len(packets) < OUTBOUND_BATCH:
+            while len(packets) < OUTBOUND_BATCH and reads < max_reads:
                 if tun.offload:
                     packets += split_frame(view[: tun.read_into(frame)])
                 else:
@@ -152,12 +164,14 @@ class DataPath:
         if datagrams:
             self.udp.send(datagrams)
 
-    def pump_udp(self, udp: UdpSocket, buffers: list[bytearray], views: list[memoryview]) -> int:
-        """Receive up to a batch of datagrams and handle them; how many there were."""
+    def pump_udp(self, udp: UdpSocket, buffers: list[bytearray], views: list[memoryview],
+                 max_receives: int = INBOUND_BATCH) -> int:
+        """Receive up to a batch of datagrams (in at most `max_receives` receives) and handle
+        them; how many there were."""
         received: list[tuple[bytes | memoryview, int, Endpoint]] = []  # (data, GRO segment size or 0, source)
         count = used = 0
         try:
-            while count < INBOUND_BATCH and used < INBOUND_BUFFERS:
+            while count < INBOUND_BATCH and used < INBOUND_BUFFERS and len(received) < max_receives:
                 n, size, addr = udp.recv_into(buffers[used])
                 view = views[used][:n]
                 if 0 < size < n:  # a GRO batch (one flow, equal sizes): it stays in this buffer

@@ -163,3 +163,36 @@ def test_many_sections_for_one_peer_apply_in_linear_time() -> None:
         engine.stop()
         tun.close()
     assert elapsed < 1.0, f"{elapsed:.2f} s for 2,000 sections"
+
+
+def test_a_lone_datagram_after_a_quiet_spell_costs_one_receive(peer_socket: socket.socket) -> None:
+    """Not a second one that fails: on a cold CPU that is a good part of a round trip."""
+    engine, tun = make_engine()
+    udp = engine._path.udp
+    receive = udp.recv_into
+    calls: list[str] = []
+
+    def counted(buffer: bytearray) -> tuple[int, int, object]:
+        try:
+            result = receive(buffer)
+        except BlockingIOError:
+            calls.append("empty")
+            raise
+        calls.append("datagram")
+        return result
+
+    udp.recv_into = counted  # type: ignore[method-assign]
+    engine_addr = (LOCALHOST, engine.get_state().listen_port)
+    engine.start()
+    try:
+        time.sleep(0.3)  # quiet
+        calls.clear()
+        peer_socket.sendto(b"\x01", engine_addr)  # too short: dropped and counted
+        deadline = time.monotonic() + 5
+        while engine.counters().get("drop_short", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+    finally:
+        engine.stop()
+        tun.close()
+    assert calls == ["datagram"]
