@@ -12,7 +12,9 @@ same round, and CPU cost per byte carried, which depends much less on how busy t
 
 Test bed (tests/integration/wg_bed.py): ns A and ns B joined by a veth (198.18.1.1/.2), a tunnel
 with MTU 1420 between them, configured with the stock `wg` tool. Kinds: "ours" (overlayd-wg),
-"go" (Debian's wireguard-go), "vxlan" (kernel VXLAN, no crypto: the ceiling). Each round runs every kind once,
+"go" (Debian's wireguard-go), "vxlan" (kernel VXLAN, no crypto: the ceiling), "relay"
+(tests/integration/python_relay.py: TUN, one AEAD call and UDP per packet and nothing else, the
+least a Python engine can cost per packet; not a VPN). Each round runs every kind once,
 in a rotated order so drift on a shared machine hits all alike; medians and min-max over rounds.
 Ratios are taken per round (same minute, same machine state), then their median and min-max.
 
@@ -49,7 +51,7 @@ from tests.integration.wg_bed import WgBed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "wireguard.json"
 LABELS = {"ours": "overlayd-wg", "ours-poll": "overlayd-wg --busy-poll-us 1000", "go": "wireguard-go (Debian)",
-          "vxlan": "kernel VXLAN (no crypto)"}
+          "vxlan": "kernel VXLAN (no crypto)", "relay": "Python relay (no protocol: the floor)"}
 # Kinds that are overlayd-wg with options: (WgBed kind, extra overlayd-wg arguments).
 VARIANTS = {"ours-poll": ("ours", ("--busy-poll-us", "1000"))}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -388,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         tunnels = tunnel_benchmarks(kinds, args.seconds, args.rounds)
         result["tunnels"] = tunnels
         result["ratios"] = {f"{kind} / go": ratios(tunnels, kind, "go")
-                            for kind in ("ours", "ours-poll") if kind in kinds and "go" in kinds}
+                            for kind in ("ours", "ours-poll", "relay") if kind in kinds and "go" in kinds}
     result["load_after"] = os.getloadavg()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

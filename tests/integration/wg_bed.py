@@ -1,7 +1,8 @@
 """A two-namespace tunnel test bed: ns A (198.18.1.1) and ns B (198.18.1.2) joined by a veth,
 each running a userspace WireGuard interface (kind "ours", `overlayd-wg`, or "go", Debian's
 wireguard-go) configured with the stock `wg` tool, or (kind "vxlan" on both sides) a kernel
-VXLAN device as the unencrypted reference. Tunnel addresses 10.99.0.1/.2 and fd99::1/::2 live
+VXLAN device as the unencrypted reference, or (kind "relay" on both sides) python_relay.py,
+the least a Python tunnel does per packet (a yardstick for benchmarks, not a VPN). Tunnel addresses 10.99.0.1/.2 and fd99::1/::2 live
 inside the namespaces only; the tunnel MTU is 1420 for every kind. Used by the integration
 tests and by benchmarks/bench_wireguard.py.
 
@@ -69,6 +70,17 @@ def start_engine(kind: str, netns: str, ifname: str, log: Path, *, offload: bool
     return proc
 
 
+def start_relay(netns: str, ifname: str, local: str, remote: str, log: Path) -> subprocess.Popen[bytes]:
+    """Start python_relay.py inside `netns` and wait until its TUN device exists."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "tests.integration.python_relay",
+                                 ifname, local, remote, str(PORT)], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    if not wait_for(lambda: run("ip", "-n", netns, "link", "show", ifname, check=False).returncode == 0, timeout=15):
+        stop_engine(proc)
+        raise RuntimeError(f"relay {ifname} did not come up: {log.read_text(errors='replace')[-2000:]}")
+    return proc
+
+
 def stop_engine(proc: subprocess.Popen[bytes], timeout: float = 10) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -127,10 +139,14 @@ class WgBed:
         for side, veth in ((a, f"{self.prefix}va"), (b, f"{self.prefix}vb")):
             self.sh(side, "ip", "addr", "add", f"{side.underlay_ip}/24", "dev", veth)
             self.sh(side, "ip", "link", "set", veth, "up")
+            peer = b if side is a else a
             if side.kind == "vxlan":
-                peer = b if side is a else a
                 self.sh(side, "ip", "link", "add", side.ifname, "mtu", "1420", "type", "vxlan", "id", "42",
                         "local", side.underlay_ip, "remote", peer.underlay_ip, "dstport", "4789", "dev", veth)
+            elif side.kind == "relay":
+                side.proc = start_relay(side.netns, side.ifname, side.underlay_ip, peer.underlay_ip,
+                                        self.tmp / f"{side.ifname}.log")
+                self.sh(side, "ip", "link", "set", side.ifname, "mtu", "1420")
             else:
                 side.proc = start_engine(side.kind, side.netns, side.ifname, self.tmp / f"{side.ifname}.log",
                                          offload=self.offload, ours_args=self.ours_args)
@@ -138,7 +154,7 @@ class WgBed:
             self.sh(side, "ip", "-6", "addr", "add", f"{side.tunnel_ip6}/64", "dev", side.ifname, "nodad")
             self.sh(side, "ip", "link", "set", side.ifname, "up")
         for side, peer in ((a, b), (b, a)):
-            if side.kind != "vxlan":
+            if side.kind in ("ours", "go"):
                 self.configure(side, peer)
 
     def key_file(self, side: Side) -> Path:
