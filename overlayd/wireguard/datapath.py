@@ -97,9 +97,8 @@ class DataPath:
                 polled, polled_fd = udp, udp.fileno()
                 poller.register(polled_fd, select.POLLIN)
                 udp_ready = True
-            limit = 1 if lone else OUTBOUND_BATCH
-            handled = (self.pump_tun(frame, view, limit) if tun_ready else 0) + \
-                (self.pump_udp(udp, buffers, views, limit) if udp_ready else 0)
+            handled = (self.pump_tun(frame, view, 1 if lone else OUTBOUND_BATCH) if tun_ready else 0) + \
+                (self.pump_udp(udp, buffers, views, 1 if lone else INBOUND_BATCH) if udp_ready else 0)
             if handled:
                 last_busy = clock()
                 spin = handled <= LONE_PACKETS

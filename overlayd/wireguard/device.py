@@ -67,7 +67,7 @@ from overlayd.wireguard.messages import (
     parse_response_untrusted,
 )
 from overlayd.wireguard.peer import Peer, PeerConfig, PeerStatus
-from overlayd.wireguard.plane import FORWARD_LIMIT, PeerPlane, PlaneSnapshot, SessionKeys, WorkerReport
+from overlayd.wireguard.plane import ForwardBudget, PeerPlane, PlaneSnapshot, SessionKeys, WorkerReport
 from overlayd.wireguard.ratelimit import LoadDetector, RateLimiter, source_key
 from overlayd.wireguard.routing import AllowedIPs, Network
 from overlayd.wireguard.tai64n import tai64n
@@ -132,6 +132,7 @@ class Device:
         # Transport messages for a worker's session that reached us (plane.py: a GRO receive
         # steered by a forged first datagram), for the engine to pass on: take_forwarded().
         self._forwarded: list[tuple[bytes, Endpoint]] = []
+        self._forward_budget = ForwardBudget()
 
     # Identity and configuration.
 
@@ -513,15 +514,16 @@ class Device:
         return out
 
     def receive_datagrams_untrusted(self, datagrams: Iterable[tuple[bytes | memoryview, Endpoint]],
-                                    now: float) -> list[Output]:
+                                    now: float, *, roam: bool = True) -> list[Output]:
         """Batch form. Each transport packet is decrypted and checked on its own, but the per-peer
         bookkeeping (roaming, stats, timers, key confirmation) runs once per run of packets that
-        share a session and a source address."""
+        share a session and a source address. `roam` off: the datagrams are older than what
+        arrived meanwhile (a worker forwarded them), so their source moves no endpoint."""
         out: list[Output] = []
         open_transport = self._open_transport
         deliver = self._deliver_inner
         run_keypair: Keypair | None = None
-        run_addr: Endpoint = ()
+        run_addr: Endpoint | None = ()
         run_bytes = run_data = 0
         for data, addr in datagrams:
             if len(data) < TRANSPORT_MIN_SIZE or TYPE.unpack_from(data)[0] != MESSAGE_TRANSPORT:
@@ -534,10 +536,11 @@ class Device:
             if opened is None:
                 continue
             keypair, plaintext = opened
-            if keypair is not run_keypair or addr != run_addr:
+            source = addr if roam else None
+            if keypair is not run_keypair or source != run_addr:
                 if run_keypair is not None:
                     self._transport_received(run_keypair, run_addr, run_bytes, run_data, now, out)
-                run_keypair, run_addr, run_bytes, run_data = keypair, addr, 0, 0
+                run_keypair, run_addr, run_bytes, run_data = keypair, source, 0, 0
             run_bytes += len(data)
             if plaintext:
                 run_data += 1
@@ -586,14 +589,23 @@ class Device:
             self.drops[DropReason.UNKNOWN_TYPE] += 1
 
     def _open_transport(self, data: bytes | memoryview, addr: Endpoint, now: float) -> tuple[Keypair, bytes] | None:
-        if self.shards > 1 and not transport.owned_by(TRANSPORT_HEADER.unpack_from(data)[1], 0, self.shards):
-            # A worker keeps this session's replay window: it opens the datagram.
-            if len(self._forwarded) < FORWARD_LIMIT:
-                self._forwarded.append((bytes(data), addr))
-            else:
-                self.drops[DropReason.MISROUTED] += 1
-            return None
+        if self.shards > 1:
+            receiver = TRANSPORT_HEADER.unpack_from(data)[1]
+            if not transport.owned_by(receiver, 0, self.shards):
+                # A worker keeps this session's replay window: it opens the datagram. Only what
+                # comes from the session's peer's own address is passed on (plane.py), within a
+                # budget: anyone else's is junk.
+                keypair = self._keypair_index.get(receiver)
+                if keypair is not None and keypair.peer.endpoint == addr and self._forward_budget.take(now):
+                    self._forwarded.append((bytes(data), addr))
+                else:
+                    self.drops[DropReason.MISROUTED] += 1
+                return None
         return transport.open_one(self._keypair_index, data, now, self.drops)
+
+    @property
+    def has_forwarded(self) -> bool:
+        return bool(self._forwarded)
 
     def take_forwarded(self) -> dict[int, list[tuple[bytes, Endpoint]]]:
         """Transport messages that reached us for a worker's session, by the worker that owns
@@ -607,11 +619,12 @@ class Device:
         return by_shard
 
     def _transport_received(
-        self, keypair: Keypair, addr: Endpoint, nbytes: int, data_packets: int, now: float, out: DatagramSink
+        self, keypair: Keypair, addr: Endpoint | None, nbytes: int, data_packets: int, now: float, out: DatagramSink
     ) -> None:
-        """Bookkeeping after authenticated transport packets (`data_packets` of them not keepalives)."""
+        """Bookkeeping after authenticated transport packets (`data_packets` of them not keepalives);
+        `addr` None: their source is not news (older datagrams)."""
         peer = keypair.peer
-        if peer.endpoint != addr:  # roaming: the latest authenticated source wins
+        if addr is not None and peer.endpoint != addr:  # roaming: the latest authenticated source wins
             peer.endpoint = addr
             self._plane_changed(peer)
         peer.rx_bytes += nbytes
@@ -824,8 +837,8 @@ class Device:
                     self._transport_received(keypair, entry[2], entry[0], entry[1], when, out)
         if report.packets:
             self._send_packets(report.packets, now, out, batched=True)
-        if report.forwarded:
-            out += self.receive_datagrams_untrusted(report.forwarded, now)
+        if report.forwarded:  # older than what came meanwhile: no roaming on them
+            out += self.receive_datagrams_untrusted(report.forwarded, now, roam=False)
         return out
 
     # Bookkeeping.

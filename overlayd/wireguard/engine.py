@@ -56,6 +56,7 @@ TRANSPORT_OVERHEAD = 32  # header and tag around an inner packet of at most MTU 
 DEFAULT_BUSY_POLL = 0.0
 COUNTER_SLOTS = 65536  # send keypairs alive at once with workers (3 per peer at most)
 WORKER_STOP_TIMEOUT = 5.0
+REPORTS_PER_ROUND = 16  # worker reports read per data path round, per worker
 
 
 class Engine:
@@ -181,11 +182,16 @@ class Engine:
     def _from_worker(self, link: WorkerLink) -> None:
         process, conn = link.process, link.conn
         try:
-            while conn.poll():
+            # A bounded number per call: reports waiting behind them come in the next round, and
+            # this thread's own UDP and TUN are served in between.
+            for _ in range(REPORTS_PER_ROUND):
+                if not conn.poll():
+                    break
                 report = conn.recv()
                 if not isinstance(report, WorkerReport):
                     raise EOFError(f"unexpected message {type(report).__name__}")
                 now = self._clock()
+                self.stats["forwarded_from_workers"] += len(report.forwarded)
                 with self._lock:
                     outputs = self._device.apply_report(report, now)
                 self._after_core()
@@ -212,7 +218,7 @@ class Engine:
         """After the device handled traffic: the workers hear what changed, and get the
         datagrams for their sessions that reached this process (plane.py)."""
         self._publish()
-        if self._workers:
+        if self._workers and self._device.has_forwarded:  # (read unlocked: a miss waits a batch)
             with self._lock:
                 forwarded = self._device.take_forwarded()
             for shard, datagrams in forwarded.items():

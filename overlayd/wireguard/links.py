@@ -5,7 +5,9 @@ and must never block on a worker that is slow to read (two processes blocked wri
 full pipes would hang the interface). Snapshots not yet written are merged into one, so one
 waits to be sent, whatever the worker's lag; passed sockets (after a listen port change) go in
 order, before it. Datagrams for the worker's sessions that reached the control (plane.py) go
-after the snapshot that brought their session, at most LINK_DATAGRAMS waiting.
+after any snapshot waiting with them (one that outruns its session's snapshot waits for it in
+the worker, as any datagram does), at most LINK_DATAGRAMS waiting; the engine counts the rest
+as `forward_overflow`.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ those and handshakes, and datagrams that reached the wrong process (below).
 
 Steering reads only the first datagram of a GRO receive: a datagram forged with a peer's
 address can take that peer's genuine datagrams of the same size to another process. That
-process forwards what it does not own (up to FORWARD_LIMIT per report) instead of dropping
-it: a worker to the control in its report, the control to the owner (engine.py). The owner's
-replay window judges them as it judges any datagram.
+process passes on the transport messages it does not own that come from a peer's own address
+(anything else is junk, dropped as `misrouted`), at most FORWARD_LIMIT per FORWARD_INTERVAL:
+a worker to the control in its report, the control to the owner (engine.py). The owner's
+replay window judges them as it judges any datagram; being late, they move no endpoint.
 
 Sans-I/O like the Device: a WorkerPlane has the Device's data path methods (seal_packets,
 receive_batch_untrusted, receive_datagrams_untrusted), so one I/O loop (datapath.py) drives either.
@@ -42,7 +43,8 @@ from overlayd.wireguard.routing import AllowedIPs, Network
 
 PENDING_LIMIT = 256  # datagrams for a session the worker has not heard of yet
 PENDING_SECONDS = 1.0
-FORWARD_LIMIT = 256  # datagrams for another process per report (a few GRO receives); more are dropped
+FORWARD_LIMIT = 256  # datagrams a process passes on per FORWARD_INTERVAL (a few GRO receives)
+FORWARD_INTERVAL = 0.05  # seconds
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,26 @@ def merge(older: PlaneSnapshot, newer: PlaneSnapshot) -> PlaneSnapshot:
                          removed=() if older.full else tuple(removed), full=older.full)
 
 
+class ForwardBudget:
+    """At most FORWARD_LIMIT datagrams per FORWARD_INTERVAL are passed on to another process."""
+
+    def __init__(self) -> None:
+        self._start = -FORWARD_INTERVAL
+        self._used = 0
+
+    def take(self, now: float) -> bool:
+        if now - self._start >= FORWARD_INTERVAL:
+            self._start, self._used = now, 0
+        if self._used >= FORWARD_LIMIT:
+            return False
+        self._used += 1
+        return True
+
+
 @dataclass
 class WorkerReport:
     """What a worker did since its last report. `received`: local index -> [bytes, data
-    packets, latest source, time of the latest]; `sent`: peer public key -> [bytes, whether
+    packets, latest source or None, time of the latest]; `sent`: peer public key -> [bytes, whether
     any was data, time of the latest]. The times put sends and receives back in order for the
     timers (a ping answered: the keepalive timer, not a new handshake). `forwarded`: datagrams
     for another process (module docstring), with their source."""
@@ -137,6 +155,8 @@ class WorkerPlane:
         self._keypairs: dict[int, Keypair] = {}  # by local index: the sessions we may open
         self._report = WorkerReport(-1)
         self._pending: collections.deque[tuple[bytes, Endpoint, float]] = collections.deque()
+        self._forward_budget = ForwardBudget()
+        self._endpoints: set[Endpoint] | None = None  # the peers' endpoints, built when needed
 
     # From and to the control process.
 
@@ -156,6 +176,7 @@ class WorkerPlane:
         for config in snapshot.peers:
             self._update_peer(config)
         keypairs = self._keypairs
+        self._endpoints = None
         self.mtu = snapshot.mtu
         self.generation = self._report.generation = snapshot.generation
         if not self._pending:
@@ -279,18 +300,20 @@ class WorkerPlane:
 
     def receive_datagrams_untrusted(self, datagrams: list[tuple[bytes | memoryview, Endpoint]], now: float,
                                     *, hold: bool = True, forward: bool = True) -> list[Output]:
-        """Open transport messages of our sessions; forward the rest to the control (GRO can
-        bring them here: module docstring). `forward` off: these came from the control, and
-        the rest is dropped (nothing goes round twice). `hold` off: these waited for their
-        session, and wait no more."""
+        """Open transport messages of our sessions; pass those of other processes' sessions on
+        to the control (GRO can bring them here: module docstring). `forward` off: these came
+        from the control, and the rest is dropped (nothing goes round). `hold` off: these
+        waited for their session, and wait no more."""
         out: list[Output] = []
         drops = self.drops
         keypairs = self._keypairs
         for data, addr in datagrams:
-            if len(data) < TRANSPORT_MIN_SIZE or TYPE.unpack_from(data)[0] != MESSAGE_TRANSPORT \
-                    or not transport.owned_by(TRANSPORT_HEADER.unpack_from(data)[1], self.shard, self.shards):
+            if len(data) < TRANSPORT_MIN_SIZE or TYPE.unpack_from(data)[0] != MESSAGE_TRANSPORT:
+                drops[DropReason.MISROUTED] += 1  # steering sends the rest to the control process
+                continue
+            if not transport.owned_by(TRANSPORT_HEADER.unpack_from(data)[1], self.shard, self.shards):
                 if forward:
-                    self._forward(data, addr)  # the control's (handshakes) or another process's session
+                    self._forward(data, addr, now)  # another process's session
                 else:
                     drops[DropReason.MISROUTED] += 1
                 continue
@@ -307,10 +330,12 @@ class WorkerPlane:
             self._received(keypair, addr, len(data), 1 if plaintext else 0, now, roam=hold and forward)
         return out
 
-    def _forward(self, data: bytes | memoryview, addr: Endpoint) -> None:
-        forwarded = self._report.forwarded
-        if len(forwarded) < FORWARD_LIMIT:
-            forwarded.append((bytes(data), addr))
+    def _forward(self, data: bytes | memoryview, addr: Endpoint, now: float) -> None:
+        """To the control, if it comes from a peer's own address and the budget allows."""
+        if self._endpoints is None:
+            self._endpoints = {p.endpoint for p in self._peers.values() if p.endpoint is not None}
+        if addr in self._endpoints and self._forward_budget.take(now):
+            self._report.forwarded.append((bytes(data), addr))
         else:
             self.drops[DropReason.MISROUTED] += 1
 
@@ -323,11 +348,14 @@ class WorkerPlane:
         peer = keypair.peer
         if roam and peer.endpoint != addr:
             peer.endpoint = addr
+            self._endpoints = None
+        source = addr if roam else None  # late datagrams roam no one, here or in the control
         entry = self._report.received.get(keypair.local_index)
         if entry is None:
-            self._report.received[keypair.local_index] = [nbytes, data_packets, addr, now]
+            self._report.received[keypair.local_index] = [nbytes, data_packets, source, now]
         else:
             entry[0] += nbytes
             entry[1] += data_packets
-            entry[2] = addr
+            if source is not None:
+                entry[2] = source
             entry[3] = now

@@ -29,6 +29,7 @@ from overlayd.wireguard.udp import UdpSocket
 log = logging.getLogger(__name__)
 
 REPORT_INTERVAL = 0.05  # seconds: timers and `wg show` lag the workers' traffic at most this
+MESSAGES_PER_ROUND = 16  # from the control, per data path round
 
 
 class Worker:
@@ -58,7 +59,9 @@ class Worker:
     def _from_control(self) -> None:
         snapshot: PlaneSnapshot | None = None  # those queued, merged into one
         forwarded: list[tuple[bytes, Endpoint]] = []
-        while self._conn.poll():
+        for _ in range(MESSAGES_PER_ROUND):  # more wait for the next round: the data path goes first
+            if not self._conn.poll():
+                break
             message = self._conn.recv()
             if message is None:
                 self._path.stopping = True

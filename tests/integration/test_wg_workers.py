@@ -20,6 +20,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.utils import rdpcap
 
+from overlayd.wireguard.uapi_server import UapiClient
 from tests.integration.wg_bed import WgBed, new_key, wait_for
 from tests.integration.wg_wire import in_netns, send_raw
 
@@ -133,12 +134,13 @@ def test_replayed_datagrams_never_reach_a_socket(bed: WgBed, shard: int, spoof_p
         sock.close()
 
 
-def _send_gso(bed: WgBed, datagrams: list[bytes], port: int) -> None:
-    """One UDP GSO send of equal-size datagrams from B's underlay address: it crosses the veth
-    whole and reaches our port as one GRO receive, steered by its first datagram."""
+def _send_gso(bed: WgBed, datagrams: list[bytes], source_port: int, port: int) -> None:
+    """One UDP GSO send of equal-size datagrams from B's own address and port (wireguard-go has
+    moved off it): it crosses the veth whole and reaches our port as one GRO receive, steered
+    by its first datagram."""
     def work() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind((bed.b.underlay_ip, 0))
+            sock.bind((bed.b.underlay_ip, source_port))
             sock.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, len(datagrams[0]))
             sock.sendto(b"".join(datagrams), (bed.a.underlay_ip, port))
     in_netns(bed.b.netns, work)
@@ -150,6 +152,7 @@ def test_a_forged_first_datagram_cannot_take_a_batch_from_its_process(bed: WgBed
     genuine ones to their own (plane.py): all are delivered, once."""
     bed.ping(bed.b, bed.a.tunnel_ip, count=1)
     port = int(bed.wg("show", bed.a.ifname, "listen-port", netns=bed.a.netns))
+    b_port = int(bed.wg("show", bed.b.ifname, "listen-port", netns=bed.b.netns))
     capture = bed.tmp / "batch.pcap"
     tcpdump = subprocess.Popen(["ip", "netns", "exec", bed.b.netns, "tcpdump", "-U", "--immediate-mode",
                                 "-i", f"{bed.prefix}vb", "-w", str(capture), "udp", "and", "dst", "port", str(port)],
@@ -176,14 +179,21 @@ def test_a_forged_first_datagram_cannot_take_a_batch_from_its_process(bed: WgBed
     assert {d[4] % WORKERS for d in genuine} == {shard}
     other = 1 - shard
     forged = b"\x04\x00\x00\x00" + bytes([other]) + os.urandom(len(genuine[0]) - 5)
+    # Passed on by the worker in its report, or by the control over the worker's pipe.
+    counter = "forwarded_from_workers" if shard == 0 else "forwarded_to_workers"
+    before = UapiClient(bed.a.ifname).counters().get(counter, 0)
+    bed.wg("set", bed.b.ifname, "listen-port", str(b_port + 1), netns=bed.b.netns)  # frees B's address for the forger
     try:
-        _send_gso(bed, [forged, *genuine], port)
+        _send_gso(bed, [forged, *genuine], b_port, port)
         assert sorted(_drain(sock, 1.0)) == sorted(payloads)
-        _send_gso(bed, [forged, *genuine], port)  # once only: the owner's window saw them
+        # They did go the long way: the kernel merged the batch and steered it by the forgery.
+        assert UapiClient(bed.a.ifname).counters().get(counter, 0) - before == len(genuine)
+        _send_gso(bed, [forged, *genuine], b_port, port)  # once only: the owner's window saw them
         assert _drain(sock, 0.5) == []
     finally:
         sock.close()
-        bed.ping(bed.b, bed.a.tunnel_ip, count=1)  # back to wireguard-go's own port (roaming)
+        bed.wg("set", bed.b.ifname, "listen-port", str(b_port), netns=bed.b.netns)
+        bed.ping(bed.b, bed.a.tunnel_ip, count=1)
 
 
 def test_a_dead_worker_stops_the_engine_with_one_line() -> None:
