@@ -226,6 +226,15 @@ class DataPath:
         for packets in groups:
             self.write_tun(packets)
 
+    def emit(self, outputs: Sequence[Output]) -> None:
+        """Send the datagrams and write the packets a core call outside this loop produced."""
+        datagrams: list[Datagram | DatagramBatch] = []
+        packets = sort_outputs(outputs, datagrams)
+        if datagrams:
+            self.udp.send(datagrams)
+        if packets:
+            self.write_tun(packets)
+
     def write_tun(self, packets: list[bytes]) -> None:
         tun = self.tun
         frames = coalesce(packets) if tun.offload else [[p] for p in packets]

@@ -36,9 +36,9 @@ from collections.abc import Callable, Sequence
 from overlayd.errors import KernelError
 from overlayd.wireguard import crypto, steering
 from overlayd.wireguard.counters import CounterSpace
-from overlayd.wireguard.datapath import DataPath, sort_outputs
+from overlayd.wireguard.datapath import DataPath
 from overlayd.wireguard.device import Device
-from overlayd.wireguard.events import Datagram, DatagramBatch, Endpoint
+from overlayd.wireguard.events import Endpoint
 from overlayd.wireguard.links import WorkerLink
 from overlayd.wireguard.plane import WorkerReport
 from overlayd.wireguard.tun import TunDevice
@@ -195,12 +195,7 @@ class Engine:
                 with self._lock:
                     outputs = self._device.apply_report(report, now)
                 self._after_core()
-                datagrams: list[Datagram | DatagramBatch] = []
-                packets = sort_outputs(outputs, datagrams)
-                if datagrams:
-                    self._udp.send(datagrams)
-                if packets:
-                    self._path.write_tun(packets)
+                self._path.emit(outputs)
         except (EOFError, OSError) as e:
             if self._stopping:
                 return

@@ -311,13 +311,13 @@ class WorkerPlane:
             if len(data) < TRANSPORT_MIN_SIZE or TYPE.unpack_from(data)[0] != MESSAGE_TRANSPORT:
                 drops[DropReason.MISROUTED] += 1  # steering sends the rest to the control process
                 continue
-            if not transport.owned_by(TRANSPORT_HEADER.unpack_from(data)[1], self.shard, self.shards):
+            receiver = TRANSPORT_HEADER.unpack_from(data)[1]
+            if not transport.owned_by(receiver, self.shard, self.shards):
                 if forward:
                     self._forward(data, addr, now)  # another process's session
                 else:
                     drops[DropReason.MISROUTED] += 1
                 continue
-            receiver = TRANSPORT_HEADER.unpack_from(data)[1]
             if receiver not in keypairs and hold and len(self._pending) < PENDING_LIMIT:
                 self._pending.append((bytes(data), addr, now))  # a session the snapshot brings soon
                 continue

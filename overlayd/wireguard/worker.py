@@ -20,8 +20,8 @@ import time
 from multiprocessing.reduction import recv_handle
 
 from overlayd.wireguard.counters import CounterSpace
-from overlayd.wireguard.datapath import DataPath, sort_outputs
-from overlayd.wireguard.events import Datagram, DatagramBatch, Endpoint
+from overlayd.wireguard.datapath import DataPath
+from overlayd.wireguard.events import Endpoint
 from overlayd.wireguard.plane import PlaneSnapshot, WorkerPlane, merge
 from overlayd.wireguard.tun import TunDevice
 from overlayd.wireguard.udp import UdpSocket
@@ -84,12 +84,7 @@ class Worker:
         with self._lock:
             outputs = [] if snapshot is None else self._plane.apply(snapshot, now)
             outputs += self._plane.receive_datagrams_untrusted(forwarded, now, forward=False)
-        datagrams: list[Datagram | DatagramBatch] = []
-        packets = sort_outputs(outputs, datagrams)
-        if datagrams:
-            self._path.udp.send(datagrams)
-        if packets:
-            self._path.write_tun(packets)
+        self._path.emit(outputs)
 
     def _report_if_due(self) -> None:
         now = self._clock()
